@@ -1,0 +1,3 @@
+module github.com/weedblock/weedblock
+
+go 1.26
