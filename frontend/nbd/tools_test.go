@@ -1,0 +1,200 @@
+package nbd
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// tool returns the path of a real client program, failing the test if it is
+// not installed.
+func tool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s is required (apt-get install libnbd-bin fio nbdkit): %v", name, err)
+	}
+	return p
+}
+
+// run runs a command with a deadline and returns its stdout, failing the
+// test with its output on error.
+func run(t testing.TB, timeout time.Duration, name string, args ...string) []byte {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, tool(t, name), args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s %s: %v\nstdout:\n%s\nstderr:\n%s", name, strings.Join(args, " "), err, stdout.Bytes(), stderr.Bytes())
+	}
+	return stdout.Bytes()
+}
+
+func TestNbdinfoJSON(t *testing.T) {
+	s, addr := startServer(t, Options{})
+	if err := s.AddExport("disk1", "first test disk", newMem(t, 64<<20, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	out := run(t, 30*time.Second, "nbdinfo", "--json", fmt.Sprintf("nbd://%s/disk1", addr))
+	var info struct {
+		Exports []map[string]any `json:"exports"`
+	}
+	if err := json.Unmarshal(out, &info); err != nil {
+		t.Fatalf("nbdinfo output %s: %v", out, err)
+	}
+	if len(info.Exports) != 1 {
+		t.Fatalf("nbdinfo shows %d exports: %s", len(info.Exports), out)
+	}
+	e := info.Exports[0]
+	want := map[string]any{
+		"export-name":          "disk1",
+		"export-size":          float64(64 << 20),
+		"can_flush":            true,
+		"can_fua":              true,
+		"can_trim":             true,
+		"can_zero":             true,
+		"can_fast_zero":        true,
+		"can_multi_conn":       true,
+		"can_df":               true,
+		"is_read_only":         false,
+		"block_size_minimum":   float64(4096),
+		"block_size_preferred": float64(4096),
+		"block_size_maximum":   float64(32 << 20),
+		"description":          "first test disk",
+	}
+	for k, v := range want {
+		if e[k] != v {
+			t.Errorf("nbdinfo %s = %v, want %v", k, e[k], v)
+		}
+	}
+	if t.Failed() {
+		t.Logf("nbdinfo output: %s", out)
+	}
+}
+
+func TestNbdinfoList(t *testing.T) {
+	s, addr := startServer(t, Options{})
+	for i, name := range []string{"alpha", "beta", "gamma"} {
+		if err := s.AddExport(name, "disk "+name, newMem(t, int64(i+1)<<20, 512)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := run(t, 30*time.Second, "nbdinfo", "--list", "--json", fmt.Sprintf("nbd://%s", addr))
+	var info struct {
+		Exports []map[string]any `json:"exports"`
+	}
+	if err := json.Unmarshal(out, &info); err != nil {
+		t.Fatalf("nbdinfo output %s: %v", out, err)
+	}
+	got := map[string]float64{}
+	for _, e := range info.Exports {
+		name, _ := e["export-name"].(string)
+		size, _ := e["export-size"].(float64)
+		got[name] = size
+		if e["description"] != "disk "+name {
+			t.Errorf("export %q description %v", name, e["description"])
+		}
+	}
+	want := map[string]float64{"alpha": 1 << 20, "beta": 2 << 20, "gamma": 3 << 20}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("nbdinfo --list exports %v, want %v\n%s", got, want, out)
+	}
+
+	// Removing an export takes it out of the list.
+	if err := s.RemoveExport("beta"); err != nil {
+		t.Fatal(err)
+	}
+	out = run(t, 30*time.Second, "nbdinfo", "--list", fmt.Sprintf("nbd://%s", addr))
+	if bytes.Contains(out, []byte("beta")) || !bytes.Contains(out, []byte("gamma")) {
+		t.Fatalf("after RemoveExport(beta), nbdinfo --list:\n%s", out)
+	}
+}
+
+func sha256File(t testing.TB, path string) [32]byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sha256.Sum256(b)
+}
+
+func TestNbdcopyRoundTrip(t *testing.T) {
+	size := int64(256 << 20)
+	if testing.Short() {
+		size = 32 << 20
+	}
+	s, addr := startServer(t, Options{})
+	if err := s.AddExport("copy", "", newMem(t, size, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in.img")
+	outPath := filepath.Join(dir, "out.img")
+	data := make([]byte, size)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(in, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data = nil
+	uri := fmt.Sprintf("nbd://%s/copy", addr)
+	run(t, 2*time.Minute, "nbdcopy", "--flush", "--connections=4", in, uri)
+	run(t, 2*time.Minute, "nbdcopy", "--connections=4", uri, outPath)
+	if a, b := sha256File(t, in), sha256File(t, outPath); a != b {
+		t.Fatalf("nbdcopy round trip: checksum %x in, %x out", a, b)
+	}
+}
+
+func TestFioVerify(t *testing.T) {
+	s, addr := startServer(t, Options{})
+	m := newMem(t, 64<<20, 4096)
+	if err := s.AddExport("fio", "", m); err != nil {
+		t.Fatal(err)
+	}
+	size := "16M"
+	if testing.Short() {
+		size = "4M"
+	}
+	out := run(t, 3*time.Minute, "fio",
+		"--name=verify", "--ioengine=nbd", "--uri=nbd://"+addr+"/fio",
+		"--rw=randwrite", "--bs=4k", "--iodepth=16", "--numjobs=4",
+		"--size="+size, "--offset_increment=16M",
+		"--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
+		"--fsync=32", "--group_reporting", "--output-format=json")
+	var res struct {
+		Jobs []struct {
+			Error int `json:"error"`
+			Write struct {
+				IOs int64 `json:"total_ios"`
+			} `json:"write"`
+			Read struct {
+				IOs int64 `json:"total_ios"`
+			} `json:"read"`
+		} `json:"jobs"`
+	}
+	if i := bytes.IndexByte(out, '{'); i > 0 {
+		out = out[i:]
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("fio json: %v\n%s", err, out)
+	}
+	if len(res.Jobs) == 0 || res.Jobs[0].Error != 0 || res.Jobs[0].Write.IOs == 0 || res.Jobs[0].Read.IOs == 0 {
+		t.Fatalf("fio result %+v\n%s", res.Jobs, out)
+	}
+	if flushes, _ := m.Counts(); flushes == 0 {
+		t.Fatalf("fio --fsync=32 sent no NBD_CMD_FLUSH to the device")
+	}
+}

@@ -1,0 +1,358 @@
+package nbd
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/golang/glog"
+	"github.com/weedblock/weedblock/blockdev"
+)
+
+const (
+	connBufferSize = 128 << 10
+	// maxErrorMessage bounds the text carried by a structured error chunk.
+	maxErrorMessage = 256
+)
+
+// conn is one client connection: negotiation, then the transmission
+// pipeline. The goroutine running serve owns it; shutdown may be called from
+// anywhere.
+type conn struct {
+	srv *Server
+	nc  net.Conn
+	br  *bufio.Reader
+
+	// Set during negotiation, read-only afterwards. exp is written under
+	// srv.mu (see Server.bind).
+	exp        *export
+	structured bool
+	noZeroes   bool
+	scratch    []byte
+
+	wmu     sync.Mutex    // serializes replies on bw
+	bw      *bufio.Writer // guarded by wmu once transmission starts
+	werr    error         // first write error; guarded by wmu
+	pending atomic.Int32  // replies waiting for wmu; the last one flushes
+
+	closeOnce sync.Once
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	return &conn{
+		srv: s,
+		nc:  nc,
+		br:  bufio.NewReaderSize(nc, connBufferSize),
+		bw:  bufio.NewWriterSize(nc, connBufferSize),
+	}
+}
+
+// shutdown closes the socket, which ends the reader and fails pending writes.
+func (c *conn) shutdown() {
+	c.closeOnce.Do(func() { c.nc.Close() })
+}
+
+// serve runs the connection to its end.
+func (c *conn) serve() {
+	defer c.shutdown()
+	remote := c.nc.RemoteAddr()
+	if err := c.nc.SetDeadline(time.Now().Add(c.srv.opts.HandshakeTimeout)); err != nil {
+		glog.Warningf("nbd: %s: set handshake deadline: %v", remote, err)
+		return
+	}
+	e, err := c.negotiate()
+	if err != nil {
+		if errors.Is(err, errAborted) {
+			glog.V(1).Infof("nbd: %s: %v", remote, err)
+		} else {
+			glog.Warningf("nbd: %s: negotiation: %v", remote, err)
+		}
+		return
+	}
+	if err := c.nc.SetDeadline(time.Time{}); err != nil {
+		glog.Warningf("nbd: %s: clear deadline: %v", remote, err)
+		return
+	}
+	glog.V(1).Infof("nbd: %s: serving export %q (structured replies: %v)", remote, e.name, c.structured)
+	if err := c.transmit(e.dev); err != nil {
+		glog.Warningf("nbd: %s: export %q: %v", remote, e.name, err)
+		return
+	}
+	glog.V(1).Infof("nbd: %s: export %q: client disconnected", remote, e.name)
+}
+
+// request is one decoded command travelling from the reader to a worker.
+type request struct {
+	requestHeader
+	buf  *[]byte // payload (WRITE) or data to send (READ); nil otherwise
+	held int64   // bytes of the in-flight budget this request holds
+	hdr  [32]byte
+}
+
+// transmit runs the transmission phase: this goroutine reads and decodes
+// requests and hands them to a bounded set of workers, which call the
+// device and reply in completion order. It returns nil on NBD_CMD_DISC or a
+// clean hang-up between requests, after every accepted request was answered.
+func (c *conn) transmit(dev blockdev.Device) error {
+	opts := &c.srv.opts
+	budget := newByteBudget(opts.MaxInFlightBytes)
+	work := make(chan *request, opts.Workers)
+	var workers sync.WaitGroup
+	for range opts.Workers {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for r := range work {
+				c.execute(dev, r)
+				c.release(r, budget)
+			}
+		}()
+	}
+	defer func() {
+		close(work)
+		workers.Wait()
+	}()
+
+	var hb [requestHeaderLen]byte
+	for {
+		if _, err := io.ReadFull(c.br, hb[:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("read request: %w", err)
+		}
+		h, err := parseRequestHeader(hb[:])
+		if err != nil {
+			return err
+		}
+		var r *request
+		switch h.typ {
+		case cmdDisc:
+			return nil
+		case cmdWrite:
+			if int64(h.length) > int64(opts.MaxPayload) {
+				c.replyEarly(h, errnoInval, "write larger than the maximum payload")
+				// Skip the payload to stay in sync if that is cheap
+				// enough; otherwise the client is misbehaving: hang up.
+				if int64(h.length) > 2*int64(opts.MaxPayload) {
+					return fmt.Errorf("write of %d bytes above maximum payload %d", h.length, opts.MaxPayload)
+				}
+				if _, err := io.CopyN(io.Discard, c.br, int64(h.length)); err != nil {
+					return fmt.Errorf("skip oversized write payload: %w", err)
+				}
+				continue
+			}
+			r = c.newRequest(h)
+			r.held = int64(h.length)
+			budget.acquire(r.held)
+			r.buf = c.srv.bufs.get(int(h.length))
+			if _, err := io.ReadFull(c.br, *r.buf); err != nil {
+				c.release(r, budget)
+				return fmt.Errorf("read write payload of %d bytes: %w", h.length, err)
+			}
+		case cmdRead:
+			if int64(h.length) > int64(opts.MaxPayload) {
+				c.replyEarly(h, errnoInval, "read larger than the maximum payload")
+				continue
+			}
+			r = c.newRequest(h)
+			r.held = int64(h.length)
+			budget.acquire(r.held)
+		default:
+			r = c.newRequest(h)
+		}
+		work <- r
+	}
+}
+
+func (c *conn) newRequest(h requestHeader) *request {
+	r, _ := c.srv.reqs.Get().(*request)
+	if r == nil {
+		r = new(request)
+	}
+	r.requestHeader = h
+	return r
+}
+
+func (c *conn) release(r *request, budget *byteBudget) {
+	if r.buf != nil {
+		c.srv.bufs.put(r.buf)
+		r.buf = nil
+	}
+	budget.release(r.held)
+	r.held = 0
+	c.srv.reqs.Put(r)
+}
+
+// replyEarly answers a request the reader rejects before dispatching it.
+func (c *conn) replyEarly(h requestHeader, errno uint32, msg string) {
+	r := c.newRequest(h)
+	c.reply(r, errno, msg)
+	c.srv.reqs.Put(r)
+}
+
+// execute performs r on dev and sends its reply.
+func (c *conn) execute(dev blockdev.Device, r *request) {
+	errno, err := c.perform(dev, r)
+	if errno == 0 {
+		c.reply(r, 0, "")
+		return
+	}
+	if errno == errnoIO || errno == errnoShutdown {
+		glog.Errorf("nbd: %s: command %d %d@%d: %v", c.nc.RemoteAddr(), r.typ, r.length, r.offset, err)
+	} else {
+		glog.V(2).Infof("nbd: %s: command %d %d@%d: %v", c.nc.RemoteAddr(), r.typ, r.length, r.offset, err)
+	}
+	c.reply(r, errno, err.Error())
+}
+
+var (
+	errBadFlags   = errors.New("nbd: command flags not valid for this command")
+	errBadCommand = errors.New("nbd: command not supported")
+	errNotFast    = errors.New("nbd: zeroing without holes is not fast")
+)
+
+// perform runs one command against the device and returns the NBD errno
+// (0 on success) and the error behind it.
+func (c *conn) perform(dev blockdev.Device, r *request) (uint32, error) {
+	off := int64(-1) // CheckRange rejects it
+	if r.offset <= math.MaxInt64 {
+		off = int64(r.offset)
+	}
+	n := int64(r.length)
+	fua := r.flags&cmdFlagFUA != 0
+	check := func(write bool) (uint32, error) {
+		if err := blockdev.CheckRange(off, n, dev.Size(), dev.BlockSize()); err != nil {
+			return errnoFor(err, write), fmt.Errorf("%d@%d: %w", r.length, r.offset, err)
+		}
+		return 0, nil
+	}
+	var err error
+	switch r.typ {
+	case cmdRead:
+		if r.flags&^(cmdFlagFUA|cmdFlagDF) != 0 {
+			return errnoInval, errBadFlags
+		}
+		if e, err := check(false); e != 0 {
+			return e, err
+		}
+		r.buf = c.srv.bufs.get(int(n))
+		err = dev.ReadAt(*r.buf, off)
+		return errnoFor(err, false), err
+	case cmdWrite:
+		if r.flags&^cmdFlagFUA != 0 {
+			return errnoInval, errBadFlags
+		}
+		if e, err := check(true); e != 0 {
+			return e, err
+		}
+		err = dev.WriteAt(*r.buf, off, fua)
+		return errnoFor(err, true), err
+	case cmdFlush:
+		if r.flags&^cmdFlagFUA != 0 {
+			return errnoInval, errBadFlags
+		}
+		err = dev.Flush()
+		return errnoFor(err, true), err
+	case cmdTrim:
+		if r.flags&^cmdFlagFUA != 0 {
+			return errnoInval, errBadFlags
+		}
+		if e, err := check(true); e != 0 {
+			return e, err
+		}
+		err = dev.Trim(off, n)
+		if err == nil && fua {
+			err = dev.Flush()
+		}
+		return errnoFor(err, true), err
+	case cmdWriteZeroes:
+		if r.flags&^(cmdFlagFUA|cmdFlagNoHole|cmdFlagFastZero) != 0 {
+			return errnoInval, errBadFlags
+		}
+		if e, err := check(true); e != 0 {
+			return e, err
+		}
+		if r.flags&cmdFlagNoHole != 0 {
+			if r.flags&cmdFlagFastZero != 0 {
+				return errnoNotSup, errNotFast
+			}
+			err = dev.WriteZeroes(off, n, fua)
+			return errnoFor(err, true), err
+		}
+		err = dev.Trim(off, n)
+		if err == nil && fua {
+			err = dev.Flush()
+		}
+		return errnoFor(err, true), err
+	default:
+		return errnoInval, fmt.Errorf("%w: type %d", errBadCommand, r.typ)
+	}
+}
+
+// reply sends the reply to r: errno 0 with the read data for a READ, or an
+// error. Replies from all workers are serialized on the writer; the last
+// writer in line flushes, so a burst of completions costs one syscall.
+func (c *conn) reply(r *request, errno uint32, msg string) {
+	c.pending.Add(1)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	err := c.writeReply(r, errno, msg)
+	if c.pending.Add(-1) == 0 && err == nil {
+		err = c.bw.Flush()
+		if err != nil {
+			err = fmt.Errorf("flush replies: %w", err)
+		}
+	}
+	if err != nil && c.werr == nil {
+		c.werr = err
+		glog.V(1).Infof("nbd: %s: %v", c.nc.RemoteAddr(), err)
+		c.shutdown()
+	}
+}
+
+func (c *conn) writeReply(r *request, errno uint32, msg string) error {
+	if c.werr != nil {
+		return c.werr
+	}
+	var data []byte
+	if r.typ == cmdRead && errno == 0 && r.buf != nil {
+		data = *r.buf
+	}
+	var err error
+	if c.structured && r.typ == cmdRead {
+		if errno == 0 {
+			putStructuredHeader(r.hdr[:], replyFlagDone, replyTypeOffsetData, r.cookie, uint32(8+len(data)))
+			binary.BigEndian.PutUint64(r.hdr[20:28], r.offset)
+			_, err = c.bw.Write(r.hdr[:28])
+		} else {
+			if len(msg) > maxErrorMessage {
+				msg = msg[:maxErrorMessage]
+			}
+			putStructuredHeader(r.hdr[:], replyFlagDone, replyTypeError, r.cookie, uint32(6+len(msg)))
+			binary.BigEndian.PutUint32(r.hdr[20:24], errno)
+			binary.BigEndian.PutUint16(r.hdr[24:26], uint16(len(msg)))
+			_, err = c.bw.Write(r.hdr[:26])
+			if err == nil {
+				_, err = c.bw.WriteString(msg)
+			}
+		}
+	} else {
+		putSimpleReply(r.hdr[:], errno, r.cookie)
+		_, err = c.bw.Write(r.hdr[:simpleReplyLen])
+	}
+	if err == nil && len(data) > 0 {
+		_, err = c.bw.Write(data)
+	}
+	if err != nil {
+		return fmt.Errorf("write reply: %w", err)
+	}
+	return nil
+}
