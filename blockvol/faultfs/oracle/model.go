@@ -1,0 +1,110 @@
+package oracle
+
+import (
+	"fmt"
+	"strings"
+)
+
+type histEntry struct {
+	seq   uint64 // 0: zeros (trim, write-zeroes, never written)
+	acked bool   // the call returned nil; otherwise its outcome is unknown
+}
+
+type Model struct {
+	bs      int
+	nblocks int
+	seq     uint64 // last value handed out
+	hist    [][]histEntry
+	commit  []int // index in hist of the committed value
+}
+
+func NewModel(bs, nblocks int) *Model {
+	o := &Model{bs: bs, nblocks: nblocks, hist: make([][]histEntry, nblocks), commit: make([]int, nblocks)}
+	for i := range o.hist {
+		o.hist[i] = []histEntry{{seq: 0, acked: true}}
+	}
+	return o
+}
+
+// NextSeq hands out the value for a new write.
+func (o *Model) NextSeq() uint64 {
+	o.seq++
+	return o.seq
+}
+
+// Record notes that blocks [lba, lba+n) were given value seq (0 = zeros) by
+// a call that returned err; durable says the call's success means committed
+// (FUA).
+func (o *Model) Record(lba, n int, seq uint64, err error, durable bool) {
+	for b := lba; b < lba+n; b++ {
+		o.hist[b] = append(o.hist[b], histEntry{seq: seq, acked: err == nil})
+		if err == nil && durable {
+			o.commit[b] = len(o.hist[b]) - 1
+		}
+	}
+}
+
+// Flushed notes a Flush that returned nil: every acknowledged value is
+// committed.
+func (o *Model) Flushed() {
+	for b := range o.hist {
+		o.commit[b] = o.lastAcked(b)
+	}
+}
+
+func (o *Model) lastAcked(b int) int {
+	h := o.hist[b]
+	for i := len(h) - 1; i > o.commit[b]; i-- {
+		if h[i].acked {
+			return i
+		}
+	}
+	return o.commit[b]
+}
+
+func (o *Model) Describe(b int) string {
+	var sb strings.Builder
+	for i, e := range o.hist[b] {
+		if i > 0 {
+			sb.WriteString(" ")
+		}
+		mark := ""
+		if i == o.commit[b] {
+			mark = "*"
+		}
+		if !e.acked {
+			mark += "?"
+		}
+		fmt.Fprintf(&sb, "%s%d", mark, e.seq)
+	}
+	return sb.String()
+}
+
+// CheckLive checks a read of block b while the Device has not crashed since
+// the values were written: the newest acknowledged value or a later one of
+// unknown outcome. Seeing a later one pins it.
+func (o *Model) CheckLive(b int, seq uint64) error {
+	from := o.lastAcked(b)
+	for i := from; i < len(o.hist[b]); i++ {
+		if o.hist[b][i].seq == seq {
+			return nil
+		}
+	}
+	return fmt.Errorf("lba %d: read value %d, want newest acknowledged %d (history, *=committed ?=unknown: %s)",
+		b, seq, o.hist[b][from].seq, o.Describe(b))
+}
+
+// CheckRecovered checks a read of block b right after a crash and reopen:
+// the committed value or any later one. The value seen becomes the only
+// allowed one.
+func (o *Model) CheckRecovered(b int, seq uint64) error {
+	for i := o.commit[b]; i < len(o.hist[b]); i++ {
+		if o.hist[b][i].seq == seq {
+			o.hist[b] = []histEntry{{seq: seq, acked: true}}
+			o.commit[b] = 0
+			return nil
+		}
+	}
+	return fmt.Errorf("lba %d after crash: read value %d, allowed are the committed value and later ones (history, *=committed ?=unknown: %s)",
+		b, seq, o.Describe(b))
+}
