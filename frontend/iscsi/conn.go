@@ -1,0 +1,365 @@
+package iscsi
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+
+	"github.com/golang/glog"
+)
+
+const (
+	readBufSize  = 256 * 1024
+	writeBufSize = 256 * 1024
+	outQueueLen  = 256
+)
+
+// conn is one TCP connection: a reader (the goroutine running serve), a
+// writer goroutine that owns StatSN after login, and one goroutine per
+// executing command.
+type conn struct {
+	srv *Server
+	nc  net.Conn
+	rd  *pduReader
+	wr  *pduWriter
+
+	// Set by login.
+	cid        uint16
+	sess       *session
+	maxSendDSL uint32
+	statSN     uint32 // login path, then the writer goroutine only
+
+	out       chan *outPDU
+	closing   chan struct{}
+	closeOnce sync.Once
+	stopped   chan struct{}
+	writerWG  sync.WaitGroup
+	cmdWG     sync.WaitGroup
+
+	mu    sync.Mutex
+	tasks map[uint32]*task
+
+	// Reader-owned state.
+	nextTTT uint32
+	text    textExchange
+
+	pduPool sync.Pool
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	c := &conn{
+		srv:     s,
+		nc:      nc,
+		rd:      newPDUReader(nc, readBufSize),
+		wr:      newPDUWriter(nc, writeBufSize),
+		out:     make(chan *outPDU, outQueueLen),
+		closing: make(chan struct{}),
+		stopped: make(chan struct{}),
+		tasks:   make(map[uint32]*task),
+		nextTTT: 1,
+	}
+	c.pduPool.New = func() any { return new(outPDU) }
+	return c
+}
+
+// close tears the connection down at once (unblocks reader and writer).
+func (c *conn) close() {
+	c.closeOnce.Do(func() {
+		close(c.closing)
+		c.nc.Close()
+	})
+}
+
+// wait returns once serve has returned.
+func (c *conn) wait() { <-c.stopped }
+
+func (c *conn) serve() {
+	defer close(c.stopped)
+	sess, err := c.runLogin()
+	if err != nil {
+		if !errors.Is(err, io.EOF) {
+			glog.V(1).Infof("iscsi: %s: %v", c.nc.RemoteAddr(), err)
+		}
+		c.close()
+		return
+	}
+	select {
+	case <-c.closing:
+		// Server closed while the login finished.
+		sess.removeConn(c)
+		return
+	default:
+	}
+	c.writerWG.Add(1)
+	go c.writer()
+	graceful, err := c.fullFeature()
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+		glog.V(1).Infof("iscsi: %s tsih=%d: %v", c.nc.RemoteAddr(), sess.tsih, err)
+	}
+	c.abortAllTasks()
+	c.cmdWG.Wait()
+	if graceful {
+		c.closeOnce.Do(func() { close(c.closing) }) // writer drains, flushes, exits
+		c.writerWG.Wait()
+		c.nc.Close()
+	} else {
+		c.close()
+		c.writerWG.Wait()
+	}
+	sess.removeConn(c)
+}
+
+// newPDU returns a zeroed outPDU from the pool.
+func (c *conn) newPDU() *outPDU {
+	p := c.pduPool.Get().(*outPDU)
+	*p = outPDU{}
+	return p
+}
+
+// send queues p for the writer; it is dropped if the connection closes.
+func (c *conn) send(p *outPDU) {
+	select {
+	case c.out <- p:
+	case <-c.closing:
+	}
+}
+
+// writer owns the socket's write side and StatSN.
+func (c *conn) writer() {
+	defer c.writerWG.Done()
+	c.wr.headerDigest = c.rd.headerDigest
+	c.wr.dataDigest = c.rd.dataDigest
+	failed := false
+	write := func(p *outPDU) {
+		if !failed {
+			exp, maxSN := c.sess.cmdSNs()
+			h := &p.hdr
+			h.putU32(24, c.statSN)
+			if p.status {
+				c.statSN++
+			}
+			h.putU32(28, exp)
+			h.putU32(32, maxSN)
+			if err := c.wr.write(h, p.data); err != nil {
+				failed = true
+				glog.V(2).Infof("iscsi: write to %s: %v", c.nc.RemoteAddr(), err)
+				c.close()
+			}
+		}
+		if p.done != nil {
+			p.done()
+		}
+		*p = outPDU{}
+		c.pduPool.Put(p)
+	}
+	for {
+		select {
+		case p := <-c.out:
+			write(p)
+			if len(c.out) == 0 && !failed {
+				if err := c.wr.flush(); err != nil {
+					failed = true
+					c.close()
+				}
+			}
+		case <-c.closing:
+			for {
+				select {
+				case p := <-c.out:
+					write(p)
+				default:
+					if !failed {
+						c.wr.flush()
+					}
+					return
+				}
+			}
+		}
+	}
+}
+
+// fullFeature is the reader loop of the full-feature phase. It returns
+// graceful=true after a logout whose response is queued.
+func (c *conn) fullFeature() (graceful bool, err error) {
+	for {
+		if err := c.rd.readHeader(); err != nil {
+			if errors.Is(err, ErrSegmentLimit) || errors.Is(err, ErrDigest) {
+				reason := byte(rejectProtocolError)
+				if errors.Is(err, ErrDigest) {
+					reason = rejectDigestError
+				}
+				c.sendReject(&c.rd.hdr, reason)
+				return true, err
+			}
+			return false, err
+		}
+		h := &c.rd.hdr
+		var done bool
+		switch h.opcode() {
+		case opSCSICmd:
+			err = c.handleSCSICmd(h)
+		case opDataOut:
+			err = c.handleDataOut(h)
+		case opNopOut:
+			err = c.handleNopOut(h)
+		case opTaskMgmtReq:
+			err = c.handleTaskMgmt(h)
+		case opTextReq:
+			err = c.handleText(h)
+		case opLogoutReq:
+			done, err = c.handleLogout(h)
+		case opSNACKReq:
+			if err = c.rd.discardData(); err == nil {
+				c.sendReject(h, rejectSNACK)
+			}
+		case opLoginReq:
+			// A login in the full-feature phase is a protocol error.
+			if err = c.rd.discardData(); err == nil {
+				c.sendReject(h, rejectProtocolError)
+			}
+		default:
+			if err = c.rd.discardData(); err == nil {
+				c.sendReject(h, rejectCmdNotSupported)
+			}
+		}
+		if err != nil {
+			var pe *protoError
+			if errors.As(err, &pe) {
+				c.sendReject(h, pe.reason)
+				return true, err
+			}
+			return false, err
+		}
+		if done {
+			return true, nil
+		}
+	}
+}
+
+// protoError is a protocol violation: the PDU is rejected and the
+// connection closed (ErrorRecoveryLevel 0).
+type protoError struct {
+	reason byte
+	msg    string
+}
+
+func (e *protoError) Error() string { return "iscsi protocol error: " + e.msg }
+func (e *protoError) Unwrap() error { return ErrProtocol }
+
+func protoErr(reason byte, format string, args ...any) error {
+	return &protoError{reason: reason, msg: fmt.Sprintf(format, args...)}
+}
+
+// sendReject queues a Reject PDU carrying the offending header.
+func (c *conn) sendReject(h *bhs, reason byte) {
+	p := c.newPDU()
+	p.hdr[0] = opReject
+	p.hdr[1] = flagFinal
+	p.hdr[2] = reason
+	p.hdr.putU32(16, reservedTag)
+	hdrCopy := make([]byte, bhsLen)
+	copy(hdrCopy, h[:])
+	p.data = hdrCopy
+	p.status = true
+	c.send(p)
+}
+
+// allocTTT returns a target transfer tag (never 0xffffffff). Reader only.
+func (c *conn) allocTTT() uint32 {
+	t := c.nextTTT
+	c.nextTTT++
+	if c.nextTTT == reservedTag {
+		c.nextTTT = 1
+	}
+	return t
+}
+
+// handleNopOut answers pings and accepts answers to our NOP-Ins.
+func (c *conn) handleNopOut(h *bhs) error {
+	itt := h.itt()
+	data, err := c.rd.readDataScratch()
+	if err != nil {
+		return err
+	}
+	if itt == reservedTag {
+		// An answer to a target NOP-In (or a bare CmdSN/ExpStatSN update).
+		if !h.immediate() {
+			return protoErr(rejectProtocolError, "NOP-Out with reserved ITT not immediate")
+		}
+		return nil
+	}
+	if !c.sess.admit(h.u32(24), h.immediate()) {
+		glog.V(2).Infof("iscsi: NOP-Out CmdSN %d outside window, dropped", h.u32(24))
+		return nil
+	}
+	p := c.newPDU()
+	p.hdr[0] = opNopIn
+	p.hdr[1] = flagFinal
+	copy(p.hdr[8:16], h[8:16])
+	p.hdr.putU32(16, itt)
+	p.hdr.putU32(20, reservedTag)
+	if len(data) > 0 {
+		n := min(len(data), int(c.maxSendDSL))
+		p.data = append([]byte(nil), data[:n]...)
+	}
+	p.status = true
+	if !h.immediate() {
+		c.sess.release()
+	}
+	c.send(p)
+	return nil
+}
+
+// handleLogout answers a Logout request after the connection's commands
+// have finished.
+func (c *conn) handleLogout(h *bhs) (bool, error) {
+	if err := c.rd.discardData(); err != nil {
+		return false, err
+	}
+	immediate := h.immediate()
+	if !c.sess.admit(h.u32(24), immediate) {
+		return false, nil
+	}
+	reason := h.flags() & 0x7f
+	cid := h.u16(20)
+	resp := byte(0)
+	switch reason {
+	case 0: // close the session
+	case 1: // close the connection
+		if cid != c.cid {
+			resp = 1 // CID not found
+		}
+	case 2:
+		resp = 2 // connection recovery not supported
+	default:
+		return false, protoErr(rejectInvalidPDUField, "logout reason %d", reason)
+	}
+	c.abortWaitingTasks()
+	c.cmdWG.Wait()
+	p := c.newPDU()
+	p.hdr[0] = opLogoutRsp
+	p.hdr[1] = flagFinal
+	p.hdr[2] = resp
+	p.hdr.putU32(16, h.itt())
+	p.hdr.putU16(40, uint16(c.sess.params.defaultTime2Wait))
+	p.hdr.putU16(42, uint16(c.sess.params.defaultTime2Retain))
+	p.status = true
+	if !immediate {
+		c.sess.release()
+	}
+	c.send(p)
+	if resp != 0 {
+		return false, nil
+	}
+	if reason == 0 {
+		// Closing the session closes its other connections too.
+		for _, oc := range c.sess.connList() {
+			if oc != c {
+				oc.close()
+			}
+		}
+	}
+	return true, nil
+}

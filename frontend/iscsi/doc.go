@@ -1,0 +1,16 @@
+// Package iscsi is an iSCSI target transport (RFC 7143): it accepts TCP
+// connections, runs login (security and operational negotiation, CHAP),
+// discovery (SendTargets) and the full-feature phase, and moves SCSI
+// commands, data and status between initiators and logical units.
+//
+// It owns PDUs, sessions, connections, sequence numbers (CmdSN, StatSN,
+// DataSN, R2TSN), data movement (immediate data, unsolicited Data-Out, R2T,
+// Data-In splitting), task tags and task management. It delegates every
+// SCSI decision (CDB parsing, sense data, the block device) to a
+// LogicalUnit (normally frontend/scsi).
+//
+// It must never parse CDBs itself, never touch a block device directly,
+// never panic or hang on bytes from the network (bad input closes the
+// connection or is rejected), and never leave goroutines behind: Server.Close
+// stops and waits for every goroutine it started.
+package iscsi
