@@ -1,0 +1,23 @@
+// Package blockvol is the local block-volume engine: one file holding a
+// superblock (two copies), a circular write-ahead log and a flat extent.
+//
+// Writes are appended to the WAL (group-committed, 4 KiB aligned batches
+// written with one pwritev) and acknowledged; an in-memory index maps every
+// dirty LBA to its newest WAL location so reads see the newest data at once.
+// Flush and FUA writes share one fdatasync. A background flusher copies WAL
+// records into the extent in LSN order, fdatasyncs, persists the checkpoint
+// in the superblock and only then frees WAL space. Retention holds keep WAL
+// records readable for lagging replicas, within a byte budget after which
+// the hold is revoked and its owner told. Role and epoch are persisted; a
+// volume opens fenced (read-only) until Unfence.
+//
+// It owns: the on-disk format (superblock, WAL records, extent layout),
+// recovery, the index, the flusher goroutine, holds, fencing state and the
+// replica append path (ApplyReplicated, ScanWAL).
+//
+// It must never: retry a failed fsync (a failed Sync makes the volume
+// read-only for good), derive the recovered head from an LSN instead of the
+// byte end of the last valid record, reuse WAL space before the superblock
+// that releases it is durable, panic on bad bytes from disk, or import
+// another weedblock package except the leaf blockdev.
+package blockvol

@@ -1,0 +1,221 @@
+package blockvol
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/golang/glog"
+)
+
+// flusherLoop runs until Close: it wakes on a kick, on its timer, and
+// keeps going while writers wait for room.
+func (v *Volume) flusherLoop() {
+	defer close(v.done)
+	t := time.NewTicker(v.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-v.stop:
+			return
+		case <-v.kick:
+		case <-t.C:
+		}
+		for i := 0; i < 1000; i++ {
+			progressed, err := v.flushOnce()
+			if err != nil || !progressed {
+				break
+			}
+			select {
+			case <-v.stop:
+				return
+			default:
+			}
+			v.mu.Lock()
+			more := v.waitRoom > 0 || v.writeAbs-v.tailAbs > v.walSize/2
+			v.mu.Unlock()
+			if !more {
+				break
+			}
+		}
+	}
+}
+
+// Checkpoint runs flusher rounds until every record written so far is in
+// the extent and the checkpoint is durable.
+func (v *Volume) Checkpoint() error {
+	if err := v.enter(); err != nil {
+		return err
+	}
+	defer v.ops.Done()
+	v.mu.Lock()
+	for !v.writing && len(v.pending) > 0 {
+		v.writePendingLocked()
+	}
+	if err := v.waitWrittenLocked(v.head); err != nil {
+		v.mu.Unlock()
+		return err
+	}
+	target := v.written
+	v.mu.Unlock()
+	for {
+		if _, err := v.flushOnce(); err != nil {
+			return err
+		}
+		v.mu.Lock()
+		cp, failed := v.checkpoint, v.failed
+		v.mu.Unlock()
+		if failed != nil {
+			return fmt.Errorf("%s: checkpoint: %w: %v", v.path, ErrUnhealthy, failed)
+		}
+		if cp >= target {
+			return nil
+		}
+	}
+}
+
+// flushOnce copies records (checkpoint, written] (bounded) to the extent,
+// fdatasyncs, persists the new checkpoint and tail, and only then lets
+// writers reuse the freed WAL space. It reports whether anything moved.
+func (v *Volume) flushOnce() (bool, error) {
+	v.flushMu.Lock()
+	defer v.flushMu.Unlock()
+
+	v.mu.Lock()
+	if v.failed != nil {
+		v.mu.Unlock()
+		return false, nil
+	}
+	cp := v.checkpoint
+	w := v.written
+	var todo []recMeta
+	var bytes int64
+	for lsn := cp + 1; lsn <= w; lsn++ {
+		m := v.recs.find(lsn)
+		if m == nil {
+			v.mu.Unlock()
+			return false, fmt.Errorf("%s: flusher: lsn %d missing from the record list", v.path, lsn)
+		}
+		todo = append(todo, *m)
+		bytes += m.length()
+		if bytes >= flushRoundBytes {
+			break
+		}
+	}
+	v.mu.Unlock()
+
+	newCP := cp
+	if len(todo) > 0 {
+		if err := v.applyToExtent(todo); err != nil {
+			v.fail(err)
+			return false, err
+		}
+		if err := v.syncFile(); err != nil {
+			return false, err
+		}
+		newCP = todo[len(todo)-1].lsn
+		v.mu.Lock()
+		// That fdatasync also made the WAL durable up to w.
+		if w > v.durable && v.failed == nil {
+			v.durable = w
+			v.cond.Broadcast()
+		}
+		v.mu.Unlock()
+	}
+
+	// Choose the new tail: the oldest record still needed, by the
+	// checkpoint or by a hold. Holds over budget, or blocking writers that
+	// wait for room, are revoked.
+	v.mu.Lock()
+	natural, naturalLSN := v.writeAbs, v.head+1
+	if m := v.recs.find(newCP + 1); m != nil {
+		natural, naturalLSN = m.abs, m.lsn
+	} else if newCP+1 <= v.head {
+		v.mu.Unlock()
+		return false, fmt.Errorf("%s: flusher: lsn %d missing from the record list", v.path, newCP+1)
+	}
+	tailAbs, tailLSN := natural, naturalLSN
+	for h := range v.holds {
+		if h.lsn >= naturalLSN {
+			continue
+		}
+		m := v.recs.find(h.lsn)
+		if m == nil {
+			v.revokeLocked(h, fmt.Errorf("%w: lsn %d no longer in the WAL", ErrHoldRevoked, h.lsn))
+			continue
+		}
+		if h.budget > 0 && natural-m.abs > h.budget {
+			v.revokeLocked(h, fmt.Errorf("%w: retains %d WAL bytes, budget %d", ErrHoldRevoked, natural-m.abs, h.budget))
+			continue
+		}
+		if v.waitRoom > 0 && len(todo) == 0 {
+			// Nothing left to flush and writers still wait: only the
+			// holds stand in the way. A dead replica must not wedge us.
+			v.revokeLocked(h, fmt.Errorf("%w: WAL full, writers waiting", ErrHoldRevoked))
+			continue
+		}
+		if m.abs < tailAbs {
+			tailAbs, tailLSN = m.abs, m.lsn
+		}
+	}
+	moved := newCP != cp || tailLSN != v.tailLSN
+	v.mu.Unlock()
+	if !moved {
+		return false, nil
+	}
+
+	if err := v.persistSuperblock(func(s *superblock) {
+		s.checkpoint = newCP
+		s.tailLSN = tailLSN
+		s.tailPos = uint64(tailAbs % v.walSize)
+	}); err != nil {
+		return false, err
+	}
+
+	v.tailMu.Lock()
+	v.mu.Lock()
+	for i := range todo {
+		v.retireIndexLocked(&todo[i])
+	}
+	v.retireZerosLocked(newCP)
+	v.checkpoint = newCP
+	if tailLSN > v.tailLSN {
+		v.tailLSN, v.tailAbs = tailLSN, tailAbs
+		v.recs.popBefore(tailLSN)
+	}
+	v.cond.Broadcast()
+	v.mu.Unlock()
+	v.tailMu.Unlock()
+	glog.V(2).Infof("blockvol %s: checkpoint %d tail %d", v.path, newCP, tailLSN)
+	return true, nil
+}
+
+// applyToExtent writes the effects of records, in LSN order, into the
+// extent. The WAL bytes of these records cannot be reused meanwhile: the
+// tail only moves after this round persists.
+func (v *Volume) applyToExtent(todo []recMeta) error {
+	bs := int64(v.bs)
+	var buf []byte
+	for i := range todo {
+		m := &todo[i]
+		off := v.extentOff + int64(m.lba)*bs
+		switch m.kind {
+		case KindWrite:
+			n := int(m.dataLen)
+			if cap(buf) < n {
+				buf = make([]byte, n)
+			}
+			b := buf[:n]
+			if err := v.readFull(b, walOffset+(m.abs+recordHeaderSize)%v.walSize); err != nil {
+				return fmt.Errorf("flusher: read lsn %d: %w", m.lsn, err)
+			}
+			if _, err := v.f.WriteAt(b, off); err != nil {
+				return fmt.Errorf("flusher: write extent for lsn %d: %w", m.lsn, err)
+			}
+		case KindTrim, KindZero:
+			if err := v.f.PunchHole(off, int64(m.blocks)*bs); err != nil {
+				return fmt.Errorf("flusher: punch extent for lsn %d: %w", m.lsn, err)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,163 @@
+package blockvol
+
+import (
+	"fmt"
+
+	"github.com/weedblock/weedblock/blockdev"
+)
+
+// replicaWritableLocked says whether ApplyReplicated may append now.
+func (v *Volume) replicaWritableLocked() error {
+	switch {
+	case v.closed:
+		return fmt.Errorf("%s: %w", v.path, blockdev.ErrClosed)
+	case v.failed != nil:
+		return v.failedErrLocked()
+	case v.fenced:
+		return fmt.Errorf("%s: %w: %w", v.path, blockdev.ErrReadOnly, ErrFenced)
+	case v.role != RoleReplica:
+		return fmt.Errorf("%s: apply replicated: %w: role %v", v.path, ErrWrongRole, v.role)
+	}
+	return nil
+}
+
+func (v *Volume) checkRecord(r *Record) error {
+	switch r.Kind {
+	case KindWrite:
+		if uint64(len(r.Data)) != uint64(r.Blocks)*uint64(v.bs) {
+			return fmt.Errorf("%w: lsn %d: %d blocks with %d data bytes", ErrBadRecord, r.LSN, r.Blocks, len(r.Data))
+		}
+		if recordLen(len(r.Data))+16384 > v.walSize/2 {
+			return fmt.Errorf("%w: lsn %d: %d data bytes do not fit this WAL", ErrBadRecord, r.LSN, len(r.Data))
+		}
+	case KindTrim, KindZero:
+		if len(r.Data) != 0 {
+			return fmt.Errorf("%w: lsn %d: %v with data", ErrBadRecord, r.LSN, r.Kind)
+		}
+	default:
+		return fmt.Errorf("%w: lsn %d: kind %v", ErrBadRecord, r.LSN, r.Kind)
+	}
+	if r.LSN == 0 || r.Blocks == 0 {
+		return fmt.Errorf("%w: lsn %d, %d blocks", ErrBadRecord, r.LSN, r.Blocks)
+	}
+	if nb := uint64(v.size / int64(v.bs)); r.LBA >= nb || uint64(r.Blocks) > nb-r.LBA {
+		return fmt.Errorf("%w: lsn %d: blocks %d+%d beyond the volume: %w", ErrBadRecord, r.LSN, r.LBA, r.Blocks, blockdev.ErrOutOfRange)
+	}
+	return nil
+}
+
+// ApplyReplicated appends a record shipped by the primary, keeping its LSN
+// and epoch. Only head+1 is appended; a record at or below the head with
+// the same epoch as the local copy is a duplicate and succeeds without
+// effect; a different epoch fails with ErrLSNConflict; a gap fails with
+// ErrLSNGap. The volume must be unfenced as RoleReplica. The record is
+// written (not yet durable) when this returns; Flush makes it durable.
+func (v *Volume) ApplyReplicated(r Record) error {
+	if err := v.checkRecord(&r); err != nil {
+		return fmt.Errorf("%s: apply replicated: %w", v.path, err)
+	}
+	var crc uint32
+	if r.Kind == KindWrite {
+		crc = crc32c(r.Data)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.beginOpLocked(); err != nil {
+		return err
+	}
+	defer v.ops.Done()
+	dup := func() (bool, error) {
+		if r.LSN > v.head {
+			return false, nil
+		}
+		if m := v.recs.find(r.LSN); m != nil && m.epoch != r.Epoch {
+			return true, fmt.Errorf("%s: apply lsn %d epoch %d, local epoch %d: %w", v.path, r.LSN, r.Epoch, m.epoch, ErrLSNConflict)
+		}
+		return true, nil
+	}
+	if d, err := dup(); d {
+		return err
+	}
+	if r.LSN != v.head+1 {
+		return fmt.Errorf("%s: apply lsn %d after head %d: %w", v.path, r.LSN, v.head, ErrLSNGap)
+	}
+	newBatch, wrap, err := v.reserveLocked(recordLen(len(r.Data)), v.replicaWritableLocked)
+	if err != nil {
+		return err
+	}
+	// The head may have moved while we waited for room.
+	if d, err := dup(); d {
+		return err
+	}
+	if r.LSN != v.head+1 {
+		return fmt.Errorf("%s: apply lsn %d after head %d: %w", v.path, r.LSN, v.head, ErrLSNGap)
+	}
+	h := recordHeader{kind: r.Kind, lsn: r.LSN, epoch: r.Epoch, lba: r.LBA, blocks: r.Blocks, dataLen: uint32(len(r.Data)), dataCRC: crc}
+	v.appendLocked(&h, r.Data, newBatch, wrap)
+	return v.waitWrittenLocked(r.LSN)
+}
+
+// ScanWAL calls fn for each record from fromLSN on, in LSN order, until it
+// reaches the records written so far (it keeps following the head while
+// the head moves). Record.Data is only valid during the call. fromLSN must
+// still be in the WAL (ErrNotRetained otherwise). The scan pins what it
+// has yet to read; if that pin is revoked (WAL full) it fails with
+// ErrHoldRevoked. An error from fn ends the scan and is returned.
+func (v *Volume) ScanWAL(fromLSN uint64, fn func(Record) error) error {
+	if err := v.enter(); err != nil {
+		return err
+	}
+	defer v.ops.Done()
+	h, err := v.Hold(fromLSN, 0)
+	if err != nil {
+		return err
+	}
+	defer h.Release()
+	var buf []byte
+	for lsn := fromLSN; ; lsn++ {
+		v.mu.Lock()
+		if v.closed {
+			v.mu.Unlock()
+			return fmt.Errorf("%s: scan: %w", v.path, blockdev.ErrClosed)
+		}
+		if lsn > v.written {
+			v.mu.Unlock()
+			return nil
+		}
+		mp := v.recs.find(lsn)
+		if mp == nil {
+			v.mu.Unlock()
+			if err := h.Err(); err != nil {
+				return err
+			}
+			return fmt.Errorf("%s: scan lsn %d: %w", v.path, lsn, ErrNotRetained)
+		}
+		m := *mp
+		gen := v.gen
+		v.mu.Unlock()
+		n := recordHeaderSize + int(m.dataLen)
+		if cap(buf) < n {
+			buf = make([]byte, n)
+		}
+		b := buf[:n]
+		if err := v.readFull(b, walOffset+m.abs%v.walSize); err != nil {
+			return fmt.Errorf("%s: scan lsn %d: %w", v.path, lsn, err)
+		}
+		if err := h.Err(); err != nil {
+			return err
+		}
+		r, hdr, _, err := decodeRecord(b, v.bs)
+		if err != nil {
+			return fmt.Errorf("%s: scan lsn %d: %w", v.path, lsn, err)
+		}
+		if r.LSN != lsn || hdr.gen != gen {
+			return fmt.Errorf("%s: scan lsn %d: found lsn %d generation %d: %w", v.path, lsn, r.LSN, hdr.gen, ErrBadRecord)
+		}
+		if err := fn(r); err != nil {
+			return err
+		}
+		if err := h.Advance(lsn + 1); err != nil {
+			return err
+		}
+	}
+}
