@@ -3,6 +3,7 @@ package nbd
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/weedblock/weedblock/blockdev"
 )
@@ -31,6 +32,7 @@ func (d *recordingDevice) WriteZeroes(off, n int64, fua bool) error {
 type gateDevice struct {
 	blockdev.Device
 	gates map[int64]chan struct{}
+	delay time.Duration // added to every data call
 
 	mu         sync.Mutex
 	active     int
@@ -47,6 +49,9 @@ func (d *gateDevice) enter(off int64, n int) {
 	d.maxActive = max(d.maxActive, d.active)
 	d.maxBytes = max(d.maxBytes, d.activeByte)
 	d.mu.Unlock()
+	if d.delay > 0 {
+		time.Sleep(d.delay)
+	}
 	if g, ok := d.gates[off]; ok {
 		if d.entered != nil {
 			d.entered <- off

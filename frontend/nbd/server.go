@@ -239,23 +239,49 @@ func (s *Server) Serve(l net.Listener) error {
 		}
 		backoff = 0
 		c := newConn(s, nc)
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
+		if !s.track(c) {
 			nc.Close()
 			return ErrServerClosed
 		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
 		go func() {
-			defer s.wg.Done()
+			defer s.untrack(c)
 			c.serve()
-			s.mu.Lock()
-			delete(s.conns, c)
-			s.mu.Unlock()
 		}()
 	}
+}
+
+// ServeConn serves one connection accepted elsewhere (any net.Conn, e.g.
+// a Unix socket or an in-memory pipe) and returns when it ends. Close ends
+// it too. It always closes nc.
+func (s *Server) ServeConn(nc net.Conn) error {
+	c := newConn(s, nc)
+	if !s.track(c) {
+		nc.Close()
+		return ErrServerClosed
+	}
+	defer s.untrack(c)
+	c.serve()
+	return nil
+}
+
+// track registers a connection so Close can end it and wait for it. It
+// returns false once the server is closed.
+func (s *Server) track(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) untrack(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.wg.Done()
 }
 
 func (s *Server) isClosed() bool {

@@ -306,7 +306,7 @@ func TestConcurrentRequestsBounded(t *testing.T) {
 		nreq     = 200
 	)
 	s, addr := startServer(t, Options{Workers: workers, MaxInFlightBytes: inflight, MaxPayload: 32 << 10})
-	dev := &gateDevice{Device: newMem(t, 4<<20, 4096)}
+	dev := &gateDevice{Device: newMem(t, 4<<20, 4096), delay: time.Millisecond}
 	if err := s.AddExport("d", "", dev); err != nil {
 		t.Fatal(err)
 	}
@@ -361,6 +361,9 @@ func TestConcurrentRequestsBounded(t *testing.T) {
 		}
 	}
 	calls, peakBytes := dev.peaks()
+	if calls < 2 {
+		t.Errorf("peak %d device calls at once: requests were not run concurrently", calls)
+	}
 	if calls > workers {
 		t.Errorf("%d device calls at once, want ≤ %d workers", calls, workers)
 	}
