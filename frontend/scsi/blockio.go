@@ -85,10 +85,19 @@ func (lu *LogicalUnit) writeBlocks(r *request, lba uint64, n uint32, fua bool) e
 	if n == 0 {
 		return nil
 	}
-	data, err := dataOut(r, int(n)*int(lu.bs))
-	if err != nil {
-		return err
+	// If the initiator sent less than the transfer length (its Expected
+	// Data Transfer Length was smaller), write only the whole blocks it
+	// sent (FCP-4 / SAM-5: data beyond the expected length is neither
+	// requested nor transferred); the transport reports the overflow.
+	data := r.cmd.DataOut
+	if need := int(n) * int(lu.bs); len(data) > need {
+		data = data[:need]
 	}
+	data = data[:len(data)-len(data)%int(lu.bs)]
+	if len(data) == 0 {
+		return nil
+	}
+	n = uint32(len(data) / int(lu.bs))
 	release := lu.ranges.lock(lba, uint64(n), false)
 	defer release()
 	if err := lu.dev.WriteAt(data, lu.off(lba), fua || !lu.wce.Load()); err != nil {
@@ -108,7 +117,11 @@ func (lu *LogicalUnit) writeAndVerify(r *request) ([]byte, error) {
 		return nil, err
 	}
 	if rg.flags&0x02 != 0 && rg.n > 0 {
-		got := make([]byte, int(rg.n)*int(lu.bs))
+		size := int(rg.n) * int(lu.bs)
+		if len(r.cmd.DataOut) < size {
+			size = len(r.cmd.DataOut) - len(r.cmd.DataOut)%int(lu.bs)
+		}
+		got := make([]byte, size)
 		if err := lu.dev.ReadAt(got, lu.off(rg.lba)); err != nil {
 			return nil, ioError(err, false)
 		}
@@ -278,14 +291,16 @@ func (lu *LogicalUnit) writeSame(r *request) ([]byte, error) {
 	defer release()
 	off, length := lu.off(lba), int64(n)*int64(bs)
 	fua := !lu.wce.Load()
-	if isZero(pattern) {
-		var err error
-		if unmap {
-			err = lu.dev.Trim(off, length)
-		} else {
-			err = lu.dev.WriteZeroes(off, length, fua)
+	if unmap {
+		// Deallocate whatever the pattern: the blocks then read as
+		// zeros (LBPRZ=1), as initiators that set UNMAP expect.
+		if err := lu.dev.Trim(off, length); err != nil {
+			return nil, ioError(err, true)
 		}
-		if err != nil {
+		return nil, nil
+	}
+	if isZero(pattern) {
+		if err := lu.dev.WriteZeroes(off, length, fua); err != nil {
 			return nil, ioError(err, true)
 		}
 		return nil, nil
@@ -357,8 +372,8 @@ func (lu *LogicalUnit) unmap(r *request) ([]byte, error) {
 	for i := 0; i < ndesc; i++ {
 		d := data[8+16*i : 8+16*(i+1)]
 		e := extent{lba: be64(d[0:8]), n: uint64(be32(d[8:12]))}
-		if err := lu.checkRange(e.lba, e.n); err != nil {
-			return nil, err
+		if e.lba > lu.blocks || e.n > lu.blocks-e.lba {
+			return nil, errLBAOutOfRange()
 		}
 		total += e.n
 		if total > uint64(lu.maxUnmap) {
@@ -399,6 +414,11 @@ func (lu *LogicalUnit) compareAndWrite(r *request) ([]byte, error) {
 		return nil, err
 	}
 	if n == 0 {
+		if len(r.cmd.DataOut) > 0 {
+			// Data for a zero-length command: the initiator meant more
+			// blocks than the one-byte field can say.
+			return nil, errInvalidFieldCDB()
+		}
 		return nil, nil
 	}
 	size := int(n) * int(lu.bs)

@@ -71,14 +71,19 @@ func TestReadWriteZeroBlocksAndFlags(t *testing.T) {
 	if _, f := mem.Counts(); f != fuas+1 {
 		t.Fatalf("FUA write not passed to the device (%d -> %d)", fuas, f)
 	}
-	// Too little data: nothing written, 05/0E/03.
-	wantSense(t, run(lu, nexusA, cdb10(opWrite10, 0, 7, 2), fill(testBS, 9)), SenseIllegalRequest, 0x0E, 0x03)
-	if !bytes.Equal(readBack(t, mem, 7, 1), make([]byte, testBS)) {
-		t.Fatal("short write changed the medium")
+	// Less data than the transfer length (EDTL < SCSI TL): only the whole
+	// blocks sent are written.
+	mustGood(t, lu, nexusA, cdb10(opWrite10, 0, 7, 3), fill(testBS+200, 9))
+	if !bytes.Equal(readBack(t, mem, 7, 1), fill(testBS, 9)) || !bytes.Equal(readBack(t, mem, 8, 2), make([]byte, 2*testBS)) {
+		t.Fatal("short write: want exactly the first block written")
+	}
+	mustGood(t, lu, nexusA, cdb10(opWrite10, 0, 20, 1), nil)
+	if !bytes.Equal(readBack(t, mem, 20, 1), make([]byte, testBS)) {
+		t.Fatal("write without data changed the medium")
 	}
 	// More data than needed: only the transfer length is written.
-	mustGood(t, lu, nexusA, cdb10(opWrite10, 0, 7, 1), fill(2*testBS, 9))
-	if !bytes.Equal(readBack(t, mem, 8, 1), make([]byte, testBS)) {
+	mustGood(t, lu, nexusA, cdb10(opWrite10, 0, 30, 1), fill(2*testBS, 9))
+	if !bytes.Equal(readBack(t, mem, 31, 1), make([]byte, testBS)) {
 		t.Fatal("write past the transfer length")
 	}
 	// Above the maximum transfer length.
@@ -187,11 +192,13 @@ func TestWriteSame(t *testing.T) {
 	if !bytes.Equal(readBack(t, mem, 12, 2), make([]byte, 2*testBS)) {
 		t.Fatal("zero WRITE SAME(16) not applied")
 	}
-	// UNMAP bit: blocks read back as zeros (LBPRZ).
-	mustGood(t, lu, nexusA, cdb10(opWriteSame10, 0, 20, 4), pattern)
-	mustGood(t, lu, nexusA, cdb16(opWriteSame16, 0x08, 20, 4), make([]byte, testBS))
-	if !bytes.Equal(readBack(t, mem, 20, 4), make([]byte, 4*testBS)) {
-		t.Fatal("WRITE SAME with UNMAP did not deallocate")
+	// UNMAP bit: blocks read back as zeros (LBPRZ), whatever the pattern.
+	for _, p := range [][]byte{make([]byte, testBS), pattern} {
+		mustGood(t, lu, nexusA, cdb10(opWriteSame10, 0, 20, 4), pattern)
+		mustGood(t, lu, nexusA, cdb16(opWriteSame16, 0x08, 20, 4), p)
+		if !bytes.Equal(readBack(t, mem, 20, 4), make([]byte, 4*testBS)) {
+			t.Fatal("WRITE SAME with UNMAP did not deallocate")
+		}
 	}
 	// NDOB: no data-out buffer, zeros.
 	mustGood(t, lu, nexusA, cdb10(opWriteSame10, 0, 30, 2), pattern)
@@ -247,8 +254,10 @@ func TestUnmap(t *testing.T) {
 	if !bytes.Equal(readBack(t, mem, 5, 5), fill(5*testBS, 0x77)) {
 		t.Fatal("UNMAP touched other blocks")
 	}
-	// Parameter list length 0: nothing to do.
+	// Parameter list length 0, or zero blocks at the end: nothing to do.
 	mustGood(t, lu, nexusA, cdb10(opUnmap, 0, 0, 0), nil)
+	mustGood(t, lu, nexusA, cdb10(opUnmap, 0, 0, 24), unmapList([2]uint64{100, 0}))
+	mustGood(t, lu, nexusA, cdb10(opUnmap, 0, 0, 8), unmapList())
 	cases := []struct {
 		name           string
 		cdb            []byte
@@ -305,6 +314,42 @@ func TestCompareAndWrite(t *testing.T) {
 	wantSense(t, run(lu, nexusA, cawCDB(0, 0, 1), fill(3*testBS, 0)), SenseIllegalRequest, 0x24, 0x00)
 	wantSense(t, run(lu, nexusA, cawCDB(0x20, 0, 1), fill(2*testBS, 0)), SenseIllegalRequest, 0x24, 0x00)
 	mustGood(t, lu, nexusA, cawCDB(0, 0, 0), nil)
+	// 256 blocks do not fit the one-byte field: data with a zero count.
+	wantSense(t, run(lu, nexusA, cawCDB(0, 0, 0), fill(512*testBS, 0)), SenseIllegalRequest, 0x24, 0x00)
+}
+
+func TestDataOutLength(t *testing.T) {
+	lu, _ := newTestLU(t, 100, Options{})
+	cases := []struct {
+		cdb  []byte
+		want uint32
+		ok   bool
+	}{
+		{cdb6(opWrite6, 0, 0), 256 * testBS, true},
+		{cdb10(opWrite10, 0, 0, 3), 3 * testBS, true},
+		{cdb12(opWrite12, 0, 0, 2), 2 * testBS, true},
+		{cdb16(opWrite16, 0, 0, 0xFFFFFFFF), 0xFFFFFFFF, true},
+		{cdb10(opWriteVerify10, 0, 0, 1), testBS, true},
+		{cdb10(opVerify10, 0, 0, 4), 0, true},
+		{cdb10(opVerify10, 0x02, 0, 4), 4 * testBS, true},
+		{cdb16(opVerify16, 0x06, 0, 4), testBS, true},
+		{cdb10(opWriteSame10, 0, 0, 9), testBS, true},
+		{cdb16(opWriteSame16, 0x01, 0, 9), 0, true},
+		{cawCDB(0, 0, 3), 6 * testBS, true},
+		{cdb10(opUnmap, 0, 0, 40), 40, true},
+		{[]byte{opModeSelect6, 0x10, 0, 0, 28, 0}, 28, true},
+		{[]byte{opPersistResOut, 0, 0, 0, 0, 0, 0, 0, 24, 0}, 24, true},
+		{cdb10(opRead10, 0, 0, 1), 0, false},
+		{[]byte{opWrite16, 0}, 0, false},
+		{[]byte{0xC5}, 0, false},
+		{nil, 0, false},
+	}
+	for _, c := range cases {
+		n, ok := lu.DataOutLength(c.cdb)
+		if n != c.want || ok != c.ok {
+			t.Errorf("DataOutLength(% x) = %d, %v; want %d, %v", c.cdb, n, ok, c.want, c.ok)
+		}
+	}
 }
 
 func TestGetLBAStatus(t *testing.T) {

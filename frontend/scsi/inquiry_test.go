@@ -116,7 +116,7 @@ func TestInquiryVPD(t *testing.T) {
 		t.Fatalf("block limits length %d", len(d))
 	}
 	be32 := func(off int) uint32 { return binary.BigEndian.Uint32(d[off:]) }
-	if d[5] != 255 || be32(8) != 16384 || be32(12) != 2048 || be32(20) != 4096 || be32(24) != 256 || be32(28) != 1 || binary.BigEndian.Uint64(d[36:]) == 0 {
+	if d[5] != 255 || be32(8) != 65536 || be32(12) != 2048 || be32(20) != 4096 || be32(24) != 256 || be32(28) != 1 || binary.BigEndian.Uint64(d[36:]) == 0 {
 		t.Errorf("block limits % x", d)
 	}
 	d = vpd(t, lu, nexusA, 0xB1)

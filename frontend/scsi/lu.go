@@ -37,7 +37,7 @@ type Options struct {
 	// reported by READ CAPACITY (16).
 	PhysicalBlockExponent uint8
 	// MaxTransferBlocks bounds one READ/WRITE/VERIFY (VPD B0h). 0 means the
-	// default (8 MiB worth of blocks).
+	// default (32 MiB worth of blocks).
 	MaxTransferBlocks uint32
 	// MaxUnmapBlocks and MaxUnmapDescriptors bound one UNMAP. 0 means the
 	// defaults (the maximum transfer length and 256 descriptors).
@@ -108,7 +108,7 @@ func NewLogicalUnit(dev blockdev.Device, opts Options) *LogicalUnit {
 	lu.blocks = uint64(dev.Size()) / uint64(lu.bs)
 	lu.maxXfer = opts.MaxTransferBlocks
 	if lu.maxXfer == 0 {
-		lu.maxXfer = uint32((8 << 20) / int(lu.bs))
+		lu.maxXfer = uint32((32 << 20) / int(lu.bs))
 	}
 	lu.maxUnmap = opts.MaxUnmapBlocks
 	if lu.maxUnmap == 0 {
