@@ -20,6 +20,14 @@ func (v *Volume) flusherLoop() {
 		case <-v.kick:
 		case <-t.C:
 		}
+		if v.manual {
+			v.mu.Lock()
+			waiting := v.waitRoom > 0
+			v.mu.Unlock()
+			if !waiting {
+				continue
+			}
+		}
 		for i := 0; i < 1000; i++ {
 			progressed, err := v.flushOnce()
 			if err != nil || !progressed {
@@ -85,8 +93,30 @@ func (v *Volume) flushOnce() (bool, error) {
 		v.mu.Unlock()
 		return false, nil
 	}
+	// Copy only records that are durable in the WAL: if a crash hit the
+	// extent's fdatasync below while a copied record was still unsynced,
+	// the WAL could lose the record and leave its extent blocks torn
+	// between old and new data, with nothing left to repair them
+	// (TestCrashFlusherNeverTearsUnsyncedRecord). So make the WAL durable
+	// first when it is not.
+	if v.written > v.durable && v.written > v.checkpoint {
+		wr := v.written
+		v.mu.Unlock()
+		if err := v.syncFile(); err != nil {
+			return false, err
+		}
+		v.mu.Lock()
+		if wr > v.durable && v.failed == nil {
+			v.durable = wr
+			v.cond.Broadcast()
+		}
+		if v.failed != nil {
+			v.mu.Unlock()
+			return false, nil
+		}
+	}
 	cp := v.checkpoint
-	w := v.written
+	w := v.durable
 	var todo []recMeta
 	var bytes int64
 	for lsn := cp + 1; lsn <= w; lsn++ {
@@ -105,6 +135,23 @@ func (v *Volume) flushOnce() (bool, error) {
 
 	newCP := cp
 	if len(todo) > 0 {
+		// A record may reach the extent only once it is durable in the
+		// WAL: otherwise a crash could lose the record and leave its
+		// extent blocks torn, with nothing left to repair them.
+		v.mu.Lock()
+		needSync := v.durable < todo[len(todo)-1].lsn
+		v.mu.Unlock()
+		if needSync {
+			if err := v.syncFile(); err != nil {
+				return false, err
+			}
+			v.mu.Lock()
+			if w > v.durable && v.failed == nil {
+				v.durable = w
+				v.cond.Broadcast()
+			}
+			v.mu.Unlock()
+		}
 		if err := v.applyToExtent(todo); err != nil {
 			v.fail(err)
 			return false, err
@@ -113,13 +160,6 @@ func (v *Volume) flushOnce() (bool, error) {
 			return false, err
 		}
 		newCP = todo[len(todo)-1].lsn
-		v.mu.Lock()
-		// That fdatasync also made the WAL durable up to w.
-		if w > v.durable && v.failed == nil {
-			v.durable = w
-			v.cond.Broadcast()
-		}
-		v.mu.Unlock()
 	}
 
 	// Choose the new tail: the oldest record still needed, by the

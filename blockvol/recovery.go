@@ -111,52 +111,63 @@ func (v *Volume) recover() error {
 	}
 	head := s.next - 1
 	glog.V(1).Infof("blockvol %s: recovered lsn %d..%d (checkpoint %d), stopped: %v", v.path, v.tailLSN, head, v.checkpoint, s.err)
-	rewriteTail := false
-	if head < v.checkpoint {
-		// Records the superblock says were retained are gone. Everything
-		// up to the checkpoint is in the extent; restart the log there.
-		glog.Warningf("blockvol %s: WAL ends at lsn %d below checkpoint %d; restarting the log after the checkpoint", v.path, head, v.checkpoint)
-		head = v.checkpoint
-		v.recs.reset()
-		clear(v.index)
-		v.zeros = v.zeros[:0]
-		rewriteTail = true
-	}
 	v.head, v.written, v.durable = head, head, head
-	// Make the gap between the last record and the next 4 KiB boundary a
-	// valid pad, so that the next batch (written at the boundary) is
-	// reachable by the next recovery even if this block was torn.
-	if lastEnd%4096 != 0 {
-		blk := alignDown(lastEnd, 4096)
-		phys := blk % v.walSize
-		buf := make([]byte, 4096)
-		if err := v.readFull(buf, walOffset+phys); err != nil {
-			return fmt.Errorf("recover: %w", err)
-		}
-		in := lastEnd - blk
-		clear(buf[in:])
-		ph := recordHeader{kind: kindPad, lsn: head + 1, gen: v.gen, dataLen: uint32(4096 - in - recordHeaderSize)}
-		ph.encode(buf[in:])
-		if _, err := v.f.WriteAt(buf, walOffset+phys); err != nil {
-			return fmt.Errorf("recover: write pad: %w", err)
-		}
-	}
 	v.writeAbs = alignUp(lastEnd, 4096)
 	v.writtenAbs = v.writeAbs
-	if rewriteTail {
-		v.tailLSN = head + 1
-		v.tailAbs = v.writeAbs
+
+	if sb.clean && sb.cleanHead != head {
+		glog.Errorf("blockvol %s: clean close at lsn %d but the log ends at %d: %v", v.path, sb.cleanHead, head, s.err)
+	}
+	if sb.clean && sb.cleanHead == head && head >= v.checkpoint {
+		// Clean shutdown: the log ends exactly where Close left it, so no
+		// record of this generation exists beyond the head. Keep the WAL
+		// (retained records stay available to ScanWAL and holds).
+		if err := v.persistSuperblock(func(s *superblock) { s.clean, s.cleanHead = false, 0 }); err != nil {
+			return fmt.Errorf("recover: %w", err)
+		}
+		return nil
+	}
+
+	// After a crash the WAL beyond the head may still hold valid records
+	// of this generation (a later batch survived while an earlier one was
+	// lost). New records reusing those LSNs could chain into them at the
+	// next recovery and bring discarded writes back. So: apply every
+	// recovered record to the extent, make it durable, and restart the log
+	// after the head with a new generation, which no old byte can match.
+	if head < v.checkpoint {
+		glog.Warningf("blockvol %s: WAL ends at lsn %d below checkpoint %d; restarting the log after the checkpoint", v.path, head, v.checkpoint)
+		head = v.checkpoint
+		v.head, v.written, v.durable = head, head, head
+	} else if head > v.checkpoint {
+		var todo []recMeta
+		for lsn := v.checkpoint + 1; lsn <= head; lsn++ {
+			m := v.recs.find(lsn)
+			if m == nil {
+				return fmt.Errorf("recover: lsn %d missing", lsn)
+			}
+			todo = append(todo, *m)
+		}
+		if err := v.applyToExtent(todo); err != nil {
+			return fmt.Errorf("recover: %w", err)
+		}
 	}
 	if err := v.f.Sync(); err != nil {
 		return fmt.Errorf("recover: fdatasync: %w", err)
 	}
-	if rewriteTail {
-		if err := v.persistSuperblock(func(s *superblock) {
-			s.tailLSN = v.tailLSN
-			s.tailPos = uint64(v.tailAbs % v.walSize)
-		}); err != nil {
-			return fmt.Errorf("recover: %w", err)
-		}
+	v.recs.reset()
+	clear(v.index)
+	v.zeros = v.zeros[:0]
+	v.checkpoint = head
+	v.tailLSN, v.tailAbs = head+1, v.writeAbs
+	v.gen++
+	if err := v.persistSuperblock(func(s *superblock) {
+		s.checkpoint = head
+		s.tailLSN = head + 1
+		s.tailPos = uint64(v.writeAbs % v.walSize)
+		s.generation = v.gen
+		s.clean, s.cleanHead = false, 0
+	}); err != nil {
+		return fmt.Errorf("recover: %w", err)
 	}
 	return nil
 }

@@ -60,6 +60,7 @@ func (r Role) String() string {
 //	104  role u8, 3 reserved
 //	108  configLen u32
 //	112  config [configLen]
+//	4080 cleanHead u64 (head at the last clean Close; flags bit 1: clean)
 //	4092 crc u32 (CRC32C of bytes 0..4092)
 type superblock struct {
 	version      uint32
@@ -77,9 +78,16 @@ type superblock struct {
 	epoch        uint64
 	role         Role
 	config       []byte
+	// clean: written by Close after everything up to cleanHead was synced.
+	// A recovery that does not end exactly there was a crash.
+	clean     bool
+	cleanHead uint64
 }
 
-const flagUntrusted = 1
+const (
+	flagUntrusted = 1
+	flagClean     = 2
+)
 
 func (s *superblock) encode(b []byte) {
 	_ = b[superblockSize-1]
@@ -95,6 +103,9 @@ func (s *superblock) encode(b []byte) {
 	if s.untrusted {
 		flags |= flagUntrusted
 	}
+	if s.clean {
+		flags |= flagClean
+	}
 	binary.LittleEndian.PutUint32(b[36:], flags)
 	binary.LittleEndian.PutUint64(b[40:], s.walOffset)
 	binary.LittleEndian.PutUint64(b[48:], s.walSize)
@@ -107,6 +118,7 @@ func (s *superblock) encode(b []byte) {
 	b[104] = byte(s.role)
 	binary.LittleEndian.PutUint32(b[108:], uint32(len(s.config)))
 	copy(b[112:], s.config)
+	binary.LittleEndian.PutUint64(b[4080:], s.cleanHead)
 	binary.LittleEndian.PutUint32(b[4092:], crc32c(b[:4092]))
 }
 
@@ -133,6 +145,8 @@ func decodeSuperblock(b []byte) (superblock, error) {
 	s.blockSize = binary.LittleEndian.Uint32(b[32:])
 	flags := binary.LittleEndian.Uint32(b[36:])
 	s.untrusted = flags&flagUntrusted != 0
+	s.clean = flags&flagClean != 0
+	s.cleanHead = binary.LittleEndian.Uint64(b[4080:])
 	s.walOffset = binary.LittleEndian.Uint64(b[40:])
 	s.walSize = binary.LittleEndian.Uint64(b[48:])
 	s.extentOffset = binary.LittleEndian.Uint64(b[56:])

@@ -44,6 +44,10 @@ type Options struct {
 	WALSize int64
 	// FlushInterval: how often the flusher wakes by itself; 0 means 100ms.
 	FlushInterval time.Duration
+	// ManualFlush: the flusher runs only for Checkpoint calls and for
+	// writers waiting for WAL room (never on its timer or at half-full).
+	// For tests that need records to stay in the WAL.
+	ManualFlush bool
 	// Standalone: open unfenced, as primary of the persisted epoch (epoch 1
 	// on a fresh volume), with no lease expiry. This is how a single
 	// server (`weed block serve`) that has no master opens its volume; it
@@ -61,6 +65,7 @@ type Volume struct {
 	extentOff int64
 	recMax    int // max data bytes per record
 	interval  time.Duration
+	manual    bool
 
 	// sbMu serializes superblock writes; sb is the last persisted copy.
 	sbMu   sync.Mutex
@@ -159,6 +164,7 @@ func Create(path string, size int64, opts Options) (*Volume, error) {
 		extentOffset: extentOffsetFor(uint64(walSize), uint32(bs)),
 		tailLSN:      1,
 		generation:   1,
+		clean:        true, // an empty log that ends at LSN 0
 	}
 	if err := sb.validate(); err != nil {
 		return nil, fmt.Errorf("create %s: %w", path, err)
@@ -239,6 +245,7 @@ func openFile(path string, f File, opts Options) (*Volume, error) {
 		walSize:   int64(sb.walSize),
 		extentOff: int64(sb.extentOffset),
 		interval:  opts.FlushInterval,
+		manual:    opts.ManualFlush,
 		sb:        sb,
 		sbSlot:    slot,
 		sbBuf:     make([]byte, superblockSize),
@@ -380,6 +387,12 @@ func (v *Volume) Close() error {
 		var err error
 		if failed == nil {
 			err = v.syncFile()
+		}
+		if err == nil && failed == nil {
+			v.mu.Lock()
+			head := v.head
+			v.mu.Unlock()
+			err = v.persistSuperblock(func(s *superblock) { s.clean, s.cleanHead = true, head })
 		}
 		if cerr := v.f.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("close %s: %w", v.path, cerr)
