@@ -108,3 +108,10 @@ func (o *Model) CheckRecovered(b int, seq uint64) error {
 	return fmt.Errorf("lba %d after crash: read value %d, allowed are the committed value and later ones (history, *=committed ?=unknown: %s)",
 		b, seq, o.Describe(b))
 }
+
+// Unsettled reports whether block b was given a value by a call that failed
+// after its newest acknowledged value: what it holds is not known.
+func (o *Model) Unsettled(b int) bool {
+	h := o.hist[b]
+	return !h[len(h)-1].acked
+}
