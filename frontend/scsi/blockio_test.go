@@ -128,7 +128,7 @@ func TestVerify(t *testing.T) {
 		func(f byte, l, n uint32) []byte { return cdb12(opVerify12, f, l, n) },
 		func(f byte, l, n uint32) []byte { return cdb16(opVerify16, f, uint64(l), n) },
 	} {
-		mustGood(t, lu, nexusA, mk(0, 4, 2), nil)                // BYTCHK 0: medium check only
+		mustGood(t, lu, nexusA, mk(0, 4, 2), nil)               // BYTCHK 0: medium check only
 		mustGood(t, lu, nexusA, mk(0, 4, 2), fill(2*testBS, 0)) // mismatching data ignored
 		mustGood(t, lu, nexusA, mk(0x02, 4, 2), data)
 		bad := append([]byte(nil), data...)
