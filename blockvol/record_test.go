@@ -42,19 +42,25 @@ func TestRecordCorruption(t *testing.T) {
 	data := block(4096, 8)
 	good := encodeRecord(recordHeader{kind: KindWrite, lsn: 3, gen: 1, lba: 1, blocks: 1}, data)
 	cases := map[string]func([]byte) []byte{
-		"header bit":     func(b []byte) []byte { b[9] ^= 1; return b },
-		"header crc":     func(b []byte) []byte { b[61] ^= 1; return b },
-		"magic":          func(b []byte) []byte { b[0] = 0; return b },
-		"data bit":       func(b []byte) []byte { b[recordHeaderSize+100] ^= 4; return b },
-		"torn data":      func(b []byte) []byte { clear(b[recordHeaderSize+2048:]); return b },
-		"truncated":      func(b []byte) []byte { return b[:recordHeaderSize+10] },
-		"short header":   func(b []byte) []byte { return b[:30] },
-		"all zeros":      func(b []byte) []byte { return make([]byte, len(b)) },
-		"wrong data len": func(b []byte) []byte { return encodeRecord(recordHeader{kind: KindWrite, lsn: 3, gen: 1, lba: 1, blocks: 2}, data) },
-		"unknown kind":   func(b []byte) []byte { return encodeRecord(recordHeader{kind: 9, lsn: 3, gen: 1}, nil) },
-		"lsn zero":       func(b []byte) []byte { return encodeRecord(recordHeader{kind: KindTrim, lsn: 0, gen: 1, blocks: 1}, nil) },
+		"header bit":   func(b []byte) []byte { b[9] ^= 1; return b },
+		"header crc":   func(b []byte) []byte { b[61] ^= 1; return b },
+		"magic":        func(b []byte) []byte { b[0] = 0; return b },
+		"data bit":     func(b []byte) []byte { b[recordHeaderSize+100] ^= 4; return b },
+		"torn data":    func(b []byte) []byte { clear(b[recordHeaderSize+2048:]); return b },
+		"truncated":    func(b []byte) []byte { return b[:recordHeaderSize+10] },
+		"short header": func(b []byte) []byte { return b[:30] },
+		"all zeros":    func(b []byte) []byte { return make([]byte, len(b)) },
+		"wrong data len": func(b []byte) []byte {
+			return encodeRecord(recordHeader{kind: KindWrite, lsn: 3, gen: 1, lba: 1, blocks: 2}, data)
+		},
+		"unknown kind": func(b []byte) []byte { return encodeRecord(recordHeader{kind: 9, lsn: 3, gen: 1}, nil) },
+		"lsn zero": func(b []byte) []byte {
+			return encodeRecord(recordHeader{kind: KindTrim, lsn: 0, gen: 1, blocks: 1}, nil)
+		},
 		"trim no blocks": func(b []byte) []byte { return encodeRecord(recordHeader{kind: KindTrim, lsn: 1, gen: 1}, nil) },
-		"lba overflow":   func(b []byte) []byte { return encodeRecord(recordHeader{kind: KindTrim, lsn: 1, gen: 1, lba: ^uint64(0), blocks: 2}, nil) },
+		"lba overflow": func(b []byte) []byte {
+			return encodeRecord(recordHeader{kind: KindTrim, lsn: 1, gen: 1, lba: ^uint64(0), blocks: 2}, nil)
+		},
 	}
 	for name, mut := range cases {
 		b := mut(append([]byte(nil), good...))
