@@ -16,8 +16,8 @@ const (
 // writeChunk bounds the buffer WRITE SAME fills with its pattern.
 const writeChunk = 1 << 20
 
-// getLBAStatusScan bounds how many blocks one GET LBA STATUS inspects.
-const getLBAStatusScan = 2048
+// getLBAStatusScanBytes bounds how much one GET LBA STATUS reads.
+const getLBAStatusScanBytes = 1 << 20
 
 func (lu *LogicalUnit) read(r *request) ([]byte, error) {
 	rg := decodeLBA(r.cdb)
@@ -447,7 +447,7 @@ func (lu *LogicalUnit) compareAndWrite(r *request) ([]byte, error) {
 // getLBAStatus is GET LBA STATUS (SBC-3 5.6). The device interface cannot
 // say which blocks are allocated; since deallocated blocks read as zeros
 // (LBPRZ=1), runs of all-zero blocks are reported deallocated and the rest
-// mapped. At most getLBAStatusScan blocks are inspected per command.
+// mapped. At most getLBAStatusScanBytes are inspected per command.
 func (lu *LogicalUnit) getLBAStatus(r *request) ([]byte, error) {
 	lba := be64(r.cdb[2:10])
 	alloc := int(be32(r.cdb[10:14]))
@@ -455,8 +455,8 @@ func (lu *LogicalUnit) getLBAStatus(r *request) ([]byte, error) {
 		return nil, errLBAOutOfRange()
 	}
 	span := lu.blocks - lba
-	if span > getLBAStatusScan {
-		span = getLBAStatusScan
+	if max := uint64(getLBAStatusScanBytes / lu.bs); span > max {
+		span = max
 	}
 	bs := int(lu.bs)
 	buf := make([]byte, int(span)*bs)
@@ -497,7 +497,7 @@ func (lu *LogicalUnit) readCapacity10(r *request) ([]byte, error) {
 		return nil, errInvalidFieldCDB()
 	}
 	out := make([]byte, 8)
-	last := lu.blocks - 1
+	last := lu.lastLBA()
 	if last > 0xFFFFFFFF {
 		last = 0xFFFFFFFF
 	}
@@ -511,9 +511,17 @@ func (lu *LogicalUnit) readCapacity10(r *request) ([]byte, error) {
 func (lu *LogicalUnit) readCapacity16(r *request) ([]byte, error) {
 	alloc := int(be32(r.cdb[10:14]))
 	out := make([]byte, 32)
-	put64(out[0:], lu.blocks-1)
+	put64(out[0:], lu.lastLBA())
 	put32(out[8:], lu.bs)
 	out[13] = lu.opts.PhysicalBlockExponent & 0x0F
 	out[14] = 0x80 | 0x40
 	return clip(out, alloc), nil
+}
+
+// lastLBA is the address of the last logical block (0 for an empty device).
+func (lu *LogicalUnit) lastLBA() uint64 {
+	if lu.blocks == 0 {
+		return 0
+	}
+	return lu.blocks - 1
 }

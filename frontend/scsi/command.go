@@ -32,12 +32,18 @@ type Nexus struct {
 // Command is one SCSI command as the transport delivers it.
 type Command struct {
 	Nexus Nexus
-	LUN   uint64
+	// LUN is the logical unit number (decoded from the 8-byte LUN field:
+	// peripheral or flat-space addressing gives 0..16383). A unit answers
+	// commands for other LUNs as SPC-4 says for an absent logical unit.
+	LUN uint64
 	// CDB is the command descriptor block (6..16 bytes; longer with AHS).
 	CDB []byte
 	// DataOut is the data the initiator sent for this command, fully
 	// gathered by the transport. Its length is what the initiator actually
-	// sent (the iSCSI Expected Data Transfer Length for writes).
+	// sent (the iSCSI Expected Data Transfer Length for writes). When it
+	// is shorter than the CDB's transfer length, writes store only the
+	// whole blocks sent; LogicalUnit.DataOutLength gives the CDB's length
+	// so the transport can report the residual.
 	DataOut []byte
 	// ExpectedInLength is the initiator's buffer size for data-in (the
 	// Expected Data Transfer Length for reads); DataIn beyond it is cut by
