@@ -183,11 +183,8 @@ func (lu *LogicalUnit) Execute(cmd *Command) *Response {
 	if len(cdb) < info.cdbLen {
 		return checkCondition(errInvalidFieldCDB())
 	}
-	if r := lu.pendingUA(cmd.Nexus, info.uaExempt); r != nil {
+	if r := lu.admit(cmd.Nexus, info, cdb); r != nil {
 		return r
-	}
-	if lu.conflicts(cmd.Nexus, info, cdb) {
-		return &Response{Status: StatusReservationConflict}
 	}
 	req := &request{cmd: cmd, cdb: cdb[:info.cdbLen], nexus: cmd.Nexus, info: info}
 	data, err := info.run(lu, req)
@@ -269,6 +266,25 @@ func (lu *LogicalUnit) pendingUA(n Nexus, exempt bool) *Response {
 	u := st.uas[0]
 	st.uas = st.uas[1:]
 	return checkCondition(u.condition())
+}
+
+// admit decides, under one acquisition of the state lock, whether a
+// command may run: a pending unit attention (unless the command is exempt)
+// or a reservation held through another nexus stops it.
+func (lu *LogicalUnit) admit(n Nexus, info *commandInfo, cdb []byte) *Response {
+	cls := classify(info, cdb)
+	lu.mu.Lock()
+	defer lu.mu.Unlock()
+	st := lu.nexusLocked(n)
+	if !info.uaExempt && len(st.uas) > 0 {
+		u := st.uas[0]
+		st.uas = st.uas[1:]
+		return checkCondition(u.condition())
+	}
+	if lu.conflictsLocked(n, info, cls) {
+		return &Response{Status: StatusReservationConflict}
+	}
+	return nil
 }
 
 // popUA removes and returns the oldest unit attention of n, if any.

@@ -135,15 +135,9 @@ func classify(info *commandInfo, cdb []byte) accessClass {
 	return accessAlways
 }
 
-// conflicts reports whether a reservation held through another nexus
-// forbids this command (RESERVATION CONFLICT).
-func (lu *LogicalUnit) conflicts(n Nexus, info *commandInfo, cdb []byte) bool {
-	if len(cdb) < info.cdbLen {
-		return false
-	}
-	cls := classify(info, cdb)
-	lu.mu.Lock()
-	defer lu.mu.Unlock()
+// conflictsLocked reports whether a reservation held through another
+// nexus forbids a command of class cls (RESERVATION CONFLICT).
+func (lu *LogicalUnit) conflictsLocked(n Nexus, info *commandInfo, cls accessClass) bool {
 	if lu.reserve6 != nil && *lu.reserve6 != n {
 		switch info.op {
 		case opReserve6, opRelease6:
@@ -440,6 +434,15 @@ func (lu *LogicalUnit) preemptLocked(n Nexus, saKey uint64, typ byte) error {
 		}
 		if saKey == holderKey {
 			removeKey(saKey, false)
+			if typ != p.resType {
+				// The reservation changed type: those still
+				// registered are told it was released.
+				for _, reg := range p.regs {
+					if reg.nexus != n {
+						lu.addUALocked(reg.nexus, uaReservationsReleased)
+					}
+				}
+			}
 			p.resType, p.holder = typ, n
 		} else {
 			if saKey == 0 {

@@ -236,6 +236,8 @@ func TestPRClearAndPreempt(t *testing.T) {
 		t.Fatalf("after preempt: gen %d keys %x", g, keys)
 	}
 	wantSense(t, run(lu, nexusA, tur, nil), SenseUnitAttention, 0x2A, 0x05)
+	// C stays registered but the reservation changed type.
+	wantSense(t, run(lu, nexusC, tur, nil), SenseUnitAttention, 0x2A, 0x04)
 	conflict(t, run(lu, nexusA, cdb10(opRead10, 0, 0, 1), nil))
 	// Preempting a non-holder key removes only that registration.
 	good(t, prOut(t, lu, nexusB, prOutPreempt, prTypeEA, 0xB, 0xC))
