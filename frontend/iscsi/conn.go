@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/golang/glog"
 )
@@ -103,12 +104,37 @@ func (c *conn) serve() {
 	if graceful {
 		c.closeOnce.Do(func() { close(c.closing) }) // writer drains, flushes, exits
 		c.writerWG.Wait()
+		if err != nil {
+			c.linger()
+		}
 		c.nc.Close()
 	} else {
 		c.close()
 		c.writerWG.Wait()
 	}
 	sess.removeConn(c)
+}
+
+// lingerTime bounds how long a connection closed for a protocol error keeps
+// reading (and discarding) what the initiator still sends.
+const lingerTime = 2 * time.Second
+
+// linger half-closes the connection and discards input until the
+// initiator closes its side or lingerTime passes. An initiator still
+// writing then sees EOF on its reads instead of EPIPE (and SIGPIPE) on its
+// writes. Server.Close interrupts it by closing the socket.
+func (c *conn) linger() {
+	tc, ok := c.nc.(interface{ CloseWrite() error })
+	if !ok || tc.CloseWrite() != nil {
+		return
+	}
+	c.nc.SetReadDeadline(time.Now().Add(lingerTime))
+	buf := make([]byte, 4096)
+	for {
+		if _, err := c.nc.Read(buf); err != nil {
+			return
+		}
+	}
 }
 
 // newPDU returns a zeroed outPDU from the pool.

@@ -112,7 +112,14 @@ func TestDataOutInvalidDataSN(t *testing.T) {
 	d.putU32(20, r.u32(20))
 	d.putU32(36, 27) // wrong DataSN
 	in.send(&d, make([]byte, 1024))
-	in.expectClosed()
+	// The task fails with ABORTED COMMAND / DATA PHASE ERROR; the
+	// connection stays usable and late Data-Out for the task is dropped.
+	r, dd := in.recv()
+	must(t, r.opcode() == opSCSIResp && r[3] == 2, "opcode %#x status %#x", r.opcode(), r[3])
+	must(t, len(dd) >= 16 && dd[2+2]&0x0f == 0x0b && dd[2+12] == 0x4b, "sense %x", dd)
+	d.putU32(36, 0)
+	in.send(&d, make([]byte, 1024))
+	in.nop(nil)
 	must(t, len(ts.lu.commands()) == 0, "command with bad Data-Out executed")
 }
 

@@ -288,9 +288,7 @@ func (c *conn) handleDataOut(h *bhs) error {
 	}
 	if ttt == reservedTag {
 		if off != t.unsolNext || dataSN != t.unsolSN || uint64(off)+uint64(n) > uint64(t.unsolEnd) {
-			c.rd.discardData()
-			return protoErr(rejectProtocolError,
-				"unsolicited Data-Out ITT %#x DataSN %d offset %d len %d (want DataSN %d offset %d, end %d)",
+			return c.failDataOut(t, "unsolicited Data-Out ITT %#x DataSN %d offset %d len %d (want DataSN %d offset %d, end %d)",
 				itt, dataSN, off, n, t.unsolSN, t.unsolNext, t.unsolEnd)
 		}
 		if err := c.rd.readData(t.buf[off : off+n]); err != nil {
@@ -300,7 +298,7 @@ func (c *conn) handleDataOut(h *bhs) error {
 		t.unsolSN++
 		t.got += n
 		if h.final() && t.unsolNext != t.unsolEnd {
-			return protoErr(rejectProtocolError, "unsolicited burst ended early at %d of %d", t.unsolNext, t.unsolEnd)
+			return c.failDataOut(t, "unsolicited burst of ITT %#x ended early at %d of %d", itt, t.unsolNext, t.unsolEnd)
 		}
 	} else {
 		i := -1
@@ -311,14 +309,11 @@ func (c *conn) handleDataOut(h *bhs) error {
 			}
 		}
 		if i < 0 {
-			c.rd.discardData()
-			return protoErr(rejectInvalidPDUField, "Data-Out with unknown TTT %#x", ttt)
+			return c.failDataOut(t, "Data-Out ITT %#x with unknown TTT %#x", itt, ttt)
 		}
 		r := &t.r2ts[i]
 		if off != r.nextOff || dataSN != r.dataSN || uint64(off)+uint64(n) > uint64(r.end) {
-			c.rd.discardData()
-			return protoErr(rejectProtocolError,
-				"Data-Out ITT %#x TTT %#x DataSN %d offset %d len %d (want DataSN %d offset %d, end %d)",
+			return c.failDataOut(t, "Data-Out ITT %#x TTT %#x DataSN %d offset %d len %d (want DataSN %d offset %d, end %d)",
 				itt, ttt, dataSN, off, n, r.dataSN, r.nextOff, r.end)
 		}
 		if err := c.rd.readData(t.buf[off : off+n]); err != nil {
@@ -329,11 +324,11 @@ func (c *conn) handleDataOut(h *bhs) error {
 		t.got += n
 		if r.nextOff == r.end {
 			if !h.final() {
-				return protoErr(rejectProtocolError, "burst complete without F bit")
+				return c.failTaskData(t, "burst of ITT %#x complete without F bit", itt)
 			}
 			t.r2ts = append(t.r2ts[:i], t.r2ts[i+1:]...)
 		} else if h.final() {
-			return protoErr(rejectProtocolError, "F bit before the end of the burst")
+			return c.failTaskData(t, "F bit before the end of the burst of ITT %#x", itt)
 		}
 	}
 	if t.got == t.edtl {
@@ -341,6 +336,25 @@ func (c *conn) handleDataOut(h *bhs) error {
 		return nil
 	}
 	c.issueR2Ts(t)
+	return nil
+}
+
+// failDataOut discards the current Data-Out payload and fails its task.
+func (c *conn) failDataOut(t *task, format string, args ...any) error {
+	if err := c.rd.discardData(); err != nil {
+		return err
+	}
+	return c.failTaskData(t, format, args...)
+}
+
+// failTaskData ends a task whose Data-Out sequence is broken (wrong DataSN,
+// offset, length, TTT or F bit) with CHECK CONDITION, ABORTED COMMAND /
+// DATA PHASE ERROR. At ErrorRecoveryLevel 0 the task cannot be recovered;
+// failing it alone keeps the connection and the other tasks alive, and
+// later Data-Out for it is dropped as for any finished task.
+func (c *conn) failTaskData(t *task, format string, args ...any) error {
+	glog.V(1).Infof("iscsi: tsih=%d: "+format, append([]any{c.sess.tsih}, args...)...)
+	c.finishWithSense(t, fixedSense(0x0b, 0x4b, 0x00))
 	return nil
 }
 
