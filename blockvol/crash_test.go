@@ -170,3 +170,29 @@ func TestSyncFailureMakesVolumeReadOnly(t *testing.T) {
 	}
 	t.Logf("%d sync points, %d failures injected", n, reached)
 }
+
+// TestWriteFailureMakesVolumeReadOnly fails writes of the file layer
+// (ENOSPC, some short) at points spread over a workload: the volume must go
+// read-only and unhealthy, and after a crash and reopen have lost nothing it
+// acknowledged as flushed.
+func TestWriteFailureMakesVolumeReadOnly(t *testing.T) {
+	mix := oracle.DefaultMix()
+	mix.Crash, mix.Reopen = 0, 0
+	ops := oracle.Generate(6, 60, crashBlocks, mix)
+	tgt := engineTarget(4096, crashBlocks, crashWAL, 5*time.Millisecond)
+	reached := 0
+	for at := 1; at <= 80; at += 3 {
+		f := oracle.Fault{WriteAt: at, WriteCount: at % 3, Short: at%2 == 0}
+		mode := faultfs.CrashRandom
+		if at%4 == 1 {
+			mode = faultfs.CrashDropAll
+		}
+		if oracle.FaultRun(t, tgt, crashBlocks, ops, f, mode, uint64(at), true) {
+			reached++
+		}
+	}
+	if reached < 10 {
+		t.Fatalf("only %d write failure points were reached", reached)
+	}
+	t.Logf("%d write failures injected", reached)
+}

@@ -413,26 +413,59 @@ func CrashAtEverySync(t testing.TB, tgt Target, nblocks int, ops []Op, seeds int
 	t.Logf("%s: %d sync points x %d seeds, %d crashes fired", tgt.Name, n, seeds, fired)
 }
 
-// SyncFailure runs ops with the failAt-th Sync failing with EIO (Linux
-// semantics: later Syncs of the file succeed but make nothing durable), then
-// checks that the Device turned read-only (refuses a write with an error
-// wrapping blockdev.ErrReadOnly) once the failure was reported, and finally
-// crashes (mode, seed) and checks that nothing acknowledged as Flushed was
-// lost. It returns whether the injected failure was reached. checkReadOnly
-// false skips the read-only check (to show the crash check alone catches a
-// Device that ignores the failure).
+// Fault is an I/O failure FaultRun injects.
+type Fault struct {
+	// SyncAt fails the SyncAt-th Sync with EIO (0: none). Linux semantics:
+	// later Syncs of the file succeed but make nothing durable.
+	SyncAt int
+	// WriteAt fails write calls WriteAt .. WriteAt+WriteCount-1 with ENOSPC
+	// (0: none; WriteCount 0: every write from then on); Short lands a
+	// sector-aligned prefix first and reports a short count.
+	WriteAt, WriteCount int
+	Short               bool
+}
+
+func (f Fault) String() string {
+	if f.SyncAt > 0 {
+		return fmt.Sprintf("sync %d fails", f.SyncAt)
+	}
+	return fmt.Sprintf("writes %d+%d fail (short=%v)", f.WriteAt, f.WriteCount, f.Short)
+}
+
+// SyncFailure is FaultRun with Fault{SyncAt: failAt}.
 func SyncFailure(t testing.TB, tgt Target, nblocks int, ops []Op, failAt int, mode faultfs.CrashMode, seed uint64, checkReadOnly bool) bool {
 	t.Helper()
+	return FaultRun(t, tgt, nblocks, ops, Fault{SyncAt: failAt}, mode, seed, checkReadOnly)
+}
+
+// FaultRun runs ops (without their crashes and reopens) with the fault
+// injected, then checks that the device turned read-only (refuses a write
+// with an error wrapping blockdev.ErrReadOnly, reports itself unhealthy if
+// the target can tell, still serves reads) once the failure was reported,
+// and finally crashes (mode, seed), reopens and checks that nothing
+// acknowledged as flushed was lost. It returns whether the injected failure
+// was reached. checkReadOnly false skips the read-only checks (to show that
+// the crash check alone catches a device that ignores the failure).
+func FaultRun(t testing.TB, tgt Target, nblocks int, ops []Op, fault Fault, mode faultfs.CrashMode, seed uint64, checkReadOnly bool) bool {
+	t.Helper()
 	fs := faultfs.New()
-	fs.FailSync(failAt, nil)
+	if fault.SyncAt > 0 {
+		fs.FailSync(fault.SyncAt, nil)
+	}
+	if fault.WriteAt > 0 {
+		fs.FailWrites(fault.WriteAt, fault.WriteCount, nil, fault.Short)
+	}
+	reachedFn := func() bool {
+		return (fault.SyncAt > 0 && fs.SyncCount() >= fault.SyncAt) || (fault.WriteAt > 0 && fs.WriteCount() >= fault.WriteAt)
+	}
 	r, err := StartRunner(t, tgt, fs, nblocks)
-	if err != nil && fs.SyncCount() >= failAt {
+	if err != nil && reachedFn() {
 		return true // create failed on the injected error and said so
 	}
 	if err != nil || r == nil {
 		t.Fatalf("%s: create: %v", tgt.Name, err)
 	}
-	r.tgt.Name = fmt.Sprintf("%s sync %d fails, then crash(%s,%d)", tgt.Name, failAt, mode, seed)
+	r.tgt.Name = fmt.Sprintf("%s %v, then crash(%s,%d)", tgt.Name, fault, mode, seed)
 	r.tolerateErrors = true
 	var clean []Op
 	for _, op := range ops {
@@ -441,7 +474,7 @@ func SyncFailure(t testing.TB, tgt Target, nblocks int, ops []Op, failAt int, mo
 		}
 	}
 	r.Run(clean)
-	reached := fs.SyncCount() >= failAt
+	reached := reachedFn()
 	if reached && checkReadOnly {
 		// Make sure the failure was reported to the Device: flush until
 		// it says something (a Device that never reports is caught here
@@ -460,7 +493,7 @@ func SyncFailure(t testing.TB, tgt Target, nblocks int, ops []Op, failAt int, mo
 			}
 		}
 		if tgt.Unhealthy != nil && !tgt.Unhealthy(r.dev) {
-			r.fatalf("device does not report itself unhealthy after a failed sync")
+			r.fatalf("device does not report itself unhealthy after %v", fault)
 		}
 		seq := r.or.NextSeq()
 		p := make([]byte, r.bs)
@@ -469,7 +502,7 @@ func SyncFailure(t testing.TB, tgt Target, nblocks int, ops []Op, failAt int, mo
 		r.note("write after failure seq=%d -> %v", seq, err)
 		r.or.Record(0, 1, seq, err, false)
 		if !errors.Is(err, blockdev.ErrReadOnly) {
-			r.fatalf("write after a failed sync: %v, want an error wrapping blockdev.ErrReadOnly", err)
+			r.fatalf("write after the failure: %v, want an error wrapping blockdev.ErrReadOnly", err)
 		}
 		// Reads keep working on a read-only device and show the newest
 		// acknowledged data, at least for every block no failed call

@@ -135,6 +135,7 @@ func (d *toyDev) WriteAt(p []byte, off int64, fua bool) error {
 		}
 	}
 	if _, err := d.f.WriteAt(p, off); err != nil {
+		d.ro = true
 		return err
 	}
 	if fua && d.bug != toyFUAIgnored {
@@ -257,6 +258,23 @@ func TestOracleToyCrashDuringRecovery(t *testing.T) {
 	}
 	if fired == 0 {
 		t.Fatal("no crash fired during recovery")
+	}
+}
+
+func TestOracleToyCorrectWriteFailure(t *testing.T) {
+	ops := Generate(4, 80, toyBlocks, DefaultMix())
+	tgt := toyTarget(toyCorrect, toyBlocks)
+	reached := 0
+	for at := 1; at <= 40; at += 3 {
+		for _, short := range []bool{false, true} {
+			f := Fault{WriteAt: at, WriteCount: 1 + at%3, Short: short}
+			if FaultRun(t, tgt, toyBlocks, ops, f, faultfs.CrashRandom, uint64(at), true) {
+				reached++
+			}
+		}
+	}
+	if reached == 0 {
+		t.Fatal("no write failure reached")
 	}
 }
 
