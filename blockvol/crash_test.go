@@ -196,3 +196,19 @@ func TestWriteFailureMakesVolumeReadOnly(t *testing.T) {
 	}
 	t.Logf("%d write failures injected", reached)
 }
+
+// TestCrashConcurrentWriters: several writers on their own block ranges,
+// with their own flushes and FUA writes sharing group commits and a
+// constantly wrapping WAL, while a crash fires at a random upcoming sync.
+// After each crash every block is checked.
+func TestCrashConcurrentWriters(t *testing.T) {
+	tgt := engineTarget(4096, crashBlocks, crashWAL, 2*time.Millisecond)
+	fired := 0
+	for seed := uint64(1); seed <= uint64(crashSeeds(t, 4)); seed++ {
+		fired += oracle.Concurrent(t, tgt, crashBlocks, 4, 8, 80, seed)
+	}
+	if fired == 0 {
+		t.Fatal("no armed crash fired during the concurrent rounds")
+	}
+	t.Logf("%d rounds ended in a crash at a sync point", fired)
+}

@@ -115,3 +115,12 @@ func (o *Model) Unsettled(b int) bool {
 	h := o.hist[b]
 	return !h[len(h)-1].acked
 }
+
+// FlushedRange notes a Flush that returned nil, for blocks [lo, hi) only:
+// with concurrent callers, a Flush is known to cover the writes its own
+// caller had acknowledged before calling it.
+func (o *Model) FlushedRange(lo, hi int) {
+	for b := lo; b < hi; b++ {
+		o.commit[b] = o.lastAcked(b)
+	}
+}

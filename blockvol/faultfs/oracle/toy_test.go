@@ -278,6 +278,19 @@ func TestOracleToyCorrectWriteFailure(t *testing.T) {
 	}
 }
 
+func TestOracleToyConcurrent(t *testing.T) {
+	fired := Concurrent(t, toyTarget(toyCorrect, toyBlocks), toyBlocks, 4, 10, 60, 1)
+	if fired == 0 {
+		t.Fatal("no armed crash fired during the concurrent rounds")
+	}
+	// A device whose flush lies is caught under concurrency too.
+	expectCaught(t, "concurrent lying flush", func(tb testing.TB) {
+		for seed := uint64(1); seed <= 5; seed++ {
+			Concurrent(tb, toyTarget(toyLyingFlush, toyBlocks), toyBlocks, 4, 10, 60, seed)
+		}
+	})
+}
+
 func TestOracleToyCorrectSyncFailure(t *testing.T) {
 	ops := Generate(3, 80, toyBlocks, DefaultMix())
 	tgt := toyTarget(toyCorrect, toyBlocks)
