@@ -263,13 +263,11 @@ func (lu *LogicalUnit) writeSame(r *request) ([]byte, error) {
 			return nil, errLBAOutOfRange()
 		}
 		n = lu.blocks - lba
-	} else {
-		if err := lu.checkRange(lba, n); err != nil {
-			return nil, err
-		}
-		if n > uint64(lu.maxWS) {
-			return nil, errInvalidFieldCDB()
-		}
+	} else if err := lu.checkRange(lba, n); err != nil {
+		return nil, err
+	}
+	if n > uint64(lu.maxWS) {
+		return nil, errInvalidFieldCDB()
 	}
 	bs := int(lu.bs)
 	var pattern []byte

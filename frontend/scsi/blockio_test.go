@@ -223,6 +223,9 @@ func TestWriteSame(t *testing.T) {
 	// Above the maximum WRITE SAME length.
 	lu2, _ := newTestLU(t, 200, Options{MaxWriteSameBlocks: 16})
 	wantSense(t, run(lu2, nexusA, cdb16(opWriteSame16, 0, 0, 17), pattern), SenseIllegalRequest, 0x24, 0x00)
+	// "To the end" counts against it too.
+	wantSense(t, run(lu2, nexusA, cdb16(opWriteSame16, 0, 100, 0), pattern), SenseIllegalRequest, 0x24, 0x00)
+	mustGood(t, lu2, nexusA, cdb16(opWriteSame16, 0, 184, 0), pattern)
 	// Large pattern write crossing the chunk size.
 	lu3, mem3 := newTestLU(t, 5000, Options{})
 	mustGood(t, lu3, nexusA, cdb16(opWriteSame16, 0, 1, 4500), pattern)
