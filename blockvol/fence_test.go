@@ -40,9 +40,15 @@ func TestOpensFencedUntilUnfenced(t *testing.T) {
 	if err := v.WriteAt(block(4096, 1), 0, true); err != nil {
 		t.Fatal(err)
 	}
+	if err := v.WriteAt(block(4096, 9), 4096, false); err != nil {
+		t.Fatal(err)
+	}
 	v.Fence()
 	if err := v.WriteAt(block(4096, 2), 0, false); !errors.Is(err, ErrFenced) || !errors.Is(err, blockdev.ErrReadOnly) {
 		t.Fatalf("write after Fence: %v", err)
+	}
+	if err := v.Flush(); !errors.Is(err, ErrFenced) {
+		t.Fatalf("flush of unsynced writes after Fence: %v", err)
 	}
 	if got := mustRead(t, v, 0, 4096); !bytes.Equal(got, block(4096, 1)) {
 		t.Fatal("fenced write changed data")

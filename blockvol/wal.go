@@ -382,6 +382,11 @@ func (v *Volume) flushTo(target uint64) error {
 			}
 			return nil
 		}
+		if v.fenced {
+			// A fenced volume acknowledges no flush it has not already
+			// made durable: it may no longer be the one that commits.
+			return fmt.Errorf("%s: flush: %w: %w", v.path, blockdev.ErrReadOnly, ErrFenced)
+		}
 		if v.written < target && !v.writing && len(v.pending) > 0 {
 			v.writePendingLocked()
 			continue
