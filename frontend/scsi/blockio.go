@@ -259,10 +259,10 @@ func (lu *LogicalUnit) writeSame(r *request) ([]byte, error) {
 	}
 	if n == 0 {
 		// WSNZ=0: zero blocks means "to the end of the medium".
-		if lba >= lu.blocks {
+		if lba >= lu.nblocks() {
 			return nil, errLBAOutOfRange()
 		}
-		n = lu.blocks - lba
+		n = lu.nblocks() - lba
 	} else if err := lu.checkRange(lba, n); err != nil {
 		return nil, err
 	}
@@ -370,7 +370,7 @@ func (lu *LogicalUnit) unmap(r *request) ([]byte, error) {
 	for i := 0; i < ndesc; i++ {
 		d := data[8+16*i : 8+16*(i+1)]
 		e := extent{lba: be64(d[0:8]), n: uint64(be32(d[8:12]))}
-		if e.lba > lu.blocks || e.n > lu.blocks-e.lba {
+		if e.lba > lu.nblocks() || e.n > lu.nblocks()-e.lba {
 			return nil, errLBAOutOfRange()
 		}
 		total += e.n
@@ -449,10 +449,10 @@ func (lu *LogicalUnit) compareAndWrite(r *request) ([]byte, error) {
 func (lu *LogicalUnit) getLBAStatus(r *request) ([]byte, error) {
 	lba := be64(r.cdb[2:10])
 	alloc := int(be32(r.cdb[10:14]))
-	if lba >= lu.blocks {
+	if lba >= lu.nblocks() {
 		return nil, errLBAOutOfRange()
 	}
-	span := lu.blocks - lba
+	span := lu.nblocks() - lba
 	if max := uint64(getLBAStatusScanBytes / lu.bs); span > max {
 		span = max
 	}
@@ -518,8 +518,8 @@ func (lu *LogicalUnit) readCapacity16(r *request) ([]byte, error) {
 
 // lastLBA is the address of the last logical block (0 for an empty device).
 func (lu *LogicalUnit) lastLBA() uint64 {
-	if lu.blocks == 0 {
+	if lu.nblocks() == 0 {
 		return 0
 	}
-	return lu.blocks - 1
+	return lu.nblocks() - 1
 }

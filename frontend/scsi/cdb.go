@@ -51,10 +51,10 @@ func decodeLBA(cdb []byte) lbaRange {
 // checkRange reports LBA OUT OF RANGE unless [lba, lba+n) lies inside the
 // medium. A zero-length range is checked at its LBA only.
 func (lu *LogicalUnit) checkRange(lba uint64, n uint64) error {
-	if lba > lu.blocks || n > lu.blocks-lba {
+	if lba > lu.nblocks() || n > lu.nblocks()-lba {
 		return errLBAOutOfRange()
 	}
-	if n == 0 && lba >= lu.blocks && lu.blocks > 0 {
+	if n == 0 && lba >= lu.nblocks() && lu.nblocks() > 0 {
 		return errLBAOutOfRange()
 	}
 	return nil

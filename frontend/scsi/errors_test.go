@@ -64,3 +64,35 @@ func TestModeSensePageControlAndNAAOverride(t *testing.T) {
 		t.Fatalf("NAA override not used: % x", d[4:24])
 	}
 }
+
+// growingDev reports a size that a test can raise, over a larger Mem.
+type growingDev struct {
+	*blockdev.Mem
+	size int64
+}
+
+func (g *growingDev) Size() int64 { return g.size }
+
+func TestCapacityChanged(t *testing.T) {
+	mem, err := blockdev.NewMem(200*testBS, testBS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := &growingDev{Mem: mem, size: 100 * testBS}
+	lu := NewLogicalUnit(dev, Options{})
+	mustGood(t, lu, nexusA, tur, nil)
+	mustGood(t, lu, nexusB, tur, nil)
+	wantSense(t, run(lu, nexusA, cdb10(opRead10, 0, 150, 1), nil), SenseIllegalRequest, 0x21, 0x00)
+	lu.CapacityChanged() // unchanged: no unit attention
+	mustGood(t, lu, nexusA, tur, nil)
+	dev.size = 200 * testBS
+	lu.CapacityChanged()
+	for _, n := range []Nexus{nexusA, nexusB} {
+		wantSense(t, run(lu, n, tur, nil), SenseUnitAttention, 0x2A, 0x09)
+	}
+	d := mustGood(t, lu, nexusA, cdb10(opReadCapacity10, 0, 0, 0), nil)
+	if d[3] != 199 {
+		t.Fatalf("READ CAPACITY after grow % x", d)
+	}
+	mustGood(t, lu, nexusA, cdb10(opRead10, 0, 150, 1), nil)
+}

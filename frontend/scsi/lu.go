@@ -66,10 +66,12 @@ const maxCompareAndWriteBlocks = 255
 // mode pages) is guarded by mu, data I/O goes to the device unlocked except
 // that COMPARE AND WRITE excludes overlapping writes through ranges.
 type LogicalUnit struct {
-	dev      blockdev.Device
-	opts     Options
-	bs       uint32
-	blocks   uint64
+	dev  blockdev.Device
+	opts Options
+	bs   uint32
+	// blocks is the capacity in logical blocks; it changes only through
+	// CapacityChanged.
+	blocks   atomic.Uint64
 	naa      []byte
 	maxXfer  uint32
 	maxUnmap uint32
@@ -105,7 +107,7 @@ func NewLogicalUnit(dev blockdev.Device, opts Options) *LogicalUnit {
 		bs:      uint32(dev.BlockSize()),
 		nexuses: make(map[Nexus]*nexusState),
 	}
-	lu.blocks = uint64(dev.Size()) / uint64(lu.bs)
+	lu.blocks.Store(uint64(dev.Size()) / uint64(lu.bs))
 	lu.maxXfer = opts.MaxTransferBlocks
 	if lu.maxXfer == 0 {
 		lu.maxXfer = uint32((32 << 20) / int(lu.bs))
@@ -150,7 +152,24 @@ func deriveNAA(opts Options) []byte {
 func (lu *LogicalUnit) BlockSize() uint32 { return lu.bs }
 
 // Blocks is the capacity in logical blocks.
-func (lu *LogicalUnit) Blocks() uint64 { return lu.blocks }
+func (lu *LogicalUnit) Blocks() uint64 { return lu.blocks.Load() }
+
+func (lu *LogicalUnit) nblocks() uint64 { return lu.blocks.Load() }
+
+// CapacityChanged re-reads the device size after it changed (online grow)
+// and, if the capacity differs, queues CAPACITY DATA HAS CHANGED (06/2A/09)
+// for every known nexus so initiators re-read it.
+func (lu *LogicalUnit) CapacityChanged() {
+	n := uint64(lu.dev.Size()) / uint64(lu.bs)
+	if lu.blocks.Swap(n) == n {
+		return
+	}
+	lu.mu.Lock()
+	defer lu.mu.Unlock()
+	for nx := range lu.nexuses {
+		lu.addUALocked(nx, uaCapacityChanged)
+	}
+}
 
 // errConflict is returned by handlers for RESERVATION CONFLICT status.
 var errConflict = errors.New("scsi: reservation conflict")

@@ -85,11 +85,11 @@ func (lu *LogicalUnit) modeSense(r *request) ([]byte, error) {
 	if !dbd {
 		if llbaa {
 			desc = make([]byte, 16)
-			put64(desc[0:], lu.blocks)
+			put64(desc[0:], lu.nblocks())
 			put32(desc[12:], lu.bs)
 		} else {
 			desc = make([]byte, 8)
-			n := lu.blocks
+			n := lu.nblocks()
 			if n > 0xFFFFFFFF {
 				n = 0xFFFFFFFF
 			}
@@ -163,7 +163,7 @@ func (lu *LogicalUnit) modeSelect(r *request) ([]byte, error) {
 		if bl := uint32(d[5])<<16 | uint32(d[6])<<8 | uint32(d[7]); bl != lu.bs {
 			return nil, errInvalidFieldParam()
 		}
-		if nb := be32(d[0:4]); nb != 0 && uint64(nb) != lu.blocks && !(nb == 0xFFFFFFFF && lu.blocks > 0xFFFFFFFF) {
+		if nb := be32(d[0:4]); nb != 0 && uint64(nb) != lu.nblocks() && !(nb == 0xFFFFFFFF && lu.nblocks() > 0xFFFFFFFF) {
 			return nil, errInvalidFieldParam()
 		}
 	case long && bdl == 16:
@@ -171,7 +171,7 @@ func (lu *LogicalUnit) modeSelect(r *request) ([]byte, error) {
 		if be32(d[12:16]) != lu.bs {
 			return nil, errInvalidFieldParam()
 		}
-		if nb := be64(d[0:8]); nb != 0 && nb != lu.blocks {
+		if nb := be64(d[0:8]); nb != 0 && nb != lu.nblocks() {
 			return nil, errInvalidFieldParam()
 		}
 	default:

@@ -86,6 +86,7 @@ const (
 	uaReservationsPreempted  ua = 0x2A03
 	uaReservationsReleased   ua = 0x2A04
 	uaRegistrationsPreempted ua = 0x2A05
+	uaCapacityChanged        ua = 0x2A09
 )
 
 // ua is the ASC/ASCQ of a pending unit attention.
