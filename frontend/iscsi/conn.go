@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/golang/glog"
@@ -41,6 +42,10 @@ type conn struct {
 
 	mu    sync.Mutex
 	tasks map[uint32]*task
+
+	// Keepalive state (see keepalive).
+	lastRecv atomic.Int64  // unix nanoseconds of the last PDU read
+	pingTTT  atomic.Uint32 // TTT of the outstanding target NOP-In, 0 if none
 
 	// Reader-owned state.
 	nextTTT uint32
@@ -95,6 +100,11 @@ func (c *conn) serve() {
 	}
 	c.writerWG.Add(1)
 	go c.writer()
+	c.lastRecv.Store(time.Now().UnixNano())
+	if iv := c.srv.cfg.NopInInterval; iv > 0 && !sess.discovery {
+		c.writerWG.Add(1)
+		go c.keepalive(iv, c.srv.cfg.NopInTimeout)
+	}
 	graceful, err := c.fullFeature()
 	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 		glog.V(1).Infof("iscsi: %s tsih=%d: %v", c.nc.RemoteAddr(), sess.tsih, err)
@@ -210,7 +220,9 @@ func (c *conn) writer() {
 // graceful=true after a logout whose response is queued.
 func (c *conn) fullFeature() (graceful bool, err error) {
 	for {
-		if err := c.rd.readHeader(); err != nil {
+		err := c.rd.readHeader()
+		c.lastRecv.Store(time.Now().UnixNano())
+		if err != nil {
 			if errors.Is(err, ErrSegmentLimit) || errors.Is(err, ErrDigest) {
 				reason := byte(rejectProtocolError)
 				if errors.Is(err, ErrDigest) {
@@ -292,14 +304,56 @@ func (c *conn) sendReject(h *bhs, reason byte) {
 	c.send(p)
 }
 
-// allocTTT returns a target transfer tag (never 0xffffffff). Reader only.
+// allocTTT returns a target transfer tag for R2Ts and text exchanges, in
+// [1, 0x80000000); keepalive NOP-Ins use the upper half. Reader only.
 func (c *conn) allocTTT() uint32 {
 	t := c.nextTTT
 	c.nextTTT++
-	if c.nextTTT == reservedTag {
+	if c.nextTTT >= pingTTTBase {
 		c.nextTTT = 1
 	}
 	return t
+}
+
+const pingTTTBase = 0x80000000
+
+// keepalive sends a NOP-In ping when the connection has been idle for
+// interval and closes the connection when the initiator does not answer
+// within timeout. It stops when the connection closes.
+func (c *conn) keepalive(interval, timeout time.Duration) {
+	defer c.writerWG.Done()
+	tick := time.NewTicker(max(interval/4, 10*time.Millisecond))
+	defer tick.Stop()
+	var seq uint32
+	var sentAt time.Time
+	for {
+		select {
+		case <-c.closing:
+			return
+		case now := <-tick.C:
+			if c.pingTTT.Load() != 0 {
+				if now.Sub(sentAt) > timeout {
+					glog.V(1).Infof("iscsi: %s: no answer to NOP-In within %v, closing", c.nc.RemoteAddr(), timeout)
+					c.close()
+					return
+				}
+				continue
+			}
+			if now.Sub(time.Unix(0, c.lastRecv.Load())) < interval {
+				continue
+			}
+			seq = (seq + 1) % (reservedTag - pingTTTBase)
+			ttt := pingTTTBase + seq
+			c.pingTTT.Store(ttt)
+			sentAt = now
+			p := c.newPDU()
+			p.hdr[0] = opNopIn
+			p.hdr[1] = flagFinal
+			p.hdr.putU32(16, reservedTag)
+			p.hdr.putU32(20, ttt)
+			c.send(p)
+		}
+	}
 }
 
 // handleNopOut answers pings and accepts answers to our NOP-Ins.
@@ -313,6 +367,9 @@ func (c *conn) handleNopOut(h *bhs) error {
 		// An answer to a target NOP-In (or a bare CmdSN/ExpStatSN update).
 		if !h.immediate() {
 			return protoErr(rejectProtocolError, "NOP-Out with reserved ITT not immediate")
+		}
+		if ttt := h.u32(20); ttt != reservedTag {
+			c.pingTTT.CompareAndSwap(ttt, 0)
 		}
 		return nil
 	}

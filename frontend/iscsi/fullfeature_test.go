@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net"
-	"sync"
 	"testing"
 	"time"
 )
@@ -449,33 +448,46 @@ func TestLogoutWaitsForCommands(t *testing.T) {
 
 func TestManySessionsConcurrent(t *testing.T) {
 	ts := startServer(t, Config{}, nil)
-	var wg sync.WaitGroup
-	errs := make(chan string, 8)
-	for s := 0; s < 8; s++ {
-		wg.Add(1)
-		go func(s int) {
-			defer wg.Done()
-			st := &testing.T{}
-			_ = st
-			in := dialInit(t, ts.addr)
-			in.isid[5] = byte(s)
-			in.login(ts.name, defaultOpKeys())
-			data := pattern(8192, byte(s))
-			lba := uint32(s * 16)
-			for k := 0; k < 20; k++ {
-				in.do(write10(lba, 16), false, data, 8192, 8192)
-				rd := in.do(read10(lba, 16), true, nil, 8192, 0)
-				if !bytes.Equal(rd.dataIn, data) {
-					errs <- "data mismatch"
-					return
+	t.Run("group", func(t *testing.T) {
+		for s := 0; s < 8; s++ {
+			t.Run("session", func(t *testing.T) {
+				t.Parallel()
+				in := dialInit(t, ts.addr)
+				in.isid[5] = byte(s)
+				in.login(ts.name, defaultOpKeys())
+				data := pattern(8192, byte(s))
+				lba := uint32(s * 16)
+				for k := 0; k < 20; k++ {
+					in.do(write10(lba, 16), false, data, 8192, 8192)
+					rd := in.do(read10(lba, 16), true, nil, 8192, 0)
+					must(t, bytes.Equal(rd.dataIn, data), "session %d: data mismatch", s)
 				}
-			}
-			in.logout(0)
-		}(s)
+				in.logout(0)
+			})
+		}
+	})
+}
+
+func TestKeepaliveNopIn(t *testing.T) {
+	ts := startServer(t, Config{NopInInterval: 100 * time.Millisecond, NopInTimeout: 300 * time.Millisecond}, nil)
+	in := dialInit(t, ts.addr)
+	in.login(ts.name, defaultOpKeys())
+	for k := 0; k < 2; k++ {
+		r, _ := in.recv()
+		must(t, r.opcode() == opNopIn && r.itt() == reservedTag && r.u32(20) != reservedTag,
+			"ping %d: opcode %#x itt %#x ttt %#x", k, r.opcode(), r.itt(), r.u32(20))
+		var h bhs
+		h[0] = opNopOut | flagImmediate
+		h[1] = flagFinal
+		h.putU32(16, reservedTag)
+		h.putU32(20, r.u32(20))
+		h.putU32(24, in.cmdSN)
+		in.send(&h, nil)
 	}
-	wg.Wait()
-	close(errs)
-	for e := range errs {
-		t.Fatal(e)
-	}
+	// Now stay silent: the target must give up on us.
+	r, _ := in.recv()
+	must(t, r.opcode() == opNopIn, "third ping: %#x", r.opcode())
+	start := time.Now()
+	in.expectClosed()
+	must(t, time.Since(start) < 3*time.Second, "closed after %v", time.Since(start))
 }

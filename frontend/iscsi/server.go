@@ -233,24 +233,49 @@ func (s *Server) Serve(l net.Listener) error {
 			return fmt.Errorf("iscsi: accept on %s: %w", l.Addr(), err)
 		}
 		backoff = 0
-		c := newConn(s, nc)
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			nc.Close()
+		c, ok := s.track(nc)
+		if !ok {
 			return ErrServerClosed
 		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
 		go func() {
 			defer s.wg.Done()
-			c.serve()
-			s.mu.Lock()
-			delete(s.conns, c)
-			s.mu.Unlock()
+			s.run(c)
 		}()
 	}
+}
+
+// ServeConn serves one already accepted connection and returns when it
+// ends (or at once with ErrServerClosed after Close). The server owns nc.
+func (s *Server) ServeConn(nc net.Conn) error {
+	c, ok := s.track(nc)
+	if !ok {
+		return ErrServerClosed
+	}
+	defer s.wg.Done()
+	s.run(c)
+	return nil
+}
+
+// track registers a new connection; the caller must call s.wg.Done after
+// s.run. It closes nc and fails if the server is closed.
+func (s *Server) track(nc net.Conn) (*conn, bool) {
+	c := newConn(s, nc)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		nc.Close()
+		return nil, false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return c, true
+}
+
+func (s *Server) run(c *conn) {
+	c.serve()
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
 }
 
 // Close stops every listener and connection and waits for all goroutines.
