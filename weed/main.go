@@ -13,7 +13,6 @@ import (
 	flag "github.com/seaweedfs/seaweedfs/weed/util/fla9"
 	httpclient "github.com/seaweedfs/seaweedfs/weed/util/http"
 
-	"github.com/weedblock/weedblock/weed/blockcmd"
 	"github.com/weedblock/weedblock/weed/logbridge"
 )
 
@@ -66,7 +65,7 @@ func run(args []string) int {
 // commandList is upstream's command list followed by weedblock's commands.
 func commandList() []*command.Command {
 	cmds := slices.Clone(command.Commands)
-	return append(cmds, blockcmd.Command())
+	return append(cmds, blockCommand())
 }
 
 // dispatch runs the subcommand named by args[0] and returns the exit status.

@@ -1,17 +1,109 @@
 package blockcmd
 
 import (
-	"github.com/seaweedfs/seaweedfs/weed/command"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
 )
 
-// Command returns the `weed block` command for the weed binary's command
-// list.
-func Command() *command.Command {
-	c := &command.Command{
-		UsageLine: "block <subcommand> [flags]",
-		Short:     "serve and manage block volumes (weedblock)",
-		Long:      "block runs weedblock's block-volume subcommands:\n\n  serve   serve a local volume file over NBD and iSCSI\n\nRun 'weed block <subcommand> -h' for a subcommand's flags.",
+// Exit statuses of a block subcommand.
+const (
+	exitFailure = 1 // the subcommand ran and failed
+	exitUsage   = 2 // bad command line
+)
+
+// usageError is a command-line error: Main prints it and exits 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+// subcommand is one `weed block <name>` subcommand.
+type subcommand struct {
+	short string
+	// run executes the subcommand with its arguments; it returns when ctx is
+	// cancelled (SIGINT/SIGTERM) or the work is done.
+	run func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+}
+
+func subcommands() map[string]subcommand {
+	return map[string]subcommand{
+		"serve": {short: "serve a local volume file over NBD and iSCSI", run: runServe},
 	}
-	c.Run = func(_ *command.Command, args []string) bool { return true }
-	return c
+}
+
+// Short is the one-line description of `weed block`.
+const Short = "serve and manage block volumes (weedblock)"
+
+// UsageLine is the usage line of `weed block`.
+const UsageLine = "block <subcommand> [flags]"
+
+// Long describes `weed block` and lists its subcommands.
+func Long() string {
+	var b strings.Builder
+	b.WriteString("block runs weedblock's block-volume subcommands:\n\n")
+	subs := subcommands()
+	names := make([]string, 0, len(subs))
+	for n := range subs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(&b, "    weed block %-8s %s\n", n, subs[n].short)
+	}
+	b.WriteString("\n  Run 'weed block <subcommand> -h' for a subcommand's flags.")
+	return b.String()
+}
+
+// Run runs `weed block args...` as the process does: until the work is
+// done or SIGINT/SIGTERM arrives, with the standard streams. A second signal
+// during shutdown gets the default action (the process dies). It returns the
+// exit status.
+func Run(args []string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop() // restore default handling for the next signal
+	}()
+	defer stop()
+	return Main(ctx, args, os.Stdout, os.Stderr)
+}
+
+// Main runs `weed block args...` and returns the exit status. Errors are
+// printed to stderr as one line naming the subcommand.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	subs := subcommands()
+	if len(args) == 0 {
+		fmt.Fprintf(stderr, "weed block: missing subcommand\n%s\n", Long())
+		return exitUsage
+	}
+	sub, ok := subs[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "weed block: unknown subcommand %q\n%s\n", args[0], Long())
+		return exitUsage
+	}
+	err := sub.run(ctx, args[1:], stdout, stderr)
+	var ue *usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "weed block %s: %v\nRun 'weed block %s -h' for usage.\n", args[0], err, args[0])
+		return exitUsage
+	default:
+		fmt.Fprintf(stderr, "weed block %s: %v\n", args[0], err)
+		return exitFailure
+	}
 }
