@@ -1,6 +1,7 @@
 package blockvol
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/weedblock/weedblock/blockdev"
@@ -160,4 +161,96 @@ func (v *Volume) ScanWAL(fromLSN uint64, fn func(Record) error) error {
 			return err
 		}
 	}
+}
+
+// ErrBelowCheckpoint: a WAL truncation point is below the checkpoint, so
+// the extent already holds effects that would have to be undone (the
+// caller must rebuild instead).
+var ErrBelowCheckpoint = errors.New("blockvol: truncation point below checkpoint")
+
+// TruncateWAL drops every record after lsn, e.g. the uncommitted tail of a
+// replica that is ahead of the committed point (DESIGN §6). Records
+// (checkpoint, lsn] are applied to the extent; the log restarts after lsn
+// with a new generation, so the dropped records can never come back. It
+// requires checkpoint ≤ lsn ≤ head (ErrBelowCheckpoint otherwise) and a
+// fenced volume (call Fence first, Unfence after). Holds are revoked.
+func (v *Volume) TruncateWAL(lsn uint64) error {
+	if err := v.enter(); err != nil {
+		return err
+	}
+	defer v.ops.Done()
+	v.flushMu.Lock()
+	defer v.flushMu.Unlock()
+	v.mu.Lock()
+	if v.failed != nil {
+		err := v.failedErrLocked()
+		v.mu.Unlock()
+		return err
+	}
+	if !v.fenced {
+		v.mu.Unlock()
+		return fmt.Errorf("%s: truncate WAL: volume must be fenced", v.path)
+	}
+	if err := v.waitWrittenLocked(v.head); err != nil {
+		v.mu.Unlock()
+		return err
+	}
+	if lsn < v.checkpoint || lsn > v.head {
+		err := fmt.Errorf("%s: truncate WAL to %d, checkpoint %d head %d: %w", v.path, lsn, v.checkpoint, v.head, ErrBelowCheckpoint)
+		if lsn > v.head {
+			err = fmt.Errorf("%s: truncate WAL to %d beyond head %d", v.path, lsn, v.head)
+		}
+		v.mu.Unlock()
+		return err
+	}
+	var todo []recMeta
+	for l := v.checkpoint + 1; l <= lsn; l++ {
+		m := v.recs.find(l)
+		if m == nil {
+			v.mu.Unlock()
+			return fmt.Errorf("%s: truncate WAL: lsn %d missing", v.path, l)
+		}
+		todo = append(todo, *m)
+	}
+	needSync := v.durable < lsn
+	writeAbs := alignUp(v.writeAbs, 4096)
+	gen := v.gen + 1
+	v.mu.Unlock()
+
+	if needSync {
+		if err := v.syncFile(); err != nil {
+			return err
+		}
+	}
+	if err := v.applyToExtent(todo); err != nil {
+		v.fail(err)
+		return err
+	}
+	if err := v.syncFile(); err != nil {
+		return err
+	}
+	if err := v.persistSuperblock(func(s *superblock) {
+		s.checkpoint = lsn
+		s.tailLSN = lsn + 1
+		s.tailPos = uint64(writeAbs % v.walSize)
+		s.generation = gen
+	}); err != nil {
+		return err
+	}
+	v.tailMu.Lock()
+	v.mu.Lock()
+	v.recs.reset()
+	clear(v.index)
+	v.zeros = v.zeros[:0]
+	v.gen = gen
+	v.head, v.written, v.durable, v.checkpoint = lsn, lsn, lsn, lsn
+	v.writeAbs, v.writtenAbs = writeAbs, writeAbs
+	v.tailLSN, v.tailAbs = lsn+1, writeAbs
+	for h := range v.holds {
+		v.revokeLocked(h, fmt.Errorf("%w: WAL truncated to %d", ErrHoldRevoked, lsn))
+	}
+	v.cond.Broadcast()
+	v.mu.Unlock()
+	v.tailMu.Unlock()
+	return nil
 }

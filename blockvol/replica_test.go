@@ -151,3 +151,69 @@ func TestScanStopsOnCallbackError(t *testing.T) {
 		t.Fatal("scan leaked its hold")
 	}
 }
+
+func TestTruncateWAL(t *testing.T) {
+	r, path := newReplica(t, 1)
+	for lsn := uint64(1); lsn <= 6; lsn++ {
+		rec := Record{LSN: lsn, Epoch: 1, Kind: KindWrite, LBA: lsn % 3, Blocks: 1, Data: block(4096, byte(lsn))}
+		if err := r.ApplyReplicated(rec); err != nil {
+			t.Fatal(err)
+		}
+		if lsn == 2 {
+			if err := r.Checkpoint(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := r.TruncateWAL(4); err == nil {
+		t.Fatal("truncate while unfenced accepted")
+	}
+	h, err := r.Hold(3, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Fence()
+	if err := r.TruncateWAL(1); !errors.Is(err, ErrBelowCheckpoint) {
+		t.Fatalf("below checkpoint: %v", err)
+	}
+	if err := r.TruncateWAL(4); err != nil {
+		t.Fatal(err)
+	}
+	<-h.Revoked()
+	// State as of LSN 4: lba 1 = lsn 4, lba 2 = lsn 2, lba 0 = lsn 3.
+	want := map[int64]byte{0: 3, 1: 4, 2: 2}
+	check := func(v *Volume, stage string) {
+		t.Helper()
+		for lba, seed := range want {
+			if got := mustRead(t, v, lba*4096, 4096); !bytes.Equal(got, block(4096, seed)) {
+				t.Fatalf("%s: lba %d wrong", stage, lba)
+			}
+		}
+	}
+	check(r, "after truncate")
+	st := r.Status()
+	if st.Head != 4 || st.Checkpoint != 4 || st.Generation != 2 || st.Tail != 5 {
+		t.Fatalf("status %+v", st)
+	}
+	// The log continues at 5 (a different record than the dropped one).
+	if err := r.Unfence(2, RoleReplica, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.ApplyReplicated(Record{LSN: 5, Epoch: 2, Kind: KindWrite, LBA: 2, Blocks: 1, Data: block(4096, 50)}); err != nil {
+		t.Fatal(err)
+	}
+	want[2] = 50
+	if err := r.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	r2, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	check(r2, "after reopen")
+	if st := r2.Status(); st.Head != 5 {
+		t.Fatalf("reopen head %d", st.Head)
+	}
+}
