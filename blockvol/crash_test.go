@@ -212,3 +212,55 @@ func TestCrashConcurrentWriters(t *testing.T) {
 	}
 	t.Logf("%d rounds ended in a crash at a sync point", fired)
 }
+
+// heldVolume is a Volume with a retention hold taken at open, as a primary
+// with a lagging replica has: the WAL tail cannot pass the hold, so
+// recovery scans records the checkpoint already covers, and the hold is
+// revoked when it blocks writers.
+type heldVolume struct {
+	*blockvol.Volume
+	h *blockvol.Hold
+}
+
+func (hv heldVolume) Close() error {
+	hv.h.Release()
+	return hv.Volume.Close()
+}
+
+func holdTarget(budget int64) oracle.Target {
+	base := engineTarget(4096, crashBlocks, 128<<10, 2*time.Millisecond)
+	hold := func(d oracle.Device, err error) (oracle.Device, error) {
+		if err != nil {
+			return nil, err
+		}
+		v := d.(*blockvol.Volume)
+		st := v.Status()
+		h, err := v.Hold(max(st.Tail, 1), budget)
+		if err != nil {
+			v.Close()
+			return nil, fmt.Errorf("hold from %d (head %d): %w", st.Tail, st.Head, err)
+		}
+		return heldVolume{v, h}, nil
+	}
+	return oracle.Target{
+		Name:   fmt.Sprintf("%s with a hold (budget %d)", base.Name, budget),
+		Create: func(fs *faultfs.FS) (oracle.Device, error) { return hold(base.Create(fs)) },
+		Open:   func(fs *faultfs.FS) (oracle.Device, error) { return hold(base.Open(fs)) },
+		Unhealthy: func(d oracle.Device) bool {
+			return !d.(heldVolume).Volume.Status().Healthy
+		},
+	}
+}
+
+// TestCrashOracleWithRetentionHold runs the random workload with a
+// retention hold pinning the WAL (with and without a byte budget).
+func TestCrashOracleWithRetentionHold(t *testing.T) {
+	for _, budget := range []int64{0, 48 << 10} {
+		tgt := holdTarget(budget)
+		for seed := uint64(1); seed <= uint64(crashSeeds(t, 4)); seed++ {
+			r := oracle.NewRunner(t, tgt, faultfs.New(), crashBlocks)
+			r.Run(oracle.Generate(seed, 300, crashBlocks, oracle.DefaultMix()))
+			r.Finish(faultfs.CrashRandom, seed)
+		}
+	}
+}
