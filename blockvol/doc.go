@@ -9,7 +9,12 @@
 // in the superblock and only then frees WAL space. Retention holds keep WAL
 // records readable for lagging replicas, within a byte budget after which
 // the hold is revoked and its owner told. Role and epoch are persisted; a
-// volume opens fenced (read-only) until Unfence.
+// volume opens fenced (read-only) until Unfence (Options.Standalone opens
+// unfenced as primary of the persisted epoch, for a server without a
+// master). A recovery after a crash applies the recovered log to the
+// extent and restarts it with a new generation, so bytes of discarded
+// records can never be chained back in; TruncateWAL does the same for a
+// replica that must drop records beyond the committed point.
 //
 // It owns: the on-disk format (superblock, WAL records, extent layout),
 // recovery, the index, the flusher goroutine, holds, fencing state and the

@@ -3,6 +3,7 @@ package blockvol
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"path/filepath"
 	"testing"
@@ -194,13 +195,18 @@ func TestTrimAndWriteZeroes(t *testing.T) {
 }
 
 func TestRandomAgainstModel(t *testing.T) {
+	for _, c := range []struct{ bs, ops int }{{4096, 1000}, {512, 500}, {8192, 500}} {
+		t.Run(fmt.Sprintf("bs=%d", c.bs), func(t *testing.T) { randomAgainstModel(t, c.bs, c.ops) })
+	}
+}
+
+func randomAgainstModel(t *testing.T, bs, ops int) {
 	const size = 2 << 20
-	v, path := newTestVolume(t, size, 256<<10, Options{FlushInterval: 5 * time.Millisecond})
+	v, path := newTestVolume(t, size, 256<<10, Options{FlushInterval: 5 * time.Millisecond, BlockSize: bs})
 	model := make([]byte, size)
-	rng := rand.New(rand.NewPCG(1, 2))
-	bs := 4096
+	rng := rand.New(rand.NewPCG(1, uint64(bs)))
 	nb := size / bs
-	for i := 0; i < 1500; i++ {
+	for i := 0; i < ops; i++ {
 		lba := rng.IntN(nb)
 		n := 1 + rng.IntN(min(16, nb-lba))
 		off := int64(lba * bs)
@@ -234,7 +240,7 @@ func TestRandomAgainstModel(t *testing.T) {
 				t.Fatalf("step %d: volume differs from model", i)
 			}
 		}
-		if i == 700 {
+		if i == ops/2 {
 			v = reopen(t, v, path, Options{FlushInterval: 5 * time.Millisecond})
 		}
 	}
