@@ -16,6 +16,20 @@ type Model struct {
 	seq     uint64 // last value handed out
 	hist    [][]histEntry
 	commit  []int // index in hist of the committed value
+	stats   Stats
+}
+
+// Stats counts what crashes did to blocks that had values beyond their
+// committed one: a crash test that never loses (or never keeps) unflushed
+// data is not testing much.
+type Stats struct {
+	// Checked is how many block reads after a crash were checked.
+	Checked int
+	// Lost: the block showed an older value than its newest acknowledged
+	// one (allowed: it was not flushed).
+	Lost int
+	// Kept: the block had unflushed values and showed the newest.
+	Kept int
 }
 
 func NewModel(bs, nblocks int) *Model {
@@ -98,8 +112,15 @@ func (o *Model) CheckLive(b int, seq uint64) error {
 // the committed value or any later one. The value seen becomes the only
 // allowed one.
 func (o *Model) CheckRecovered(b int, seq uint64) error {
+	o.stats.Checked++
+	newest := o.lastAcked(b)
 	for i := o.commit[b]; i < len(o.hist[b]); i++ {
 		if o.hist[b][i].seq == seq {
+			if i < newest {
+				o.stats.Lost++
+			} else if newest > o.commit[b] {
+				o.stats.Kept++
+			}
 			o.hist[b] = []histEntry{{seq: seq, acked: true}}
 			o.commit[b] = 0
 			return nil
@@ -124,3 +145,6 @@ func (o *Model) FlushedRange(lo, hi int) {
 		o.commit[b] = o.lastAcked(b)
 	}
 }
+
+// Stats returns the crash statistics so far.
+func (o *Model) Stats() Stats { return o.stats }

@@ -327,6 +327,9 @@ func (r *Runner) Close() {
 	}
 }
 
+// Stats returns what the crashes so far did to unflushed data.
+func (r *Runner) Stats() Stats { return r.or.Stats() }
+
 // Errors is how many device calls failed while errors were tolerated
 // (SyncFailure).
 func (r *Runner) Errors() int { return r.errs }
