@@ -399,7 +399,11 @@ func CrashAtEverySync(t testing.TB, tgt Target, nblocks int, ops []Op, seeds int
 			fs.CrashAtSync(at, mode, seed)
 			r := NewRunner(t, tgt, fs, nblocks)
 			if r == nil {
-				fired++ // crashed inside create
+				// Crashed inside create, which promised nothing: the
+				// file must either refuse to open with an error or open
+				// as an empty device.
+				fired++
+				checkHalfCreated(t, tgt, fs, nblocks, fmt.Sprintf("crash at sync %d inside create (%s seed %d)", at, mode, seed))
 				continue
 			}
 			r.tgt.Name = fmt.Sprintf("%s crash-at-sync %d/%d %s seed %d", tgt.Name, at, n, mode, seed)
@@ -433,6 +437,30 @@ func (f Fault) String() string {
 		return fmt.Sprintf("sync %d fails", f.SyncAt)
 	}
 	return fmt.Sprintf("writes %d+%d fail (short=%v)", f.WriteAt, f.WriteCount, f.Short)
+}
+
+// checkHalfCreated opens what a crash inside create left: an error is fine,
+// a device must be the right size and read as zeros.
+func checkHalfCreated(t testing.TB, tgt Target, fs *faultfs.FS, nblocks int, what string) {
+	t.Helper()
+	dev, err := tgt.Open(fs)
+	if err != nil {
+		return
+	}
+	defer dev.Close()
+	bs := dev.BlockSize()
+	if dev.Size() != int64(nblocks*bs) {
+		t.Fatalf("%s: %s: half-created device opened with size %d, want %d", tgt.Name, what, dev.Size(), nblocks*bs)
+	}
+	p := make([]byte, bs)
+	for b := 0; b < nblocks; b++ {
+		if err := dev.ReadAt(p, int64(b*bs)); err != nil {
+			t.Fatalf("%s: %s: half-created device: read lba %d: %v", tgt.Name, what, b, err)
+		}
+		if seq, err := DecodeBlock(p, uint64(b)); err != nil || seq != 0 {
+			t.Fatalf("%s: %s: half-created device: lba %d is not zeros (value %d, %v)", tgt.Name, what, b, seq, err)
+		}
+	}
 }
 
 // SyncFailure is FaultRun with Fault{SyncAt: failAt}.
