@@ -12,11 +12,19 @@ import (
 // OSFS is the production FS: plain files on the local file system.
 type OSFS struct{}
 
+// ErrInUse: another process (or another Volume in this one) has the file
+// open; a volume file has one writer.
+var ErrInUse = errors.New("blockvol: volume file is in use")
+
 // Create makes a new file (failing if it exists) and fsyncs its directory
-// so the name survives a crash.
+// so the name survives a crash. Files are locked (flock) while open.
 func (OSFS) Create(path string) (File, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
+		return nil, err
+	}
+	if err := lockFile(f); err != nil {
+		f.Close()
 		return nil, err
 	}
 	if err := syncDir(filepath.Dir(path)); err != nil {
@@ -32,7 +40,29 @@ func (OSFS) Open(path string) (File, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := lockFile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
 	return newOSFile(f), nil
+}
+
+// lockFile takes an exclusive, non-blocking flock; it is released when the
+// file is closed (also when the process dies).
+func lockFile(f *os.File) error {
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("%s: %w", f.Name(), ErrInUse)
+		}
+		if err != nil {
+			return fmt.Errorf("flock %s: %w", f.Name(), err)
+		}
+		return nil
+	}
 }
 
 func syncDir(dir string) error {

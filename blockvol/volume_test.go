@@ -256,3 +256,30 @@ func randomAgainstModel(t *testing.T, bs, ops int) {
 		t.Fatal("after final reopen: volume differs from model")
 	}
 }
+
+func TestOpenTwiceRefused(t *testing.T) {
+	v, path := newTestVolume(t, 1<<20, 128<<10, Options{})
+	if _, err := Open(path, Options{}); !errors.Is(err, ErrInUse) {
+		t.Fatalf("second open: %v", err)
+	}
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if err := v.WriteAt(make([]byte, 4096), 0, false); !errors.Is(err, blockdev.ErrClosed) {
+		t.Fatalf("write after close: %v", err)
+	}
+	if err := v.ReadAt(make([]byte, 4096), 0); !errors.Is(err, blockdev.ErrClosed) {
+		t.Fatalf("read after close: %v", err)
+	}
+	if err := v.Flush(); !errors.Is(err, blockdev.ErrClosed) {
+		t.Fatalf("flush after close: %v", err)
+	}
+	v2, err := Open(path, Options{})
+	if err != nil {
+		t.Fatalf("open after close: %v", err)
+	}
+	v2.Close()
+}
