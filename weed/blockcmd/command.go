@@ -6,11 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 	"sort"
 	"strings"
-	"syscall"
 )
 
 // Exit statuses of a block subcommand.
@@ -65,22 +62,10 @@ func Long() string {
 	return b.String()
 }
 
-// Run runs `weed block args...` as the process does: until the work is
-// done or SIGINT/SIGTERM arrives, with the standard streams. A second signal
-// during shutdown gets the default action (the process dies). It returns the
-// exit status.
-func Run(args []string) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	go func() {
-		<-ctx.Done()
-		stop() // restore default handling for the next signal
-	}()
-	defer stop()
-	return Main(ctx, args, os.Stdout, os.Stderr)
-}
-
 // Main runs `weed block args...` and returns the exit status. Errors are
-// printed to stderr as one line naming the subcommand.
+// printed to stderr as one line naming the subcommand. A long-running
+// subcommand (serve) runs until ctx is cancelled: the weed binary cancels it
+// on SIGINT/SIGTERM, then waits for Main to return before the process exits.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	subs := subcommands()
 	if len(args) == 0 {

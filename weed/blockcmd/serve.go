@@ -349,7 +349,7 @@ func serve(ctx context.Context, cfg serveConfig, ready func(readyInfo)) (err err
 		}()
 	}
 
-	glog.Infof("block serve: %s", info)
+	glog.Info(info.String())
 	ready(info)
 
 	select {
