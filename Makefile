@@ -30,6 +30,18 @@ bench:
 run: build
 	@echo "make run: the local cluster (weed block dev) is not yet available"
 
+# Regenerate weed/pb/blockpb from weed/pb/block.proto (needs Debian's
+# protobuf-compiler; the Go plugins are installed here at pinned versions).
+PROTOC_GEN_GO_VERSION      = v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION = v1.6.2
+proto:
+	GOFLAGS= $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOFLAGS= $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	PATH="$$($(GO) env GOPATH)/bin:$$PATH" protoc -I weed/pb \
+		--go_out=. --go_opt=module=github.com/weedblock/weedblock \
+		--go-grpc_out=. --go-grpc_opt=module=github.com/weedblock/weedblock \
+		weed/pb/block.proto
+
 fmt:
 	gofmt -w $$(git ls-files '*.go' | grep -v '\.pb\.go$$')
 
