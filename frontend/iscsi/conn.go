@@ -168,6 +168,21 @@ func (c *conn) writer() {
 	c.wr.headerDigest = c.rd.headerDigest
 	c.wr.dataDigest = c.rd.dataDigest
 	failed := false
+	var dones []func() // run once the batch holding their PDUs is sent
+	flush := func() {
+		if !failed {
+			if err := c.wr.flush(); err != nil {
+				failed = true
+				glog.V(2).Infof("iscsi: write to %s: %v", c.nc.RemoteAddr(), err)
+				c.close()
+			}
+		}
+		for i, d := range dones {
+			d()
+			dones[i] = nil
+		}
+		dones = dones[:0]
+	}
 	write := func(p *outPDU) {
 		if !failed {
 			exp, maxSN := c.sess.cmdSNs()
@@ -185,7 +200,7 @@ func (c *conn) writer() {
 			}
 		}
 		if p.done != nil {
-			p.done()
+			dones = append(dones, p.done)
 		}
 		*p = outPDU{}
 		c.pduPool.Put(p)
@@ -194,11 +209,8 @@ func (c *conn) writer() {
 		select {
 		case p := <-c.out:
 			write(p)
-			if len(c.out) == 0 && !failed {
-				if err := c.wr.flush(); err != nil {
-					failed = true
-					c.close()
-				}
+			if len(c.out) == 0 {
+				flush()
 			}
 		case <-c.closing:
 			for {
@@ -206,9 +218,7 @@ func (c *conn) writer() {
 				case p := <-c.out:
 					write(p)
 				default:
-					if !failed {
-						c.wr.flush()
-					}
+					flush()
 					return
 				}
 			}

@@ -18,6 +18,11 @@ func TestReadWriteImmediate(t *testing.T) {
 	res = in.do(read10(10, 8), true, nil, 4096, 0)
 	must(t, res.status == 0 && bytes.Equal(res.dataIn, data), "read back: status %#x, %d bytes", res.status, len(res.dataIn))
 	must(t, res.flags&(flagResOverflow|flagResUnderflow) == 0, "unexpected residual flags %#x", res.flags)
+	// The logical unit gets its DataIn buffer back once it was sent.
+	for k := 0; k < 100 && ts.lu.released.Load() == 0; k++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	must(t, ts.lu.released.Load() == 1, "ReleaseDataIn called %d times", ts.lu.released.Load())
 	cmds := ts.lu.commands()
 	must(t, len(cmds) == 2 && cmds[0].Write && !cmds[0].Read && cmds[1].Read, "commands seen: %+v", len(cmds))
 	must(t, cmds[0].Nexus.InitiatorPort == testInitiatorName+",i,0x800000123456", "nexus %q", cmds[0].Nexus.InitiatorPort)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -393,6 +394,14 @@ type memLU struct {
 	block   chan struct{}
 	entered chan struct{}
 	resets  []ResetKind
+	// released counts ReleaseDataIn calls.
+	released atomic.Int32
+}
+
+func (m *memLU) ReleaseDataIn(r *scsi.Response) {
+	if r.DataIn != nil {
+		m.released.Add(1)
+	}
 }
 
 func newMemLU(blocks int) *memLU {

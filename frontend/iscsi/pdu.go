@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"net"
 )
 
 // Opcodes (RFC 7143 §11.1.1).
@@ -203,56 +204,91 @@ type outPDU struct {
 	// status: the PDU carries status, so the writer assigns it the next
 	// StatSN; otherwise it carries the current StatSN without advancing it.
 	status bool
-	// done, if set, is called after the PDU was written (or dropped).
+	// done, if set, is called by the writer once the PDU's bytes were
+	// handed to the socket (or failed to be); not at all if the PDU was
+	// dropped because the connection closed first.
 	done func()
 }
 
-// pduWriter encodes PDUs onto a buffered writer.
+// pduWriter encodes PDUs into a batch that one flush sends with a single
+// writev: headers and small payloads are copied into an arena, payloads of
+// directMin bytes or more are referenced in place (no copy). Referenced
+// payloads must stay unchanged until flush returns.
 type pduWriter struct {
-	w            *bufio.Writer
+	w            io.Writer
 	headerDigest bool
 	dataDigest   bool
-	tmp          [4]byte
+	arena        []byte
+	segStart     int
+	vecs         net.Buffers
+	pending      int
 	zero         [4]byte
 }
 
+const (
+	directMin  = 8 * 1024
+	maxPending = 1 << 20
+)
+
 func newPDUWriter(w io.Writer, size int) *pduWriter {
-	return &pduWriter{w: bufio.NewWriterSize(w, size)}
+	return &pduWriter{w: w, arena: make([]byte, 0, max(size, 4*bhsLen+directMin))}
 }
 
-// write encodes hdr and data (the header's DataSegmentLength is set from
-// len(data)). It does not flush.
+// write queues hdr and data (the header's DataSegmentLength is set from
+// len(data)). It flushes by itself only when the batch is large.
 func (pw *pduWriter) write(hdr *bhs, data []byte) error {
 	hdr[4] = 0
 	hdr.setDataLen(len(data))
-	if _, err := pw.w.Write(hdr[:]); err != nil {
-		return err
-	}
-	if pw.headerDigest {
-		binary.LittleEndian.PutUint32(pw.tmp[:], crc32c(hdr[:]))
-		if _, err := pw.w.Write(pw.tmp[:]); err != nil {
-			return err
-		}
-	}
-	if len(data) == 0 {
-		return nil
-	}
-	if _, err := pw.w.Write(data); err != nil {
-		return err
-	}
 	p := pad4(len(data))
-	if p > 0 {
-		if _, err := pw.w.Write(pw.zero[:p]); err != nil {
+	direct := len(data) >= directMin
+	need := bhsLen + 3*digestLen
+	if !direct {
+		need += len(data)
+	}
+	if len(pw.arena)+need > cap(pw.arena) {
+		if err := pw.flush(); err != nil {
 			return err
 		}
 	}
-	if pw.dataDigest {
-		binary.LittleEndian.PutUint32(pw.tmp[:], crc32c(data, pw.zero[:p]))
-		if _, err := pw.w.Write(pw.tmp[:]); err != nil {
-			return err
+	pw.arena = append(pw.arena, hdr[:]...)
+	if pw.headerDigest {
+		pw.arena = binary.LittleEndian.AppendUint32(pw.arena, crc32c(hdr[:]))
+	}
+	if len(data) > 0 {
+		if direct {
+			pw.vecs = append(pw.vecs, pw.arena[pw.segStart:], data)
+			pw.segStart = len(pw.arena)
+		} else {
+			pw.arena = append(pw.arena, data...)
 		}
+		pw.arena = append(pw.arena, pw.zero[:p]...)
+		if pw.dataDigest {
+			pw.arena = binary.LittleEndian.AppendUint32(pw.arena, crc32c(data, pw.zero[:p]))
+		}
+	}
+	pw.pending += bhsLen + len(data)
+	if pw.pending >= maxPending {
+		return pw.flush()
 	}
 	return nil
 }
 
-func (pw *pduWriter) flush() error { return pw.w.Flush() }
+// flush sends everything queued.
+func (pw *pduWriter) flush() error {
+	if pw.segStart < len(pw.arena) {
+		pw.vecs = append(pw.vecs, pw.arena[pw.segStart:])
+	}
+	var err error
+	if len(pw.vecs) == 1 {
+		_, err = pw.w.Write(pw.vecs[0])
+	} else if len(pw.vecs) > 1 {
+		v := pw.vecs
+		_, err = v.WriteTo(pw.w)
+	}
+	clear(pw.vecs)
+	pw.vecs = pw.vecs[:0]
+	pw.arena = pw.arena[:0]
+	pw.segStart = 0
+	pw.pending = 0
+	return err
+}

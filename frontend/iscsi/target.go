@@ -56,6 +56,14 @@ type DataOutSizer interface {
 	DataOutLength(cdb []byte) (n uint32, ok bool)
 }
 
+// DataInReleaser is optionally implemented by a LogicalUnit that recycles
+// its DataIn buffers: ReleaseDataIn is called once the transport no longer
+// references resp.DataIn (after it was sent). It may not be called at all
+// when the connection closes first; the buffer is then left to the GC.
+type DataInReleaser interface {
+	ReleaseDataIn(resp *scsi.Response)
+}
+
 // CHAP holds the secrets of one side of CHAP authentication.
 type CHAP struct {
 	// User and Secret authenticate the initiator to the target.

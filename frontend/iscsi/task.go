@@ -445,7 +445,15 @@ func (c *conn) respond(t *task, r *scsi.Response) {
 		resFlags, residual = flagResUnderflow, t.edtl
 	}
 	statusInData := r.Status == scsi.StatusGood && len(r.Sense) == 0 && len(in) > 0
-	dataSN := c.sendDataIn(t, in, statusInData, r.Status, resFlags, residual)
+	var release func()
+	if rel, ok := c.sess.target.LU.(DataInReleaser); ok && r.DataIn != nil {
+		release = func() { rel.ReleaseDataIn(r) }
+		if len(in) == 0 {
+			release()
+			release = nil
+		}
+	}
+	dataSN := c.sendDataIn(t, in, statusInData, r.Status, resFlags, residual, release)
 	if statusInData {
 		return
 	}
@@ -474,7 +482,8 @@ func (c *conn) respond(t *task, r *scsi.Response) {
 // sendDataIn splits in into Data-In PDUs of at most the initiator's
 // MaxRecvDataSegmentLength, each MaxBurstLength sequence ending with F. With
 // withStatus the last PDU carries the status. It returns the number of PDUs.
-func (c *conn) sendDataIn(t *task, in []byte, withStatus bool, status byte, resFlags byte, residual uint32) uint32 {
+// release, if set, runs once the last PDU was sent.
+func (c *conn) sendDataIn(t *task, in []byte, withStatus bool, status byte, resFlags byte, residual uint32, release func()) uint32 {
 	seg := c.maxSendDSL
 	if seg == 0 {
 		seg = 8192
@@ -505,6 +514,9 @@ func (c *conn) sendDataIn(t *task, in []byte, withStatus bool, status byte, resF
 		p.hdr.putU32(36, dataSN)
 		p.hdr.putU32(40, off)
 		p.data = in[off : off+n]
+		if last {
+			p.done = release
+		}
 		c.send(p)
 		dataSN++
 		off += n
