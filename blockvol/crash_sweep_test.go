@@ -2,6 +2,7 @@ package blockvol_test
 
 import (
 	"fmt"
+	"os"
 	"testing"
 	"time"
 
@@ -27,29 +28,42 @@ func TestCrashOracleConfigSweep(t *testing.T) {
 		{8192, 32, 128 << 10, 3 * time.Millisecond},
 		{512, 256, 64 << 10, time.Hour},
 	}
-	mixes := map[string]oracle.Mix{
-		"write-heavy": {Write: 30, WriteFUA: 1, Flush: 1, Read: 4, Crash: 1, MaxBlocks: 16},
-		"trim-heavy":  {Write: 10, Trim: 8, Zero: 4, ZeroFUA: 2, Flush: 3, Read: 6, Reopen: 1, Crash: 1, MaxBlocks: 8, HotBlocks: 6},
-		"fua-heavy":   {Write: 4, WriteFUA: 10, ZeroFUA: 2, Read: 4, Crash: 1, MaxBlocks: 4, HotBlocks: 4},
+	mixes := []struct {
+		name string
+		mix  oracle.Mix
+	}{
+		{"write-heavy", oracle.Mix{Write: 30, WriteFUA: 1, Flush: 1, Read: 4, Crash: 1, MaxBlocks: 16}},
+		{"trim-heavy", oracle.Mix{Write: 10, Trim: 8, Zero: 4, ZeroFUA: 2, Flush: 3, Read: 6, Reopen: 1, Crash: 1, MaxBlocks: 8, HotBlocks: 6}},
+		{"fua-heavy", oracle.Mix{Write: 4, WriteFUA: 10, ZeroFUA: 2, Read: 4, Crash: 1, MaxBlocks: 4, HotBlocks: 4}},
 	}
-	seeds := crashSeeds(t, 2)
+	// The default run covers every geometry and every mix, and a crash at
+	// every sync point for one mix per geometry; WEEDBLOCK_CRASH_SEEDS runs
+	// every combination with that many seeds.
+	_, extended := os.LookupEnv("WEEDBLOCK_CRASH_SEEDS")
+	seeds, ops := crashSeeds(t, 1), 150
+	if extended {
+		ops = 300
+	}
 	var total oracle.Stats
-	for _, g := range geometries {
-		for name, mix := range mixes {
+	for gi, g := range geometries {
+		for mi, mx := range mixes {
+			name, mix := mx.name, mx.mix
 			tgt := engineTarget(g.bs, g.nblocks, g.wal, g.interval)
 			tgt.Name = fmt.Sprintf("%s interval=%v %s", tgt.Name, g.interval, name)
 			for seed := uint64(1); seed <= uint64(seeds); seed++ {
 				r := oracle.NewRunner(t, tgt, faultfs.New(), g.nblocks)
-				r.Run(oracle.Generate(seed, 250, g.nblocks, mix))
+				r.Run(oracle.Generate(seed, ops, g.nblocks, mix))
 				r.Finish(faultfs.CrashRandom, seed)
 				s := r.Stats()
 				total.Checked += s.Checked
 				total.Lost += s.Lost
 				total.Kept += s.Kept
 			}
-			m := mix
-			m.Crash = 0
-			oracle.CrashAtEverySync(t, tgt, g.nblocks, oracle.Generate(99, 30, g.nblocks, m), 1)
+			if extended || mi == gi%len(mixes) {
+				m := mix
+				m.Crash = 0
+				oracle.CrashAtEverySync(t, tgt, g.nblocks, oracle.Generate(99, 30, g.nblocks, m), 1)
+			}
 		}
 	}
 	if total.Lost == 0 || total.Kept == 0 {
