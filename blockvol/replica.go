@@ -16,6 +16,8 @@ func (v *Volume) replicaWritableLocked() error {
 		return v.failedErrLocked()
 	case v.fenced:
 		return fmt.Errorf("%s: %w: %w", v.path, blockdev.ErrReadOnly, ErrFenced)
+	case v.rebuilding:
+		return fmt.Errorf("%s: %w: %w: rebuild in progress", v.path, blockdev.ErrReadOnly, ErrFenced)
 	case v.role != RoleReplica:
 		return fmt.Errorf("%s: apply replicated: %w: role %v", v.path, ErrWrongRole, v.role)
 	}
@@ -75,6 +77,9 @@ func (v *Volume) ApplyReplicated(r Record) error {
 			return true, fmt.Errorf("%s: apply lsn %d epoch %d, local epoch %d: %w", v.path, r.LSN, r.Epoch, m.epoch, ErrLSNConflict)
 		}
 		return true, nil
+	}
+	if err := v.replicaWritableLocked(); err != nil {
+		return err
 	}
 	if d, err := dup(); d {
 		return err

@@ -115,6 +115,8 @@ type Volume struct {
 
 	holds map[*Hold]struct{}
 
+	rebuilding bool // between BeginRebuild and InstallBase
+
 	failed error
 	closed bool
 	ops    sync.WaitGroup

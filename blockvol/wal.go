@@ -215,6 +215,8 @@ func (v *Volume) writableLocked() error {
 		return v.failedErrLocked()
 	case v.fenced:
 		return fmt.Errorf("%s: %w: %w", v.path, blockdev.ErrReadOnly, ErrFenced)
+	case v.rebuilding:
+		return fmt.Errorf("%s: %w: %w: rebuild in progress", v.path, blockdev.ErrReadOnly, ErrFenced)
 	case v.role != RolePrimary:
 		return fmt.Errorf("%s: %w: %w: role %v", v.path, blockdev.ErrReadOnly, ErrWrongRole, v.role)
 	case !v.leaseUntil.IsZero() && !time.Now().Before(v.leaseUntil):

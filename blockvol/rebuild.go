@@ -1,0 +1,187 @@
+package blockvol
+
+import (
+	"fmt"
+
+	"github.com/weedblock/weedblock/blockdev"
+)
+
+// Rebuild installs a base image from another member (DESIGN §6):
+//
+//	BeginRebuild()          durably untrusted; the WAL is dropped
+//	WriteBase(p, off) ...   base blocks straight into the extent
+//	InstallBase(baseLSN)    extent durable; the log restarts after baseLSN
+//	ApplyReplicated(...)    replay (baseLSN, target] as usual
+//	FinishRebuild()         checkpoint, then clear the untrusted flag
+//
+// A crash anywhere before FinishRebuild returns leaves the volume marked
+// untrusted (Status.Untrusted), to be rebuilt again and never promoted.
+
+// BeginRebuild starts a rebuild on a fenced volume: it durably marks the
+// volume untrusted and drops every WAL record (new generation). Holds are
+// revoked.
+func (v *Volume) BeginRebuild() error {
+	if err := v.enter(); err != nil {
+		return err
+	}
+	defer v.ops.Done()
+	v.flushMu.Lock()
+	defer v.flushMu.Unlock()
+	v.mu.Lock()
+	if v.failed != nil {
+		err := v.failedErrLocked()
+		v.mu.Unlock()
+		return err
+	}
+	if !v.fenced {
+		v.mu.Unlock()
+		return fmt.Errorf("%s: begin rebuild: volume must be fenced", v.path)
+	}
+	if err := v.waitWrittenLocked(v.head); err != nil {
+		v.mu.Unlock()
+		return err
+	}
+	head := v.head
+	writeAbs := alignUp(v.writeAbs, 4096)
+	gen := v.gen + 1
+	v.mu.Unlock()
+	if err := v.persistSuperblock(func(s *superblock) {
+		s.untrusted = true
+		s.checkpoint = head
+		s.tailLSN = head + 1
+		s.tailPos = uint64(writeAbs % v.walSize)
+		s.generation = gen
+	}); err != nil {
+		return err
+	}
+	v.resetLog(head, writeAbs, gen, "rebuild started")
+	v.mu.Lock()
+	v.rebuilding = true
+	v.mu.Unlock()
+	return nil
+}
+
+// resetLog empties the in-memory log: head = checkpoint = lsn, the next
+// record goes to writeAbs with generation gen.
+func (v *Volume) resetLog(lsn uint64, writeAbs int64, gen uint64, why string) {
+	v.tailMu.Lock()
+	v.mu.Lock()
+	v.recs.reset()
+	clear(v.index)
+	v.zeros = v.zeros[:0]
+	v.gen = gen
+	v.head, v.written, v.durable, v.checkpoint = lsn, lsn, lsn, lsn
+	v.writeAbs, v.writtenAbs = writeAbs, writeAbs
+	v.tailLSN, v.tailAbs = lsn+1, writeAbs
+	for h := range v.holds {
+		v.revokeLocked(h, fmt.Errorf("%w: %s", ErrHoldRevoked, why))
+	}
+	v.cond.Broadcast()
+	v.mu.Unlock()
+	v.tailMu.Unlock()
+}
+
+// WriteBase writes base data straight into the extent (between
+// BeginRebuild and InstallBase). All-zero blocks are punched.
+func (v *Volume) WriteBase(p []byte, off int64) error {
+	if err := v.checkRange("write base", off, int64(len(p))); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	if err := v.beginOpLocked(); err != nil {
+		v.mu.Unlock()
+		return err
+	}
+	defer v.ops.Done()
+	rebuilding, failed := v.rebuilding, v.failed
+	v.mu.Unlock()
+	if failed != nil {
+		return fmt.Errorf("%s: write base: %w: %w", v.path, blockdev.ErrReadOnly, ErrUnhealthy)
+	}
+	if !rebuilding {
+		return fmt.Errorf("%s: write base: no rebuild in progress", v.path)
+	}
+	bs := v.bs
+	for i := 0; i < len(p); {
+		// Runs of zero blocks become holes, other runs one pwrite.
+		zero := isZero(p[i : i+bs])
+		j := i + bs
+		for j < len(p) && isZero(p[j:j+bs]) == zero {
+			j += bs
+		}
+		var err error
+		if zero {
+			err = v.f.PunchHole(v.extentOff+off+int64(i), int64(j-i))
+		} else {
+			_, err = v.f.WriteAt(p[i:j], v.extentOff+off+int64(i))
+		}
+		if err != nil {
+			err = fmt.Errorf("%s: write base at %d: %w", v.path, off+int64(i), err)
+			v.fail(err)
+			return err
+		}
+		i = j
+	}
+	return nil
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// InstallBase makes the base durable and restarts the log after baseLSN
+// (head = checkpoint = durable = baseLSN, new generation). The volume
+// stays untrusted until FinishRebuild.
+func (v *Volume) InstallBase(baseLSN uint64) error {
+	if err := v.enter(); err != nil {
+		return err
+	}
+	defer v.ops.Done()
+	v.flushMu.Lock()
+	defer v.flushMu.Unlock()
+	v.mu.Lock()
+	rebuilding := v.rebuilding
+	writeAbs := alignUp(v.writeAbs, 4096)
+	gen := v.gen + 1
+	v.mu.Unlock()
+	if !rebuilding {
+		return fmt.Errorf("%s: install base: no rebuild in progress", v.path)
+	}
+	if err := v.syncFile(); err != nil {
+		return err
+	}
+	if err := v.persistSuperblock(func(s *superblock) {
+		s.untrusted = true
+		s.checkpoint = baseLSN
+		s.tailLSN = baseLSN + 1
+		s.tailPos = uint64(writeAbs % v.walSize)
+		s.generation = gen
+	}); err != nil {
+		return err
+	}
+	v.resetLog(baseLSN, writeAbs, gen, "base installed")
+	v.mu.Lock()
+	v.rebuilding = false
+	v.mu.Unlock()
+	return nil
+}
+
+// FinishRebuild checkpoints everything replayed since InstallBase and then
+// clears the untrusted flag.
+func (v *Volume) FinishRebuild() error {
+	v.mu.Lock()
+	rebuilding := v.rebuilding
+	v.mu.Unlock()
+	if rebuilding {
+		return fmt.Errorf("%s: finish rebuild: base not installed", v.path)
+	}
+	if err := v.Checkpoint(); err != nil {
+		return err
+	}
+	return v.SetUntrusted(false)
+}
