@@ -45,6 +45,11 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, f.pathErr("read", syscall.EINVAL)
 	}
+	fs := f.fs
+	fs.reads++
+	if rf := fs.readFault; rf != nil && fs.reads >= rf.from && (rf.count == 0 || fs.reads < rf.from+rf.count) {
+		return 0, f.pathErr("read", rf.err)
+	}
 	n := f.node.current.readAt(p, off)
 	if n < len(p) {
 		return n, io.EOF

@@ -24,6 +24,7 @@ type FS struct {
 
 	syncs   int // Sync calls so far, all files, all boots
 	writes  int // WriteAt/WritevAt calls so far, all files, all boots
+	reads   int // ReadAt calls so far, all files, all boots
 	crashes int
 
 	crashAt     int // Sync number that crashes instead (0: none)
@@ -33,6 +34,7 @@ type FS struct {
 	failSync   map[int]error // Sync number -> injected error
 	stickySync bool          // after a failed Sync, later Syncs fail too
 	writeFault *writeFault
+	readFault  *writeFault // short is unused
 }
 
 type writeFault struct {
@@ -106,7 +108,7 @@ func (fs *FS) Paths() []string {
 // Crash simulates power loss: every file's durable image becomes its durable
 // image plus the unsynced operations as mode says (CrashRandom uses seed),
 // reads see that image, and every handle open before the crash is dead.
-// Injected faults (FailSync, FailWrites, CrashAtSync) are disarmed: the
+// Injected faults (FailSync, FailWrites, FailReads, CrashAtSync) are disarmed: the
 // machine has rebooted.
 func (fs *FS) Crash(mode CrashMode, seed uint64) {
 	fs.mu.Lock()
@@ -135,6 +137,7 @@ func (fs *FS) crashLocked(mode CrashMode, seed uint64) {
 	fs.crashAt = 0
 	clear(fs.failSync)
 	fs.writeFault = nil
+	fs.readFault = nil
 }
 
 // CrashAtSync makes the n-th Sync call of this file system (counting every
@@ -183,6 +186,27 @@ func (fs *FS) FailWrites(from, count int, err error, short bool) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	fs.writeFault = &writeFault{from: from, count: count, err: err, short: short}
+}
+
+// FailReads makes ReadAt calls number from .. from+count-1 (counting every
+// ReadAt on every file since New, see ReadCount; count 0 means every read
+// from then on) fail with err (EIO when nil), reading nothing: a media
+// error, not the end of the file.
+func (fs *FS) FailReads(from, count int, err error) {
+	if err == nil {
+		err = syscall.EIO
+	}
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	fs.readFault = &writeFault{from: from, count: count, err: err}
+}
+
+// ReadCount is the number of ReadAt calls made so far, across all files
+// and crashes.
+func (fs *FS) ReadCount() int {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	return fs.reads
 }
 
 // SyncCount is the number of Sync calls made so far (including failed and

@@ -669,6 +669,36 @@ func TestWriteFaults(t *testing.T) {
 	}
 }
 
+func TestReadFaults(t *testing.T) {
+	fs := New()
+	f := mustCreate(t, fs, "a")
+	mustWrite(t, f, fill(1, 512), 0)
+	buf := make([]byte, 512)
+	if _, err := f.ReadAt(buf, 0); err != nil { // read 1
+		t.Fatal(err)
+	}
+	fs.FailReads(2, 2, nil)
+	for i := 0; i < 2; i++ {
+		if n, err := f.ReadAt(buf, 0); n != 0 || !errors.Is(err, syscall.EIO) {
+			t.Fatalf("faulted read %d: n=%d err=%v", i, n, err)
+		}
+	}
+	if n, err := f.ReadAt(buf, 0); n != 512 || err != nil || buf[0] != 1 {
+		t.Fatalf("read after the fault window: n=%d err=%v", n, err)
+	}
+	if fs.ReadCount() != 4 {
+		t.Fatalf("read count %d", fs.ReadCount())
+	}
+	fs.FailReads(fs.ReadCount()+1, 0, syscall.EBADMSG)
+	if _, err := f.ReadAt(buf, 0); !errors.Is(err, syscall.EBADMSG) {
+		t.Fatalf("open-ended read fault: %v", err)
+	}
+	fs.Crash(CrashKeepAll, 0) // disarms
+	if got := readAll(t, fs, "a"); got[0] != 1 {
+		t.Fatal("data lost")
+	}
+}
+
 // TestRandomCrashPerSectorCandidates is a property test: after a random
 // crash, every sector holds its last synced content or the content one of the
 // unsynced operations gave it — never anything else.
