@@ -178,3 +178,25 @@ func readDirFiles(t *testing.T, dir string) string {
 	}
 	return b.String()
 }
+
+// TestCHAPGuardsTheTarget: with -chap.user/-chap.secret, an initiator
+// without the secret cannot log in; with it, it sees LUN 0.
+func TestCHAPGuardsTheTarget(t *testing.T) {
+	requireTools(t, "iscsi-ls")
+	vol := filepath.Join(t.TempDir(), "chap.blk")
+	s := startServe(t, nil, "-file="+vol, "-size=4MiB", "-walSize=1MiB", "-iscsi=127.0.0.1:0",
+		"-chap.user=alice", "-chap.secret=secret-123456789")
+	for _, url := range []string{"iscsi://" + s.iscsi, "iscsi://alice%wrong-secret-99@" + s.iscsi} {
+		r := runCmd(t, time.Minute, "iscsi-ls", "-s", url)
+		if r.code == 0 || strings.Contains(r.stdout, "Lun:0") {
+			t.Fatalf("iscsi-ls %s logged in without the right secret: exit %d\n%s", url, r.code, r.stdout)
+		}
+	}
+	out := mustRun(t, time.Minute, "iscsi-ls", "-s", "iscsi://alice%secret-123456789@"+s.iscsi)
+	if err := contains(out, "Target:"+s.target, "Lun:0"); err != nil {
+		t.Fatalf("iscsi-ls with CHAP: %v\n%s", err, out)
+	}
+	if code := s.stop(sigterm); code != 0 {
+		t.Fatalf("exit %d after SIGTERM", code)
+	}
+}
