@@ -1,7 +1,6 @@
 package blockvol
 
 import (
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -499,4 +498,3 @@ func (v *Volume) kickFlusher() {
 	}
 }
 
-var errNoProgress = errors.New("no progress")
