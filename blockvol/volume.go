@@ -497,4 +497,3 @@ func (v *Volume) kickFlusher() {
 	default:
 	}
 }
-
