@@ -96,3 +96,14 @@ func (d failingDevice) WriteAt([]byte, int64, bool) error    { return d.err }
 func (d failingDevice) Flush() error                         { return d.err }
 func (d failingDevice) Trim(int64, int64) error              { return d.err }
 func (d failingDevice) WriteZeroes(int64, int64, bool) error { return d.err }
+
+// countingDevice counts Flush calls.
+type countingDevice struct {
+	blockdev.Device
+	flushes atomic.Int64
+}
+
+func (d *countingDevice) Flush() error {
+	d.flushes.Add(1)
+	return d.Device.Flush()
+}

@@ -134,8 +134,11 @@ func (s *Server) AddExport(name, description string, dev blockdev.Device) error 
 	return nil
 }
 
-// RemoveExport unregisters name and closes every connection serving it;
-// requests in flight on those connections get no reply.
+// RemoveExport unregisters name, closes every connection serving it
+// (requests in flight there get no reply) and waits until those connections
+// have ended: once it returns the server makes no more I/O calls on the
+// device, so the caller may close it. It must not be called from inside a
+// call on that device.
 func (s *Server) RemoveExport(name string) error {
 	s.mu.Lock()
 	e, ok := s.exports[name]
@@ -153,6 +156,9 @@ func (s *Server) RemoveExport(name string) error {
 	s.mu.Unlock()
 	for _, c := range victims {
 		c.shutdown()
+	}
+	for _, c := range victims {
+		<-c.done
 	}
 	glog.V(1).Infof("nbd: export %q removed, %d connection(s) closed", name, len(victims))
 	return nil
@@ -281,6 +287,7 @@ func (s *Server) untrack(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
+	close(c.done)
 	s.wg.Done()
 }
 

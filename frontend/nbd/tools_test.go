@@ -158,12 +158,39 @@ func TestNbdcopyRoundTrip(t *testing.T) {
 	}
 }
 
+// TestFioVerify runs fio's nbd engine (4 jobs, queue depth 16, random 4k
+// writes with crc32c verification and a flush every 32 writes) over an
+// in-memory device and over a file-backed one.
 func TestFioVerify(t *testing.T) {
-	s, addr := startServer(t, Options{})
-	m := newMem(t, 64<<20, 4096)
-	if err := s.AddExport("fio", "", m); err != nil {
-		t.Fatal(err)
+	for _, kind := range []string{"mem", "file"} {
+		t.Run(kind, func(t *testing.T) {
+			s, addr := startServer(t, Options{})
+			const size = 64 << 20
+			var flushes func() int64
+			if kind == "mem" {
+				m := newMem(t, size, 4096)
+				flushes = func() int64 { n, _ := m.Counts(); return n }
+				if err := s.AddExport("fio", "", m); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				d, err := openFileDevice(filepath.Join(t.TempDir(), "fio.img"), size, 4096)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { d.Close() })
+				cd := &countingDevice{Device: d}
+				flushes = cd.flushes.Load
+				if err := s.AddExport("fio", "", cd); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fioVerify(t, addr, flushes)
+		})
 	}
+}
+
+func fioVerify(t *testing.T, addr string, flushes func() int64) {
 	size := "16M"
 	if testing.Short() {
 		size = "4M"
@@ -194,7 +221,7 @@ func TestFioVerify(t *testing.T) {
 	if len(res.Jobs) == 0 || res.Jobs[0].Error != 0 || res.Jobs[0].Write.IOs == 0 || res.Jobs[0].Read.IOs == 0 {
 		t.Fatalf("fio result %+v\n%s", res.Jobs, out)
 	}
-	if flushes, _ := m.Counts(); flushes == 0 {
+	if flushes() == 0 {
 		t.Fatalf("fio --fsync=32 sent no NBD_CMD_FLUSH to the device")
 	}
 }

@@ -43,14 +43,16 @@ type conn struct {
 	pending atomic.Int32  // replies waiting for wmu; the last one flushes
 
 	closeOnce sync.Once
+	done      chan struct{} // closed when serve has returned (no device call in flight)
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{
-		srv: s,
-		nc:  nc,
-		br:  bufio.NewReaderSize(nc, connBufferSize),
-		bw:  bufio.NewWriterSize(nc, connBufferSize),
+		srv:  s,
+		nc:   nc,
+		br:   bufio.NewReaderSize(nc, connBufferSize),
+		bw:   bufio.NewWriterSize(nc, connBufferSize),
+		done: make(chan struct{}),
 	}
 }
 

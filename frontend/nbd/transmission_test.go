@@ -408,7 +408,9 @@ func TestDiscAnswersPendingRequests(t *testing.T) {
 
 func TestRemoveExportClosesConnections(t *testing.T) {
 	s, addr := startServer(t, Options{})
-	if err := s.AddExport("gone", "", newMem(t, 1<<20, 512)); err != nil {
+	gate := make(chan struct{})
+	gone := &gateDevice{Device: newMem(t, 1<<20, 512), gates: map[int64]chan struct{}{0: gate}, entered: make(chan int64, 1)}
+	if err := s.AddExport("gone", "", gone); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.AddExport("stays", "", newMem(t, 1<<20, 512)); err != nil {
@@ -416,11 +418,22 @@ func TestRemoveExportClosesConnections(t *testing.T) {
 	}
 	c1 := dialExport(t, addr, "gone", false)
 	c2 := dialExport(t, addr, "stays", false)
-	c1.do(0, cmdRead, 0, 512, nil, 0)
-	if err := s.RemoveExport("gone"); err != nil {
+	c1.do(0, cmdRead, 512, 512, nil, 0)
+	c1.send(0, cmdRead, 5, 0, 4096, nil) // blocks in the device
+	<-gone.entered
+	removed := make(chan error, 1)
+	go func() { removed <- s.RemoveExport("gone") }()
+	c1.expectClosed()
+	// RemoveExport waits for the device call still running.
+	select {
+	case err := <-removed:
+		t.Fatalf("RemoveExport returned (%v) while a device call was running", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(gate)
+	if err := <-removed; err != nil {
 		t.Fatal(err)
 	}
-	c1.expectClosed()
 	c2.do(0, cmdRead, 0, 512, nil, 0)
 	if err := s.RemoveExport("gone"); !errors.Is(err, ErrUnknownExport) {
 		t.Fatalf("second RemoveExport = %v", err)
