@@ -409,6 +409,21 @@ func TestTaskManagement(t *testing.T) {
 	r, _ = in.recv()
 	must(t, r[2] == tmfRespComplete, "lun reset: %d", r[2])
 	other.nop(nil) // the aborted command sent no response
+
+	// ... and a write of another session still waiting for its data: the
+	// late Data-Out is dropped and that session keeps working.
+	ow := other.scsiCmdHeader(write10(0, 64), false, true, 32768, true)
+	other.send(&ow, nil)
+	r2t, _ := other.recv()
+	must(t, r2t.opcode() == opR2T, "opcode %#x", r2t.opcode())
+	h = tmfReq(in, tmfLUNReset, reservedTag, in.cmdSN, 0)
+	in.send(&h, nil)
+	r, _ = in.recv()
+	must(t, r[2] == tmfRespComplete, "lun reset 2: %d", r[2])
+	other.answerR2T(r2t, make([]byte, 32768))
+	other.nop(nil)
+	res = other.do(read10(0, 1), true, nil, 512, 0)
+	must(t, res.status == 0, "read after reset: %#x", res.status)
 }
 
 func r2tFor(itt, off, n uint32) bhs {

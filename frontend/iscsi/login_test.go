@@ -373,3 +373,26 @@ func TestServerCloseIdempotent(t *testing.T) {
 	half.expectClosed()
 	must(t, ts.srv.AddTarget(Target{Name: IQN("x"), LU: newMemLU(1)}) != nil, "AddTarget after Close")
 }
+
+func TestTextInNormalSession(t *testing.T) {
+	ts := startServer(t, Config{Portals: []string{"192.0.2.1:3260", "[2001:db8::1]:3260"}}, nil)
+	if err := ts.srv.AddTarget(Target{Name: IQN("other"), LU: newMemLU(8)}); err != nil {
+		t.Fatal(err)
+	}
+	in := dialInit(t, ts.addr)
+	in.login(ts.name, defaultOpKeys())
+	var h bhs
+	h[0] = opTextReq
+	h[1] = flagFinal
+	h.putU32(16, in.nextITT())
+	h.putU32(20, reservedTag)
+	h.putU32(24, in.cmdSN)
+	in.cmdSN++
+	in.send(&h, kvText("SendTargets", "", "X-com.example.k", "v", "MaxBurstLength", "512"))
+	r, d := in.recv()
+	must(t, r.opcode() == opTextRsp && r.final(), "opcode %#x", r.opcode())
+	want := "TargetName=" + ts.name + "\x00TargetAddress=192.0.2.1:3260,1\x00TargetAddress=[2001:db8::1]:3260,1\x00" +
+		"X-com.example.k=NotUnderstood\x00MaxBurstLength=Reject\x00"
+	must(t, string(d) == want, "text response %q, want %q", d, want)
+	in.nop(nil) // the non-immediate Text request advanced CmdSN correctly
+}

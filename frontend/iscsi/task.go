@@ -395,8 +395,12 @@ func (c *conn) finishTask(t *task) bool {
 	return !aborted
 }
 
-func (c *conn) releaseTask(t *task) {
-	if t.buf != nil {
+func (c *conn) releaseTask(t *task) { c.releaseTaskBuf(t, true) }
+
+// releaseTaskBuf is releaseTask; with recycle=false it leaves t.buf alone
+// (another goroutine may still use it) for the GC to collect.
+func (c *conn) releaseTaskBuf(t *task, recycle bool) {
+	if recycle && t.buf != nil {
 		putBuf(t.buf)
 		t.buf = nil
 		t.cmd.DataOut = nil

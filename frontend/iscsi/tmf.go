@@ -57,7 +57,7 @@ func (c *conn) handleTaskMgmt(h *bhs) error {
 				resp = tmfRespNoTask
 			}
 		} else {
-			waitFor = c.abortTasks(func(x *task) bool { return x == t })
+			waitFor = c.abortTasksFrom(func(x *task) bool { return x == t }, true)
 		}
 	case tmfAbortTaskSet, tmfClearTaskSet, tmfLUNReset:
 		if lun != 0 {
@@ -65,7 +65,7 @@ func (c *conn) handleTaskMgmt(h *bhs) error {
 			break
 		}
 		if fn == tmfAbortTaskSet {
-			waitFor = c.abortTasks(func(*task) bool { return true })
+			waitFor = c.abortTasksFrom(func(*task) bool { return true }, true)
 			reset = ResetAbortTaskSet
 		} else {
 			waitFor = c.abortTargetTasks()
@@ -123,8 +123,14 @@ func (c *conn) handleTaskMgmt(h *bhs) error {
 
 // abortTasks marks the matching tasks of this connection aborted. Tasks
 // still gathering data are dropped at once; the returned ones are executing
-// and complete (without a response) later.
+// and complete (without a response) later. It may run on another
+// connection's goroutine: a dropped task's buffer is then left to the GC,
+// because this connection's reader may still be copying Data-Out into it.
 func (c *conn) abortTasks(match func(*task) bool) []*task {
+	return c.abortTasksFrom(match, false)
+}
+
+func (c *conn) abortTasksFrom(match func(*task) bool, ownReader bool) []*task {
 	c.mu.Lock()
 	var running, drop []*task
 	for _, t := range c.tasks {
@@ -142,7 +148,7 @@ func (c *conn) abortTasks(match func(*task) bool) []*task {
 	}
 	c.mu.Unlock()
 	for _, t := range drop {
-		c.releaseTask(t)
+		c.releaseTaskBuf(t, ownReader)
 	}
 	return running
 }
@@ -152,7 +158,7 @@ func (c *conn) abortTargetTasks() []*task {
 	var all []*task
 	for _, ss := range c.srv.targetSessions(c.sess.target) {
 		for _, oc := range ss.connList() {
-			all = append(all, oc.abortTasks(func(*task) bool { return true })...)
+			all = append(all, oc.abortTasksFrom(func(*task) bool { return true }, oc == c)...)
 		}
 	}
 	return all
