@@ -191,7 +191,7 @@ func TestFioVerify(t *testing.T) {
 }
 
 func fioVerify(t *testing.T, addr string, flushes func() int64) {
-	size := "16M"
+	size := "8M"
 	if testing.Short() {
 		size = "4M"
 	}
