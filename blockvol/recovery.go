@@ -18,6 +18,10 @@ type walScanner struct {
 	hdr      [recordHeaderSize]byte
 	buf      []byte
 	err      error // why the scan stopped
+	// ioErr: the scan stopped because the WAL could not be read. That is
+	// not the end of the log: recovery must fail rather than cut it there
+	// (TestRecoveryReadErrorLosesNothing).
+	ioErr error
 }
 
 // next returns the next valid record (pads skipped) with its header
@@ -32,7 +36,7 @@ func (s *walScanner) scan() (r Record, h recordHeader, abs int64, ok bool) {
 		}
 		phys := s.abs % ws
 		if err := s.v.readFull(s.hdr[:], walOffset+phys); err != nil {
-			s.err = err
+			s.err, s.ioErr = err, err
 			return r, h, 0, false
 		}
 		var err error
@@ -66,7 +70,7 @@ func (s *walScanner) scan() (r Record, h recordHeader, abs int64, ok bool) {
 		copy(b, s.hdr[:])
 		if h.dataLen > 0 {
 			if err := s.v.readFull(b[recordHeaderSize:], walOffset+phys+recordHeaderSize); err != nil {
-				s.err = err
+				s.err, s.ioErr = err, err
 				return r, h, 0, false
 			}
 		}
@@ -108,6 +112,9 @@ func (v *Volume) recover() error {
 			v.applyIndexLocked(&m)
 		}
 		lastEnd = s.abs
+	}
+	if s.ioErr != nil {
+		return fmt.Errorf("recover: reading the WAL at lsn %d: %w", s.next, s.ioErr)
 	}
 	head := s.next - 1
 	glog.V(1).Infof("blockvol %s: recovered lsn %d..%d (checkpoint %d), stopped: %v", v.path, v.tailLSN, head, v.checkpoint, s.err)

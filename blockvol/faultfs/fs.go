@@ -178,27 +178,33 @@ func (fs *FS) StickySyncErrors(on bool) {
 // means every write from then on) fail with err (ENOSPC when nil). With
 // short, a failing write first stores a sector-aligned prefix of about half
 // its data and reports that count along with the error; otherwise it stores
-// nothing.
+// nothing. from ≤ 0 disarms it.
 func (fs *FS) FailWrites(from, count int, err error, short bool) {
 	if err == nil {
 		err = syscall.ENOSPC
 	}
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	fs.writeFault = &writeFault{from: from, count: count, err: err, short: short}
+	fs.writeFault = nil
+	if from > 0 {
+		fs.writeFault = &writeFault{from: from, count: count, err: err, short: short}
+	}
 }
 
 // FailReads makes ReadAt calls number from .. from+count-1 (counting every
 // ReadAt on every file since New, see ReadCount; count 0 means every read
 // from then on) fail with err (EIO when nil), reading nothing: a media
-// error, not the end of the file.
+// error, not the end of the file. from ≤ 0 disarms it.
 func (fs *FS) FailReads(from, count int, err error) {
 	if err == nil {
 		err = syscall.EIO
 	}
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	fs.readFault = &writeFault{from: from, count: count, err: err}
+	fs.readFault = nil
+	if from > 0 {
+		fs.readFault = &writeFault{from: from, count: count, err: err}
+	}
 }
 
 // ReadCount is the number of ReadAt calls made so far, across all files

@@ -693,7 +693,12 @@ func TestReadFaults(t *testing.T) {
 	if _, err := f.ReadAt(buf, 0); !errors.Is(err, syscall.EBADMSG) {
 		t.Fatalf("open-ended read fault: %v", err)
 	}
-	fs.Crash(CrashKeepAll, 0) // disarms
+	fs.FailReads(0, 0, nil) // disarms
+	if _, err := f.ReadAt(buf, 0); err != nil {
+		t.Fatalf("read after disarming: %v", err)
+	}
+	fs.FailReads(fs.ReadCount()+1, 0, nil)
+	fs.Crash(CrashKeepAll, 0) // disarms too
 	if got := readAll(t, fs, "a"); got[0] != 1 {
 		t.Fatal("data lost")
 	}
