@@ -173,3 +173,21 @@ func TestRealCHAP(t *testing.T) {
 		t.Fatalf("iscsi-inq with a wrong secret succeeded:\n%s", out)
 	}
 }
+
+// TestRealDigests makes the target accept only CRC32C digests, so libiscsi
+// (which offers HeaderDigest=None,CRC32C) must use a header digest: a wrong
+// digest byte order would break every PDU. (libiscsi does not propose
+// DataDigest, so data digests are covered by TestDigests only.)
+func TestRealDigests(t *testing.T) {
+	rs := startRealServer(t, Config{HeaderDigests: []string{"CRC32C"}, DataDigests: []string{"CRC32C"}}, 16<<20, nil)
+	out, err := runTool(t, 30*time.Second, "iscsi-inq", rs.url())
+	if err != nil {
+		t.Fatalf("iscsi-inq with digests: %v\n%s", err, out)
+	}
+	out, err = runTool(t, 60*time.Second, "iscsi-test-cu", "--dataloss", "--test=ALL.Write10.Simple",
+		"-i", realInitiator, "-I", realInitiator2, "-n", rs.url())
+	sum, perr := parseCUnit(out)
+	if perr != nil || sum.passed != 1 || sum.failed != 0 {
+		t.Fatalf("Write10.Simple with digests: %+v %v %v\n%s", sum, perr, err, tail(out, 3000))
+	}
+}
