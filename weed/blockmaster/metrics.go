@@ -1,0 +1,79 @@
+package blockmaster
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Collectors returns the master's Prometheus collectors. They compute their
+// values at scrape time from the master's state, so a deleted volume's series
+// disappear with it. Register them once per process.
+//
+//	weedblock_master_is_leader                          1 when this master leads
+//	weedblock_master_volumes{state}                     volumes per state
+//	weedblock_master_volume_epoch{volume}               current epoch
+//	weedblock_master_volume_lease_remaining_seconds{volume}  master's view (<0: lapsed)
+//	weedblock_master_servers{alive}                     block servers known, alive or not
+//	weedblock_master_heartbeats_total                   block heartbeats received
+func (m *Master) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{&collector{m: m}}
+}
+
+var (
+	descLeader = prometheus.NewDesc("weedblock_master_is_leader",
+		"1 when this master is the block registry leader.", nil, nil)
+	descVolumes = prometheus.NewDesc("weedblock_master_volumes",
+		"Block volumes in the registry, by state.", []string{"state"}, nil)
+	descEpoch = prometheus.NewDesc("weedblock_master_volume_epoch",
+		"Current epoch of a block volume.", []string{"volume"}, nil)
+	descLease = prometheus.NewDesc("weedblock_master_volume_lease_remaining_seconds",
+		"Master's conservative view of the time left on the primary's lease (negative: lapsed).", []string{"volume"}, nil)
+	descServers = prometheus.NewDesc("weedblock_master_servers",
+		"Block volume servers known to this master.", []string{"alive"}, nil)
+	descHeartbeats = prometheus.NewDesc("weedblock_master_heartbeats_total",
+		"Block heartbeats received.", nil, nil)
+)
+
+type collector struct{ m *Master }
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descLeader, descVolumes, descEpoch, descLease, descServers, descHeartbeats} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	m := c.m
+	leader := 0.0
+	if m.isLeader() {
+		leader = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descLeader, prometheus.GaugeValue, leader)
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.clock.Now()
+	states := map[string]int{}
+	for _, name := range m.reg.names() {
+		rec := m.reg.get(name)
+		info := m.volumeInfoLocked(rec, now)
+		states[info.State]++
+		ch <- prometheus.MustNewConstMetric(descEpoch, prometheus.GaugeValue, float64(rec.config.GetEpoch()), name)
+		if exp, ok := m.leases[name]; ok {
+			ch <- prometheus.MustNewConstMetric(descLease, prometheus.GaugeValue, exp.Sub(now).Seconds(), name)
+		}
+	}
+	for _, st := range []string{StateOK, StateAssigning, StateDegraded, StateUnavailable, StateCreating, StateDeleting} {
+		ch <- prometheus.MustNewConstMetric(descVolumes, prometheus.GaugeValue, float64(states[st]), st)
+	}
+	alive, dead := 0, 0
+	for id := range m.servers {
+		if m.aliveLocked(id, now) {
+			alive++
+		} else {
+			dead++
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descServers, prometheus.GaugeValue, float64(alive), "true")
+	ch <- prometheus.MustNewConstMetric(descServers, prometheus.GaugeValue, float64(dead), "false")
+	ch <- prometheus.MustNewConstMetric(descHeartbeats, prometheus.CounterValue, float64(m.heartbeats))
+}

@@ -1,0 +1,101 @@
+package blockmaster
+
+import (
+	"net"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/weedblock/weedblock/weed/pb/blockpb"
+)
+
+// IQNPrefix is the iSCSI qualified name prefix of block volumes; a volume's
+// target is IQNPrefix + name.
+const IQNPrefix = "iqn.2026-11.io.weedblock:"
+
+// Volume states reported in VolumeInfo.state.
+const (
+	StateOK          = "ok"          // primary alive, at the current epoch, unfenced
+	StateAssigning   = "assigning"   // primary alive but not yet serving the current epoch
+	StateDegraded    = "degraded"    // primary serving, some replica down
+	StateUnavailable = "unavailable" // primary not alive
+	StateCreating    = stateCreating
+	StateDeleting    = stateDeleting
+)
+
+func (m *Master) volumeInfoLocked(rec *volumeRecord, now time.Time) *blockpb.VolumeInfo {
+	name := rec.spec.GetName()
+	info := &blockpb.VolumeInfo{
+		Spec:          proto.Clone(rec.spec).(*blockpb.VolumeSpec),
+		Config:        proto.Clone(rec.config).(*blockpb.EpochConfig),
+		CreatedUnixMs: rec.createdUnixMs,
+		IscsiIqn:      IQNPrefix + name,
+	}
+	for _, h := range rec.history {
+		info.History = append(info.History, proto.Clone(h).(*blockpb.EpochConfig))
+	}
+	if exp, ok := m.leases[name]; ok {
+		// Wall-clock rendering of a monotonic deadline, for display.
+		info.LeaseExpiresUnixMs = time.Now().Add(exp.Sub(now)).UnixMilli()
+	}
+	var primaryAlive, primaryServing, replicasAlive = false, false, true
+	for _, mem := range rec.config.GetMembers() {
+		id := mem.GetServer().GetServerId()
+		alive := m.aliveLocked(id, now)
+		info.Alive = append(info.Alive, alive)
+		rep := m.reportLocked(id, name)
+		if rep == nil {
+			rep = &blockpb.VolumeReport{Name: name}
+		} else {
+			rep = proto.Clone(rep).(*blockpb.VolumeReport)
+		}
+		info.Reports = append(info.Reports, rep)
+		if id == rec.config.GetPrimaryServerId() {
+			primaryAlive = alive
+			primaryServing = alive && rep.GetEpoch() == rec.config.GetEpoch() && !rep.GetFenced()
+			ep := mem.GetServer()
+			if s := m.servers[id]; s != nil && s.endpoints != nil {
+				ep = s.endpoints
+			}
+			if a := advertised(ep.GetNbdAddress(), ep.GetGrpcAddress()); a != "" {
+				info.NbdUri = "nbd://" + a + "/" + name
+			}
+			info.IscsiPortal = advertised(ep.GetIscsiAddress(), ep.GetGrpcAddress())
+		} else if !alive {
+			replicasAlive = false
+		}
+	}
+	switch {
+	case m.pending[name] != "":
+		info.State = m.pending[name]
+	case !primaryAlive:
+		info.State = StateUnavailable
+	case !primaryServing:
+		info.State = StateAssigning
+	case !replicasAlive:
+		info.State = StateDegraded
+	default:
+		info.State = StateOK
+	}
+	return info
+}
+
+// advertised makes a listen address usable by a client: an empty or
+// wildcard host is replaced by the host of the server's gRPC address.
+func advertised(addr, grpcAddr string) string {
+	if addr == "" {
+		return ""
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) {
+		return addr
+	}
+	ghost, _, err := net.SplitHostPort(grpcAddr)
+	if err != nil || ghost == "" {
+		return addr
+	}
+	return net.JoinHostPort(ghost, port)
+}
