@@ -396,3 +396,24 @@ func TestTextInNormalSession(t *testing.T) {
 	must(t, string(d) == want, "text response %q, want %q", d, want)
 	in.nop(nil) // the non-immediate Text request advanced CmdSN correctly
 }
+
+func TestDiscoveryCHAP(t *testing.T) {
+	ts := startServer(t, Config{DiscoveryCHAP: &CHAP{User: "disc", Secret: "discovery-secret"}}, nil)
+	in := dialInit(t, ts.addr)
+	r, m := in.loginPDU(0, 1, true, kvText("InitiatorName", testInitiatorName, "SessionType", "Discovery", "AuthMethod", "None"))
+	must(t, loginStatus(r) == loginAuthFailure, "discovery without CHAP: status %#x %v", loginStatus(r), m)
+
+	in = dialInit(t, ts.addr)
+	r, m = in.loginPDU(0, 1, true, kvText("InitiatorName", testInitiatorName, "SessionType", "Discovery", "AuthMethod", "CHAP"))
+	must(t, loginStatus(r) == 0 && m["AuthMethod"] == "CHAP", "status %#x %v", loginStatus(r), m)
+	_, m = in.loginPDU(0, 1, false, kvText("CHAP_A", "5"))
+	id, _ := parseCHAPID(m["CHAP_I"])
+	chal, _ := decodeCHAPBinary(m["CHAP_C"])
+	r, _ = in.loginPDU(0, 1, true, kvText("CHAP_N", "disc", "CHAP_R", encodeCHAPBinary(chapResponse(id, "discovery-secret", chal))))
+	must(t, loginStatus(r) == 0, "status %#x", loginStatus(r))
+	in.operational(r, defaultOpKeys())
+
+	// Normal sessions of a target without CHAP stay open.
+	in = dialInit(t, ts.addr)
+	in.login(ts.name, defaultOpKeys())
+}
