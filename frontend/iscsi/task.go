@@ -146,21 +146,21 @@ func (c *conn) handleSCSICmd(h *bhs) error {
 	// Validate data-out parameters.
 	switch {
 	case dlen > 0 && !t.cmd.Write:
-		c.sess.release()
+		c.releaseSlot(immediate)
 		c.rd.discardData()
 		return protoErr(rejectProtocolError, "immediate data without W bit")
 	case dlen > 0 && !p.immediateData:
-		c.sess.release()
+		c.releaseSlot(immediate)
 		c.rd.discardData()
 		return protoErr(rejectProtocolError, "immediate data not negotiated")
 	case dlen > edtl || dlen > p.firstBurstLength:
-		c.sess.release()
+		c.releaseSlot(immediate)
 		c.rd.discardData()
 		return protoErr(rejectProtocolError, "immediate data %d exceeds EDTL %d or FirstBurstLength", dlen, edtl)
 	}
 	if !c.addTask(t) {
 		// ITT in use: a protocol error by the initiator.
-		c.sess.release()
+		c.releaseSlot(immediate)
 		c.rd.discardData()
 		return protoErr(rejectTaskInProgress, "ITT %#x already in use", itt)
 	}
@@ -206,6 +206,14 @@ func (c *conn) handleSCSICmd(h *bhs) error {
 	}
 	c.issueR2Ts(t)
 	return nil
+}
+
+// releaseSlot gives back the CmdSN window slot of a command that never
+// became a task (immediate commands hold none).
+func (c *conn) releaseSlot(immediate bool) {
+	if !immediate {
+		c.sess.release()
+	}
 }
 
 // extendedCDB returns the CDB bytes beyond 16 from an Extended CDB AHS.
