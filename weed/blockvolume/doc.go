@@ -1,0 +1,76 @@
+// Package blockvolume is the volume-server side of block volumes in a
+// SeaweedFS cluster: a Manager owns one directory of volume files (the
+// volume server's -block.dir), serves every volume over NBD and iSCSI,
+// answers the master's BlockVolume gRPC calls and keeps a heartbeat stream
+// to the master leader, from which it takes epochs and leases.
+//
+// # API
+//
+//	m, err := blockvolume.New(blockvolume.Options{
+//		Dir: "/data/block", ServerID: "10.0.0.5:8080",
+//		Endpoints: &blockpb.ServerEndpoints{GrpcAddress: ..., HttpAddress: ..., DataCenter: ..., Rack: ...},
+//		NBDAddr: ":10809", ISCSIAddr: ":3260", ReplAddr: ":9334",
+//		Masters: func() []string { return []string{"m1:19333"} }, // gRPC addresses
+//		Dial:    func(ctx context.Context, addr string) (*grpc.ClientConn, error) { ... },
+//		Pulse:   500 * time.Millisecond,
+//	})
+//	err = m.Start()                                          // listeners, volumes (fenced), heartbeat
+//	blockpb.RegisterBlockVolumeServer(grpcServer, m.GRPCService())
+//	httpMux.Handle("/block/", m.HTTPHandler())               // GET /block/status[?name=N]
+//	registry.MustRegister(m.Collectors()...)                 // weedblock_volume_* metrics
+//	defer m.Close()                                          // idempotent; waits for everything
+//
+// Volume NAME lives in Dir/NAME.blk, is the NBD export NAME and the iSCSI
+// target iqn.2026-11.io.weedblock:NAME (LUN 0). Names are lower-case
+// letters, digits, '.' and '-' (no '_': an IQN cannot hold it).
+//
+// # Epochs and leases
+//
+// Every volume opens fenced: reads work, writes fail (NBD EPERM, SCSI DATA
+// PROTECT / WRITE PROTECTED). The volume's config blob holds the
+// marshalled blockpb.EpochConfig it was last given (AllocateVolume or a
+// heartbeat assignment). Each heartbeat carries a seq; the Manager
+// remembers when it sent each one. A response with lease_ms > 0 grants,
+// to every volume whose stored config of its current epoch names this
+// server primary, a lease until send_time(heartbeat_seq) + lease_ms — the
+// lease starts when the heartbeat was sent, never when the answer came, so
+// the volume server's lease always ends before the master's view of it.
+// Without master contact no renewal arrives and the engine refuses writes
+// once the lease runs out. Response processing order: assignments (a newer
+// epoch where this server is not a member fences the volume at that epoch;
+// a replica is unfenced as replica; a primary gets the lease; re-applying
+// the current config changes nothing), then deletes (the volume is closed,
+// its sessions dropped and its file removed), then lease renewals.
+//
+// The report's epoch is the volume's persisted epoch; role is this server's
+// role in the stored config of that epoch; fenced means "refuses frontend
+// writes now" (fenced, not primary, lease over, or unhealthy).
+//
+// # Master connection
+//
+// The client tries Masters() in turn. A response with leader set, or a
+// stream error whose message ends in "leader is X", makes it reconnect to X
+// at once (upstream's "host:port.grpcPort" form is turned into
+// host:grpcPort). Failures back off from Pulse doubling up to MaxBackoff.
+//
+// # gRPC (BlockVolume)
+//
+// AllocateVolume: creates Dir/NAME.blk (free space checked:
+// ResourceExhausted), persists the epoch and the config, stays fenced.
+// Idempotent for the same name and geometry; another geometry is
+// AlreadyExists; a config where this server is not a member, or an epoch
+// older than the volume's, is FailedPrecondition; a bad spec is
+// InvalidArgument. DeleteVolume: FailedPrecondition while NBD connections
+// or iSCSI sessions are attached (unless force) or for a stale epoch (0
+// skips the check); an unknown name succeeds (idempotent). VolumeStatus:
+// one volume (NotFound if unknown) or all for an empty name.
+//
+// It owns: the volume files under Dir, their frontend exports, the
+// heartbeat client and the lease arithmetic on the volume-server side.
+//
+// It must never: import upstream SeaweedFS (the launcher in weed/cluster
+// adapts it), unfence a volume for an epoch it was not given, start a lease
+// later than the heartbeat that earned it, shorten a serving primary's
+// lease by re-applying an unchanged assignment, delete a file it could not
+// open, or keep goroutines after Close.
+package blockvolume

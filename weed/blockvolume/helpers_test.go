@@ -1,0 +1,325 @@
+package blockvolume
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/weedblock/weedblock/frontend/iscsi"
+	"github.com/weedblock/weedblock/weed/pb/blockpb"
+)
+
+const testServerID = "vs1"
+
+// startManager runs a Manager on a temp dir (or dir) with NBD and iSCSI on
+// loopback; it is closed when the test ends.
+func startManager(t *testing.T, dir string, tweak func(*Options)) *Manager {
+	t.Helper()
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	opts := Options{
+		Dir:       dir,
+		ServerID:  testServerID,
+		Endpoints: &blockpb.ServerEndpoints{GrpcAddress: "127.0.0.1:1", Rack: "r1"},
+		NBDAddr:   "127.0.0.1:0",
+		ISCSIAddr: "127.0.0.1:0",
+		ReplAddr:  "127.0.0.1:9",
+		Pulse:     50 * time.Millisecond,
+	}
+	if tweak != nil {
+		tweak(&opts)
+	}
+	m, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return m
+}
+
+// withMasters points the manager's heartbeat at addrs.
+func withMasters(addrs ...string) func(*Options) {
+	return func(o *Options) {
+		o.Masters = func() []string { return addrs }
+		o.Dial = func(ctx context.Context, addr string) (*grpc.ClientConn, error) {
+			return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		}
+		o.MaxBackoff = 200 * time.Millisecond
+	}
+}
+
+func spec(name string, size uint64) *blockpb.VolumeSpec {
+	return &blockpb.VolumeSpec{Name: name, SizeBytes: size, BlockSize: 4096, WalSizeBytes: 256 << 10, ReplicationFactor: 1, Durability: blockpb.Durability_DURABILITY_SYNC}
+}
+
+// epochConfig makes a config where primary is primary and the only member.
+func epochConfig(epoch uint64, primary string) *blockpb.EpochConfig {
+	return &blockpb.EpochConfig{
+		Epoch:           epoch,
+		PrimaryServerId: primary,
+		Members:         []*blockpb.Member{{Server: &blockpb.ServerEndpoints{ServerId: primary}, Role: blockpb.Role_ROLE_PRIMARY}},
+		Durability:      blockpb.Durability_DURABILITY_SYNC,
+		Reason:          "test",
+	}
+}
+
+func allocate(t *testing.T, m *Manager, name string, size uint64, cfg *blockpb.EpochConfig) *blockpb.VolumeReport {
+	t.Helper()
+	resp, err := m.GRPCService().AllocateVolume(context.Background(), &blockpb.AllocateVolumeRequest{Spec: spec(name, size), Config: cfg})
+	if err != nil {
+		t.Fatalf("AllocateVolume %s: %v", name, err)
+	}
+	return resp.GetVolume()
+}
+
+func wantCode(t *testing.T, err error, code codes.Code, what string) {
+	t.Helper()
+	if status.Code(err) != code {
+		t.Fatalf("%s: got %v, want code %v", what, err, code)
+	}
+}
+
+// eventually polls cond every 10 ms for up to d.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// --- a minimal NBD client (fixed newstyle, NBD_OPT_EXPORT_NAME) ---
+
+type nbdClient struct {
+	t      *testing.T
+	nc     net.Conn
+	br     *bufio.Reader
+	size   uint64
+	handle uint64
+}
+
+// nbdErrno values the tests look for.
+const (
+	nbdEPERM = 1
+	nbdEIO   = 5
+)
+
+func dialNBD(t *testing.T, addr, name string) *nbdClient {
+	t.Helper()
+	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(30 * time.Second))
+	c := &nbdClient{t: t, nc: nc, br: bufio.NewReader(nc)}
+	var hello [18]byte
+	if _, err := io.ReadFull(c.br, hello[:]); err != nil {
+		t.Fatalf("nbd greeting: %v", err)
+	}
+	if binary.BigEndian.Uint64(hello[:]) != 0x4e42444d41474943 {
+		t.Fatalf("nbd greeting magic %x", hello[:8])
+	}
+	msg := binary.BigEndian.AppendUint32(nil, 1|2) // fixed newstyle, no zeroes
+	msg = binary.BigEndian.AppendUint64(msg, 0x49484156454F5054)
+	msg = binary.BigEndian.AppendUint32(msg, 1) // NBD_OPT_EXPORT_NAME
+	msg = binary.BigEndian.AppendUint32(msg, uint32(len(name)))
+	msg = append(msg, name...)
+	if _, err := nc.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	var info [10]byte
+	if _, err := io.ReadFull(c.br, info[:]); err != nil {
+		t.Fatalf("nbd export %q: %v", name, err)
+	}
+	c.size = binary.BigEndian.Uint64(info[:])
+	return c
+}
+
+// request sends one command and returns the reply's errno (and data for
+// a successful read).
+func (c *nbdClient) request(typ uint16, off uint64, length uint32, payload []byte) (uint32, []byte) {
+	c.t.Helper()
+	c.handle++
+	msg := binary.BigEndian.AppendUint32(nil, 0x25609513)
+	msg = binary.BigEndian.AppendUint16(msg, 0)
+	msg = binary.BigEndian.AppendUint16(msg, typ)
+	msg = binary.BigEndian.AppendUint64(msg, c.handle)
+	msg = binary.BigEndian.AppendUint64(msg, off)
+	msg = binary.BigEndian.AppendUint32(msg, length)
+	msg = append(msg, payload...)
+	if _, err := c.nc.Write(msg); err != nil {
+		c.t.Fatalf("nbd send: %v", err)
+	}
+	var rep [16]byte
+	if _, err := io.ReadFull(c.br, rep[:]); err != nil {
+		c.t.Fatalf("nbd reply: %v", err)
+	}
+	if binary.BigEndian.Uint32(rep[:]) != 0x67446698 || binary.BigEndian.Uint64(rep[8:]) != c.handle {
+		c.t.Fatalf("nbd reply header %x", rep)
+	}
+	errno := binary.BigEndian.Uint32(rep[4:])
+	if typ == 0 && errno == 0 {
+		data := make([]byte, length)
+		if _, err := io.ReadFull(c.br, data); err != nil {
+			c.t.Fatalf("nbd read data: %v", err)
+		}
+		return 0, data
+	}
+	return errno, nil
+}
+
+func (c *nbdClient) write(off uint64, p []byte) uint32 {
+	e, _ := c.request(1, off, uint32(len(p)), p)
+	return e
+}
+
+func (c *nbdClient) read(off uint64, n uint32) (uint32, []byte) { return c.request(0, off, n, nil) }
+
+func (c *nbdClient) flush() uint32 { e, _ := c.request(3, 0, 0, nil); return e }
+
+// --- real clients ---
+
+func requireTool(t *testing.T, name string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		t.Fatalf("%s is required for this test (install it): %v", name, err)
+	}
+}
+
+func iscsiURI(m *Manager, name string) string {
+	return fmt.Sprintf("iscsi://%s/%s/0", m.Endpoints().GetIscsiAddress(), iscsi.IQN(name))
+}
+
+// qemuWrite writes a 4 KiB pattern at off over iSCSI with qemu-io and
+// returns its combined output and whether the write succeeded.
+func qemuWrite(t *testing.T, uri string, off int) (string, bool) {
+	t.Helper()
+	requireTool(t, "qemu-io")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "qemu-io", "-f", "raw", "-c", fmt.Sprintf("write -P 0x5a %d 4k", off), uri).CombinedOutput()
+	s := string(out)
+	ok := err == nil && strings.Contains(s, "wrote 4096/4096 bytes") && !strings.Contains(s, "failed")
+	return s, ok
+}
+
+// --- a fake BlockMaster ---
+
+type fakeMaster struct {
+	blockpb.UnimplementedBlockMasterServer
+	t    *testing.T
+	addr string
+	srv  *grpc.Server
+
+	mu      sync.Mutex
+	respond func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error)
+	delay   time.Duration
+	got     []*blockpb.BlockHeartbeat
+	gotAt   map[uint64]time.Time // receive time per seq
+}
+
+func startFakeMaster(t *testing.T) *fakeMaster {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeMaster{t: t, addr: l.Addr().String(), srv: grpc.NewServer(), gotAt: map[uint64]time.Time{}}
+	blockpb.RegisterBlockMasterServer(f.srv, f)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.srv.Serve(l)
+	}()
+	t.Cleanup(func() {
+		f.srv.Stop()
+		<-done
+	})
+	return f
+}
+
+func (f *fakeMaster) setRespond(fn func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error)) {
+	f.mu.Lock()
+	f.respond = fn
+	f.mu.Unlock()
+}
+
+// grant answers every heartbeat with a lease of leaseMs and nothing else.
+func grant(leaseMs int64) func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
+	return func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
+		return &blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), LeaseMs: leaseMs}, nil
+	}
+}
+
+func (f *fakeMaster) Heartbeat(stream blockpb.BlockMaster_HeartbeatServer) error {
+	for {
+		hb, err := stream.Recv()
+		if err != nil {
+			return nil
+		}
+		f.mu.Lock()
+		f.got = append(f.got, hb)
+		f.gotAt[hb.GetSeq()] = time.Now()
+		fn, delay := f.respond, f.delay
+		f.mu.Unlock()
+		if fn == nil {
+			continue
+		}
+		resp, err := fn(hb)
+		if err != nil {
+			return err
+		}
+		if resp == nil {
+			continue
+		}
+		if delay > 0 {
+			time.Sleep(delay)
+		}
+		if err := stream.Send(resp); err != nil {
+			return nil
+		}
+	}
+}
+
+func (f *fakeMaster) heartbeats() []*blockpb.BlockHeartbeat {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]*blockpb.BlockHeartbeat(nil), f.got...)
+}
+
+func (f *fakeMaster) lastReport(name string) *blockpb.VolumeReport {
+	hbs := f.heartbeats()
+	for i := len(hbs) - 1; i >= 0; i-- {
+		for _, r := range hbs[i].GetVolumes() {
+			if r.GetName() == name {
+				return r
+			}
+		}
+	}
+	return nil
+}
