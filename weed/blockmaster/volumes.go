@@ -296,4 +296,3 @@ func (m *Master) reportLocked(id, name string) *blockpb.VolumeReport {
 // holdsCopyLocked reports whether server id reports a local volume called
 // name (a leftover that must be deleted before the name can live there).
 func (m *Master) holdsCopyLocked(id, name string) bool { return m.reportLocked(id, name) != nil }
-
