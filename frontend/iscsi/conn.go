@@ -169,8 +169,10 @@ func (c *conn) writer() {
 	c.wr.dataDigest = c.rd.dataDigest
 	failed := false
 	var dones []func() // run once the batch holding their PDUs is sent
+	wt := c.srv.cfg.WriteTimeout
 	flush := func() {
 		if !failed {
+			c.nc.SetWriteDeadline(time.Now().Add(wt))
 			if err := c.wr.flush(); err != nil {
 				failed = true
 				glog.V(2).Infof("iscsi: write to %s: %v", c.nc.RemoteAddr(), err)

@@ -511,3 +511,28 @@ func TestKeepaliveNopIn(t *testing.T) {
 	in.expectClosed()
 	must(t, time.Since(start) < 3*time.Second, "closed after %v", time.Since(start))
 }
+
+func TestWriteTimeoutDisconnectsStuckInitiator(t *testing.T) {
+	ts := startServer(t, Config{WriteTimeout: 200 * time.Millisecond, MaxRecvDataSegmentLength: 1 << 20}, nil)
+	in := dialInit(t, ts.addr)
+	in.login(ts.name, defaultOpKeys())
+	in.nc.(*net.TCPConn).SetReadBuffer(4096)
+	// Ask for far more read data than the socket buffers hold, never read.
+	for k := 0; k < 64; k++ {
+		h := in.scsiCmdHeader(read10(0, 2048), true, false, 1<<20, true)
+		if err := in.raw(&h, nil); err != nil {
+			break
+		}
+	}
+	// The target gives up on the connection and ends the session.
+	for k := 0; ; k++ {
+		ts.srv.mu.Lock()
+		n := len(ts.srv.sessions)
+		ts.srv.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		must(t, k < 500, "stuck connection still open after 5 s")
+		time.Sleep(10 * time.Millisecond)
+	}
+}

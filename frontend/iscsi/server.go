@@ -42,6 +42,10 @@ type Config struct {
 	// LoginTimeout bounds a whole login phase and each read in it
 	// (default 15 s).
 	LoginTimeout time.Duration
+	// WriteTimeout bounds how long one batch of PDUs may take to be
+	// written; an initiator that stops reading is disconnected (default
+	// 60 s).
+	WriteTimeout time.Duration
 	// NopInInterval, when > 0, makes the target send a NOP-In ping on a
 	// connection idle that long; a connection whose initiator does not
 	// answer within NopInTimeout (default 2×interval) is closed.
@@ -94,6 +98,9 @@ func (c *Config) withDefaults() Config {
 	}
 	if d.LoginTimeout == 0 {
 		d.LoginTimeout = 15 * time.Second
+	}
+	if d.WriteTimeout == 0 {
+		d.WriteTimeout = 60 * time.Second
 	}
 	if d.NopInInterval > 0 && d.NopInTimeout == 0 {
 		d.NopInTimeout = 2 * d.NopInInterval
