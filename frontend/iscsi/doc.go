@@ -9,6 +9,14 @@
 // SCSI decision (CDB parsing, sense data, the block device) to a
 // LogicalUnit (normally frontend/scsi).
 //
+// Usage:
+//
+//	srv := iscsi.NewServer(iscsi.Config{})
+//	srv.AddTarget(iscsi.Target{Name: iscsi.IQN("vol1"), LU: lu})
+//	go srv.Serve(listener)
+//	...
+//	srv.Close() // idempotent; waits for every connection and command
+//
 // It must never parse CDBs itself, never touch a block device directly,
 // never panic or hang on bytes from the network (bad input closes the
 // connection or is rejected), and never leave goroutines behind: Server.Close

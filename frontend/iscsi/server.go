@@ -12,6 +12,11 @@ import (
 )
 
 // Config tunes a Server. The zero value is usable.
+//
+// The target answers the keys an initiator proposes; it does not propose
+// keys itself. A key the initiator leaves out keeps its RFC 7143 default
+// (e.g. DataDigest=None, ImmediateData=Yes, InitialR2T=Yes), whatever the
+// settings below allow.
 type Config struct {
 	// Portals are the addresses ("host:port") advertised in SendTargets.
 	// Empty: the local address of the connection that asks.
