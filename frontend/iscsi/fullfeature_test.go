@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -533,6 +534,59 @@ func TestWriteTimeoutDisconnectsStuckInitiator(t *testing.T) {
 			break
 		}
 		must(t, k < 500, "stuck connection still open after 5 s")
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestCloseLeavesNoGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer(Config{NopInInterval: 50 * time.Millisecond, LoginTimeout: time.Second})
+	lu := newMemLU(64)
+	if err := srv.AddTarget(Target{Name: IQN("leak"), LU: lu}); err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() { srv.Serve(l); close(served) }()
+	// A session with a running command, one mid-login, one with a write
+	// waiting for data.
+	a := dialInit(t, l.Addr().String())
+	a.login(IQN("leak"), defaultOpKeys())
+	h := a.scsiCmdHeader([]byte{0xc0}, false, false, 0, true)
+	a.send(&h, nil)
+	<-lu.entered
+	b := dialInit(t, l.Addr().String())
+	b.nc.Write([]byte{0x43, 0x81})
+	c := dialInit(t, l.Addr().String())
+	c.isid[5] = 9
+	o := defaultOpKeys()
+	o.initialR2T, o.immediate = "Yes", "No"
+	c.login(IQN("leak"), o)
+	w := c.scsiCmdHeader(write10(0, 8), false, true, 4096, true)
+	c.send(&w, nil)
+	c.recv() // R2T
+
+	closed := make(chan struct{})
+	go func() { srv.Close(); close(closed) }()
+	time.Sleep(50 * time.Millisecond)
+	lu.block <- struct{}{} // Close waits for the running command
+	<-closed
+	<-served
+	a.nc.Close()
+	b.nc.Close()
+	c.nc.Close()
+	for k := 0; ; k++ {
+		n := runtime.NumGoroutine()
+		if n <= before+1 {
+			break
+		}
+		if k > 200 {
+			buf := make([]byte, 1<<16)
+			t.Fatalf("%d goroutines after Close, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
+		}
 		time.Sleep(10 * time.Millisecond)
 	}
 }
