@@ -1,0 +1,307 @@
+package blockvolume
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/weedblock/weedblock/weed/pb/blockpb"
+)
+
+// TestHeartbeatLeaseLifecycle: a volume allocated as primary becomes
+// writable (NBD and real iSCSI) once the master grants a lease, stays
+// writable while renewals come, and refuses writes (EPERM) once the master
+// is gone and the lease has run out.
+func TestHeartbeatLeaseLifecycle(t *testing.T) {
+	f := startFakeMaster(t)
+	f.setRespond(grant(400))
+	m := startManager(t, "", withMasters(f.addr))
+	allocate(t, m, "lv", 1<<20, epochConfig(1, testServerID))
+	c := dialNBD(t, m.Endpoints().GetNbdAddress(), "lv")
+	pat := bytes.Repeat([]byte{0x77}, 4096)
+
+	eventually(t, 5*time.Second, "writable after the lease grant", func() bool { return c.write(0, pat) == 0 })
+	if e := c.flush(); e != 0 {
+		t.Fatalf("flush: errno %d", e)
+	}
+	// Renewals: keep writing for well over a lease period.
+	end := time.Now().Add(1200 * time.Millisecond)
+	for i := uint64(1); time.Now().Before(end); i++ {
+		if e := c.write(4096*(i%200), pat); e != 0 {
+			t.Fatalf("write %d while the master renews: errno %d", i, e)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// What the master heard: seqs increase by one, the volume is reported
+	// as primary of epoch 1 with a lease and the NBD session.
+	hbs := f.heartbeats()
+	for i := 1; i < len(hbs); i++ {
+		if hbs[i].GetSeq() != hbs[i-1].GetSeq()+1 {
+			t.Fatalf("heartbeat seqs %d then %d", hbs[i-1].GetSeq(), hbs[i].GetSeq())
+		}
+	}
+	last := hbs[len(hbs)-1]
+	if last.GetServer().GetServerId() != testServerID || last.GetServer().GetNbdAddress() != m.Endpoints().GetNbdAddress() ||
+		last.GetServer().GetIscsiAddress() == "" || last.GetServer().GetReplAddress() != "127.0.0.1:9" || last.GetServer().GetRack() != "r1" || last.GetFreeBytes() == 0 {
+		t.Fatalf("heartbeat server info: %v free %d", last.GetServer(), last.GetFreeBytes())
+	}
+	r := f.lastReport("lv")
+	if r == nil || r.GetEpoch() != 1 || r.GetRole() != blockpb.Role_ROLE_PRIMARY || r.GetFenced() || r.GetLeaseRemainingMs() <= 0 ||
+		r.GetLeaseRemainingMs() > 400 || r.GetAttachedSessions() != 1 || r.GetHeadLsn() == 0 || !r.GetHealthy() {
+		t.Fatalf("report while primary: %v", r)
+	}
+	if hs := m.Heartbeat(); !hs.Connected || hs.Master != f.addr || hs.LeaseMs != 400 {
+		t.Fatalf("heartbeat status: %+v", hs)
+	}
+
+	// A real iSCSI initiator writes too.
+	if out, ok := qemuWrite(t, iscsiURI(m, "lv"), 1<<19); !ok {
+		t.Fatalf("qemu-io write to the primary failed:\n%s", out)
+	}
+
+	// The master goes away: no renewal, the lease runs out.
+	f.srv.Stop()
+	gone := time.Now()
+	eventually(t, 3*time.Second, "writes refused after the lease ran out", func() bool { return c.write(0, pat) == nbdEPERM })
+	if waited := time.Since(gone); waited > 1500*time.Millisecond {
+		t.Fatalf("writes refused only %v after the master went away (lease 400 ms)", waited)
+	}
+	if out, ok := qemuWrite(t, iscsiURI(m, "lv"), 0); ok {
+		t.Fatalf("qemu-io wrote after the lease expired:\n%s", out)
+	}
+	if e, data := c.read(0, 4096); e != 0 || !bytes.Equal(data, pat) {
+		t.Fatalf("read after lease expiry: errno %d", e)
+	}
+	reps, _ := m.reports("lv")
+	if !reps[0].GetFenced() || reps[0].GetLeaseRemainingMs() != 0 || reps[0].GetRole() != blockpb.Role_ROLE_PRIMARY {
+		t.Fatalf("report after lease expiry: %v", reps[0])
+	}
+	eventually(t, 3*time.Second, "heartbeat status disconnected", func() bool { return !m.Heartbeat().Connected })
+}
+
+// TestLeaseStartsWhenTheHeartbeatWasSent: the master answers late; the
+// lease must still run from the send time of the heartbeat it answers,
+// which is before the master even received it.
+func TestLeaseStartsWhenTheHeartbeatWasSent(t *testing.T) {
+	const lease = 2000 * time.Millisecond
+	const delay = 300 * time.Millisecond
+	f := startFakeMaster(t)
+	f.mu.Lock()
+	f.delay = delay
+	f.mu.Unlock()
+	f.setRespond(grant(lease.Milliseconds()))
+	m := startManager(t, "", func(o *Options) {
+		withMasters(f.addr)(o)
+		o.Pulse = time.Second // one heartbeat in flight at a time
+	})
+	allocate(t, m, "late", 1<<20, epochConfig(1, testServerID))
+	v := m.lookup("late")
+	var until time.Time
+	eventually(t, 5*time.Second, "lease granted", func() bool {
+		until = v.vol.Status().LeaseUntil
+		return !until.IsZero()
+	})
+	applied := time.Now()
+	f.mu.Lock()
+	var firstRecv time.Time
+	for _, at := range f.gotAt {
+		if firstRecv.IsZero() || at.Before(firstRecv) {
+			firstRecv = at
+		}
+	}
+	f.mu.Unlock()
+	// until = sendTime + lease with sendTime ≤ firstRecv (the answered
+	// heartbeat is the first one or later; with a 1 s pulse and a 300 ms
+	// delay it is the first).
+	if !until.Before(firstRecv.Add(lease)) {
+		t.Fatalf("lease until %v is not before master receive time + lease (%v): it did not start at send time", until, firstRecv.Add(lease))
+	}
+	if rem := until.Sub(applied); rem > lease-delay+50*time.Millisecond {
+		t.Fatalf("lease remaining %v right after the late answer, want ≤ %v", rem, lease-delay)
+	}
+}
+
+// TestNewerEpochWithoutThisServerFences: an assignment for a newer epoch in
+// which this server is not a member fences the volume at that epoch, and
+// later lease grants do not unfence it.
+func TestNewerEpochWithoutThisServerFences(t *testing.T) {
+	f := startFakeMaster(t)
+	f.setRespond(grant(1000))
+	m := startManager(t, "", withMasters(f.addr))
+	allocate(t, m, "fv", 1<<20, epochConfig(1, testServerID))
+	c := dialNBD(t, m.Endpoints().GetNbdAddress(), "fv")
+	pat := bytes.Repeat([]byte{1}, 4096)
+	eventually(t, 5*time.Second, "writable", func() bool { return c.write(0, pat) == 0 })
+
+	newer := epochConfig(2, "vs2")
+	f.setRespond(func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
+		resp := &blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), LeaseMs: 1000}
+		for _, r := range hb.GetVolumes() {
+			if r.GetName() == "fv" && r.GetEpoch() < 2 {
+				resp.Assignments = append(resp.Assignments, &blockpb.Assignment{Spec: spec("fv", 1<<20), Config: newer, Role: blockpb.Role_ROLE_NONE})
+			}
+		}
+		return resp, nil
+	})
+	eventually(t, 5*time.Second, "fenced by the newer epoch", func() bool { return c.write(0, pat) == nbdEPERM })
+	v := m.lookup("fv")
+	if st := v.vol.Status(); st.Epoch != 2 {
+		t.Fatalf("epoch %d after the assignment, want 2", st.Epoch)
+	}
+	eventually(t, 5*time.Second, "report of epoch 2 as non-member", func() bool {
+		r := f.lastReport("fv")
+		return r.GetEpoch() == 2 && r.GetRole() == blockpb.Role_ROLE_NONE && r.GetFenced()
+	})
+	// Leases keep coming; the volume stays fenced.
+	time.Sleep(300 * time.Millisecond)
+	if e := c.write(0, pat); e != nbdEPERM {
+		t.Fatalf("write after later lease grants: errno %d, want EPERM", e)
+	}
+	// The old epoch is refused from now on.
+	if err := v.vol.Unfence(1, 1, time.Time{}); err == nil {
+		t.Fatal("unfence at the old epoch succeeded")
+	}
+}
+
+// TestAssignmentMakesPrimaryAndCreatesVolume: an assignment for a volume
+// this server does not have (it is a member) creates it; a re-sent
+// assignment for the current epoch does not interrupt writes.
+func TestAssignmentMakesPrimaryAndCreatesVolume(t *testing.T) {
+	f := startFakeMaster(t)
+	cfg := epochConfig(4, testServerID)
+	f.setRespond(func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
+		// Re-sent on every heartbeat, even once reported: must be harmless.
+		return &blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), LeaseMs: 1000,
+			Assignments: []*blockpb.Assignment{{Spec: spec("av", 1<<20), Config: cfg, Role: blockpb.Role_ROLE_PRIMARY}}}, nil
+	})
+	dir := t.TempDir()
+	m := startManager(t, dir, withMasters(f.addr))
+	eventually(t, 5*time.Second, "volume created by the assignment", func() bool { return m.lookup("av") != nil })
+	c := dialNBD(t, m.Endpoints().GetNbdAddress(), "av")
+	pat := bytes.Repeat([]byte{9}, 4096)
+	eventually(t, 5*time.Second, "writable", func() bool { return c.write(0, pat) == 0 })
+	for i := range 40 {
+		if e := c.write(0, pat); e != 0 {
+			t.Fatalf("write %d with re-sent assignments: errno %d", i, e)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := m.lookup("av").vol.Status(); st.Epoch != 4 {
+		t.Fatalf("epoch %d", st.Epoch)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "av"+FileExt)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDeletesFromMaster: a name in the response's deletes is closed and its
+// file removed.
+func TestDeletesFromMaster(t *testing.T) {
+	f := startFakeMaster(t)
+	f.setRespond(grant(1000))
+	dir := t.TempDir()
+	m := startManager(t, dir, withMasters(f.addr))
+	allocate(t, m, "keep", 1<<20, epochConfig(1, testServerID))
+	allocate(t, m, "gone", 1<<20, epochConfig(1, testServerID))
+	c := dialNBD(t, m.Endpoints().GetNbdAddress(), "gone")
+	eventually(t, 5*time.Second, "reported", func() bool { return f.lastReport("gone") != nil })
+	f.setRespond(func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
+		return &blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), LeaseMs: 1000, Deletes: []string{"gone", "never-had"}}, nil
+	})
+	path := filepath.Join(dir, "gone"+FileExt)
+	eventually(t, 5*time.Second, "file removed", func() bool {
+		_, err := os.Stat(path)
+		return os.IsNotExist(err)
+	})
+	if m.lookup("gone") != nil || m.lookup("keep") == nil {
+		t.Fatalf("volumes after delete: %v", m.names())
+	}
+	c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.br.ReadByte(); err == nil {
+		t.Fatal("NBD connection to a deleted volume still open")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "keep"+FileExt)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLeaderRedirect: a follower answering with leader=X, or failing the
+// stream with "not leader; leader is X", sends the heartbeat to X, which
+// then grants the lease.
+func TestLeaderRedirect(t *testing.T) {
+	for _, how := range []string{"response", "error"} {
+		t.Run(how, func(t *testing.T) {
+			leader := startFakeMaster(t)
+			leader.setRespond(grant(1000))
+			follower := startFakeMaster(t)
+			follower.setRespond(func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
+				if how == "error" {
+					return nil, status.Errorf(codes.FailedPrecondition, "not leader; leader is %s", leader.addr)
+				}
+				return &blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), Leader: leader.addr}, nil
+			})
+			m := startManager(t, "", withMasters(follower.addr))
+			allocate(t, m, "rv", 1<<20, epochConfig(1, testServerID))
+			c := dialNBD(t, m.Endpoints().GetNbdAddress(), "rv")
+			eventually(t, 5*time.Second, "writable through the leader", func() bool { return c.write(0, make([]byte, 4096)) == 0 })
+			if len(follower.heartbeats()) == 0 || len(leader.heartbeats()) == 0 {
+				t.Fatalf("heartbeats: follower %d leader %d", len(follower.heartbeats()), len(leader.heartbeats()))
+			}
+			if hs := m.Heartbeat(); hs.Master != leader.addr || !hs.Connected {
+				t.Fatalf("heartbeat status %+v, want connected to %s", hs, leader.addr)
+			}
+		})
+	}
+}
+
+func TestLeaderAddressForms(t *testing.T) {
+	for in, want := range map[string]string{
+		"10.0.0.1:9333.19333": "10.0.0.1:19333",
+		"m1:19333":            "m1:19333",
+		"[::1]:9333.19333":    "[::1]:19333",
+		"garbage":             "garbage",
+	} {
+		if got := normalizeLeader(in); got != want {
+			t.Errorf("normalizeLeader(%q) = %q, want %q", in, got, want)
+		}
+	}
+	err := status.Error(codes.FailedPrecondition, "not leader; leader is 10.0.0.2:9333.19333")
+	if got := leaderFromError(err); got != "10.0.0.2:19333" {
+		t.Errorf("leaderFromError = %q", got)
+	}
+	if got := leaderFromError(status.Error(codes.Unavailable, "connection refused")); got != "" {
+		t.Errorf("leaderFromError(unavailable) = %q", got)
+	}
+	if !strings.Contains(normalizeLeader("a:1"), "a:1") {
+		t.Error("plain address changed")
+	}
+}
+
+// TestMastersUnreachable: with no master answering, the client keeps
+// retrying (bounded backoff) and volumes stay fenced; Close still returns
+// promptly.
+func TestMastersUnreachable(t *testing.T) {
+	m := startManager(t, "", withMasters("127.0.0.1:1", "127.0.0.1:2"))
+	allocate(t, m, "nv", 1<<20, epochConfig(1, testServerID))
+	time.Sleep(300 * time.Millisecond)
+	if hs := m.Heartbeat(); hs.Connected || hs.LastError == "" {
+		t.Fatalf("heartbeat status with no master: %+v", hs)
+	}
+	reps, _ := m.reports("nv")
+	if !reps[0].GetFenced() {
+		t.Fatal("volume unfenced without a master")
+	}
+	start := time.Now()
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Close took %v", d)
+	}
+}
