@@ -323,6 +323,10 @@ func TestSessionReinstatement(t *testing.T) {
 	c.login(ts.name, defaultOpKeys())
 	b.nop(nil)
 	c.nop(nil)
+	ss := ts.srv.ListSessions()
+	must(t, len(ss) == 2 && ss[0].TSIH == b.tsih && ss[1].TSIH == c.tsih, "sessions %+v", ss)
+	must(t, ss[1].Target == ts.name && ss[1].Initiator == testInitiatorName && ss[1].ISID[5] == 0x99 &&
+		len(ss[1].Remotes) == 1 && ss[1].Remotes[0] == c.nc.LocalAddr().String(), "session info %+v", ss[1])
 	// Joining an unknown session fails.
 	d := dialInit(t, ts.addr)
 	d.tsih = 0x7777

@@ -354,3 +354,41 @@ func (s *Server) closeTargetSessions(t *Target) {
 		ss.close("target cold reset")
 	}
 }
+
+// SessionInfo describes one live session.
+type SessionInfo struct {
+	Target    string // "" for discovery sessions
+	Initiator string
+	ISID      [6]byte
+	TSIH      uint16
+	Discovery bool
+	// Remotes are the initiator addresses of the session's connections.
+	Remotes []string
+}
+
+// ListSessions returns the live sessions (discovery ones included), ordered
+// by TSIH.
+func (s *Server) ListSessions() []SessionInfo {
+	s.mu.Lock()
+	list := make([]*session, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		list = append(list, ss)
+	}
+	s.mu.Unlock()
+	out := make([]SessionInfo, 0, len(list))
+	for _, ss := range list {
+		si := SessionInfo{
+			Target:    ss.key.target,
+			Initiator: ss.key.initiator,
+			ISID:      ss.key.isid,
+			TSIH:      ss.tsih,
+			Discovery: ss.discovery,
+		}
+		for _, c := range ss.connList() {
+			si.Remotes = append(si.Remotes, c.nc.RemoteAddr().String())
+		}
+		out = append(out, si)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].TSIH < out[j].TSIH })
+	return out
+}
