@@ -186,6 +186,10 @@ func (m *Master) applyHeartbeat(id string, streamID uint64, hb *blockpb.BlockHea
 			resp.Deletes = append(resp.Deletes, v.GetName())
 		}
 	}
+	// Record the grant before it leaves, so that no decision taken between
+	// the send and grantLeases sees an older expiry than the primary holds.
+	// Now is already later than the heartbeat's send time.
+	m.grantLeasesLocked(id, primaries, m.clock.Now())
 	return resp, primaries
 }
 
@@ -225,9 +229,13 @@ func (m *Master) grantLeases(id string, names []string, sent time.Time) {
 	if len(names) == 0 {
 		return
 	}
-	until := sent.Add(m.opts.Lease + m.opts.Margin)
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.grantLeasesLocked(id, names, sent)
+}
+
+func (m *Master) grantLeasesLocked(id string, names []string, at time.Time) {
+	until := at.Add(m.opts.Lease + m.opts.Margin)
 	for _, name := range names {
 		rec := m.reg.get(name)
 		if rec == nil || rec.config.PrimaryServerId != id {
