@@ -19,6 +19,10 @@ import (
 	"github.com/weedblock/weedblock/weed/pb/blockpb"
 )
 
+// silentPulses: a stream with no response for this many pulses is
+// abandoned and the master connection retried.
+const silentPulses = 6
+
 // sendTimesKept bounds how many heartbeat send times a stream remembers;
 // an answer to an older heartbeat grants nothing.
 const sendTimesKept = 256
@@ -141,10 +145,12 @@ func (m *Manager) runStream(ctx context.Context, addr string, seq *uint64) (answ
 	m.hb.update(func(s *HeartbeatStatus) { s.Master = addr })
 
 	var (
-		timesMu sync.Mutex
-		sent    = map[uint64]time.Time{}
-		oldest  = *seq + 1
+		timesMu  sync.Mutex
+		sent     = map[uint64]time.Time{}
+		oldest   = *seq + 1
+		lastResp = time.Now() // or stream start
 	)
+	silentAfter := silentPulses * m.opts.Pulse
 	sendErr := make(chan error, 1)
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -155,6 +161,14 @@ func (m *Manager) runStream(ctx context.Context, addr string, seq *uint64) (answ
 		for {
 			hb := m.buildHeartbeat()
 			timesMu.Lock()
+			if quiet := time.Since(lastResp); quiet > silentAfter {
+				timesMu.Unlock()
+				// A master that takes heartbeats but never answers is as
+				// good as gone: try again (maybe another master).
+				sendErr <- fmt.Errorf("master %s silent for %v", addr, quiet.Round(time.Millisecond))
+				cancel()
+				return
+			}
 			*seq++
 			hb.Seq = *seq
 			// The lease a response grants runs from this moment.
@@ -183,13 +197,13 @@ func (m *Manager) runStream(ctx context.Context, addr string, seq *uint64) (answ
 	for {
 		resp, rerr := stream.Recv()
 		if rerr != nil {
-			select {
-			case serr := <-sendErr:
-				glog.V(2).Infof("blockvolume: heartbeat send to %s: %v", addr, serr)
-			default:
-			}
 			if ctx.Err() != nil {
 				return answered, "", nil
+			}
+			select {
+			case serr := <-sendErr:
+				return answered, "", serr
+			default:
 			}
 			return answered, leaderFromError(rerr), fmt.Errorf("heartbeat stream to %s: %w", addr, rerr)
 		}
@@ -199,6 +213,7 @@ func (m *Manager) runStream(ctx context.Context, addr string, seq *uint64) (answ
 		answered = true
 		timesMu.Lock()
 		sentAt, known := sent[resp.GetHeartbeatSeq()]
+		lastResp = time.Now()
 		timesMu.Unlock()
 		m.hb.update(func(s *HeartbeatStatus) {
 			s.Connected = true

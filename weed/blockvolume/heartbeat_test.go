@@ -75,6 +75,9 @@ func TestHeartbeatLeaseLifecycle(t *testing.T) {
 	if out, ok := qemuWrite(t, iscsiURI(m, "lv"), 0); ok {
 		t.Fatalf("qemu-io wrote after the lease expired:\n%s", out)
 	}
+	if r := scsiWrite(m, "lv"); !writeProtected(r) {
+		t.Fatalf("SCSI write after lease expiry: status %#x sense %x, want WRITE PROTECTED", r.Status, r.Sense)
+	}
 	if e, data := c.read(0, 4096); e != 0 || !bytes.Equal(data, pat) {
 		t.Fatalf("read after lease expiry: errno %d", e)
 	}
@@ -303,5 +306,16 @@ func TestMastersUnreachable(t *testing.T) {
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Fatalf("Close took %v", d)
+	}
+}
+
+// TestSilentMasterIsLeft: a master that takes heartbeats but never answers
+// is abandoned after a few pulses and the connection retried.
+func TestSilentMasterIsLeft(t *testing.T) {
+	f := startFakeMaster(t) // no respond func: silent
+	m := startManager(t, "", withMasters(f.addr))
+	eventually(t, 5*time.Second, "a second stream", func() bool { return f.streamCount() >= 2 })
+	if hs := m.Heartbeat(); hs.Connected || !strings.Contains(hs.LastError, "silent") {
+		t.Fatalf("heartbeat status %+v", hs)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/weedblock/weedblock/frontend/iscsi"
+	"github.com/weedblock/weedblock/frontend/scsi"
 	"github.com/weedblock/weedblock/weed/pb/blockpb"
 )
 
@@ -240,6 +241,7 @@ type fakeMaster struct {
 	respond func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error)
 	delay   time.Duration
 	got     []*blockpb.BlockHeartbeat
+	streams int
 	gotAt   map[uint64]time.Time // receive time per seq
 }
 
@@ -277,6 +279,9 @@ func grant(leaseMs int64) func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartb
 }
 
 func (f *fakeMaster) Heartbeat(stream blockpb.BlockMaster_HeartbeatServer) error {
+	f.mu.Lock()
+	f.streams++
+	f.mu.Unlock()
 	for {
 		hb, err := stream.Recv()
 		if err != nil {
@@ -306,6 +311,12 @@ func (f *fakeMaster) Heartbeat(stream blockpb.BlockMaster_HeartbeatServer) error
 	}
 }
 
+func (f *fakeMaster) streamCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.streams
+}
+
 func (f *fakeMaster) heartbeats() []*blockpb.BlockHeartbeat {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -322,4 +333,25 @@ func (f *fakeMaster) lastReport(name string) *blockpb.VolumeReport {
 		}
 	}
 	return nil
+}
+
+// scsiWrite sends WRITE(10) of one 4 KiB block at LBA 0 to the volume's
+// logical unit (the one its iSCSI target serves), skipping the unit
+// attention a new nexus may get first.
+func scsiWrite(m *Manager, name string) *scsi.Response {
+	v := m.lookup(name)
+	cdb := []byte{0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0}
+	var resp *scsi.Response
+	for range 3 {
+		resp = v.lu.Execute(&scsi.Command{Nexus: scsi.Nexus{InitiatorPort: "i", TargetPort: "t", RelativeTargetPortID: 1}, CDB: cdb, DataOut: make([]byte, 4096), Write: true})
+		if resp.Status != scsi.StatusCheckCondition || len(resp.Sense) < 14 || resp.Sense[2]&0xf != 0x6 {
+			break
+		}
+	}
+	return resp
+}
+
+// writeProtected: CHECK CONDITION, DATA PROTECT, ASC 27h (WRITE PROTECTED).
+func writeProtected(r *scsi.Response) bool {
+	return r.Status == scsi.StatusCheckCondition && len(r.Sense) >= 14 && r.Sense[2]&0xf == 0x7 && r.Sense[12] == 0x27
 }

@@ -159,7 +159,7 @@ func (m *Manager) Start() (err error) {
 		}
 		m.nbdL = l
 		if m.endpoints.NbdAddress == "" {
-			m.endpoints.NbdAddress = l.Addr().String()
+			m.endpoints.NbdAddress = m.advertised(l)
 		}
 	}
 	if m.opts.ISCSIAddr != "" {
@@ -169,7 +169,7 @@ func (m *Manager) Start() (err error) {
 		}
 		m.iscsiL = l
 		if m.endpoints.IscsiAddress == "" {
-			m.endpoints.IscsiAddress = l.Addr().String()
+			m.endpoints.IscsiAddress = m.advertised(l)
 		}
 	}
 	if m.endpoints.ReplAddress == "" {
@@ -179,7 +179,11 @@ func (m *Manager) Start() (err error) {
 		m.nbdSrv = nbd.NewServer(nbd.Options{})
 	}
 	if m.iscsiL != nil {
-		m.iscsiSrv = iscsi.NewServer(iscsi.Config{Portals: []string{m.endpoints.IscsiAddress}})
+		var portals []string // empty: the address the initiator connected to
+		if host, _, err := net.SplitHostPort(m.endpoints.IscsiAddress); err == nil && !unspecified(host) {
+			portals = []string{m.endpoints.IscsiAddress}
+		}
+		m.iscsiSrv = iscsi.NewServer(iscsi.Config{Portals: portals})
 	}
 	if err := m.openExisting(); err != nil {
 		return err
@@ -215,6 +219,29 @@ func (m *Manager) Start() (err error) {
 	}
 	glog.Infof("blockvolume: serving %d volume(s) from %s (nbd=%q iscsi=%q)", len(m.names()), m.opts.Dir, m.endpoints.NbdAddress, m.endpoints.IscsiAddress)
 	return nil
+}
+
+// advertised is the address clients should use for listener l: its own
+// address, except that an unspecified host (":3260", "0.0.0.0") takes the
+// host of Endpoints.GrpcAddress when there is one.
+func (m *Manager) advertised(l net.Listener) string {
+	addr := l.Addr().String()
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || !unspecified(host) {
+		return addr
+	}
+	if gh, _, err := net.SplitHostPort(m.endpoints.GetGrpcAddress()); err == nil && gh != "" && !unspecified(gh) {
+		return net.JoinHostPort(gh, port)
+	}
+	return addr
+}
+
+func unspecified(host string) bool {
+	if host == "" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
 }
 
 // openExisting opens every NAME.blk in Dir, fenced. A file that does not

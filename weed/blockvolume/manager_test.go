@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +18,6 @@ import (
 	"github.com/weedblock/weedblock/blockdev"
 	"github.com/weedblock/weedblock/blockvol"
 	"github.com/weedblock/weedblock/frontend/iscsi"
-	"github.com/weedblock/weedblock/frontend/scsi"
 	"github.com/weedblock/weedblock/weed/pb/blockpb"
 )
 
@@ -66,17 +66,8 @@ func TestStartOpensExistingVolumesFenced(t *testing.T) {
 
 	// The iSCSI LU over the same device: WRITE(10) → DATA PROTECT,
 	// ASC 27h (WRITE PROTECTED).
-	v := m.lookup("old")
-	cdb := []byte{0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0}
-	var resp *scsi.Response
-	for range 3 { // the first command of a nexus may report a unit attention
-		resp = v.lu.Execute(&scsi.Command{Nexus: scsi.Nexus{InitiatorPort: "i", TargetPort: "t", RelativeTargetPortID: 1}, CDB: cdb, DataOut: pat, Write: true})
-		if resp.Status != scsi.StatusCheckCondition || len(resp.Sense) < 14 || resp.Sense[2]&0xf != 0x6 {
-			break
-		}
-	}
-	if resp.Status != scsi.StatusCheckCondition || len(resp.Sense) < 14 || resp.Sense[2]&0xf != 0x7 || resp.Sense[12] != 0x27 {
-		t.Fatalf("SCSI write to a fenced volume: status %#x sense %x, want DATA PROTECT/27h", resp.Status, resp.Sense)
+	if r := scsiWrite(m, "old"); !writeProtected(r) {
+		t.Fatalf("SCSI write to a fenced volume: status %#x sense %x, want DATA PROTECT/27h", r.Status, r.Sense)
 	}
 
 	// A real iSCSI initiator sees the target, and cannot write.
@@ -243,4 +234,26 @@ func TestMeteredDeviceIsTheVolume(t *testing.T) {
 		t.Fatalf("unaligned read: %v", err)
 	}
 	var _ blockdev.Device = d
+}
+
+// TestAdvertisedAddresses: listeners on an unspecified host advertise the
+// host of the gRPC address; explicit endpoints are kept.
+func TestAdvertisedAddresses(t *testing.T) {
+	m := startManager(t, "", func(o *Options) {
+		o.NBDAddr = "0.0.0.0:0"
+		o.ISCSIAddr = "127.0.0.1:0"
+		o.Endpoints = &blockpb.ServerEndpoints{GrpcAddress: "127.0.0.1:18080", IscsiAddress: "portal.example:3260"}
+	})
+	ep := m.Endpoints()
+	if !strings.HasPrefix(ep.GetNbdAddress(), "127.0.0.1:") || strings.HasSuffix(ep.GetNbdAddress(), ":0") {
+		t.Fatalf("nbd address %q", ep.GetNbdAddress())
+	}
+	if ep.GetIscsiAddress() != "portal.example:3260" || ep.GetServerId() != testServerID {
+		t.Fatalf("endpoints %v", ep)
+	}
+	nc, err := net.DialTimeout("tcp", ep.GetNbdAddress(), 5*time.Second)
+	if err != nil {
+		t.Fatalf("advertised NBD address does not answer: %v", err)
+	}
+	nc.Close()
 }
