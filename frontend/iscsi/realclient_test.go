@@ -27,22 +27,7 @@ func realTarget(name string, dev blockdev.Device, opts scsi.Options) Target {
 	if opts.VolumeName == "" {
 		opts.VolumeName = name
 	}
-	lu := scsi.NewLogicalUnit(dev, opts)
-	return Target{
-		Name: name,
-		LU:   lu,
-		OnReset: func(k ResetKind, n scsi.Nexus) {
-			switch k {
-			case ResetLogicalUnit:
-				lu.Reset(scsi.ResetLUN, n)
-			case ResetTargetWarm:
-				lu.Reset(scsi.ResetTargetWarm, n)
-			case ResetTargetCold:
-				lu.Reset(scsi.ResetTargetCold, n)
-			}
-		},
-		OnNexusLost: lu.NexusLost,
-	}
+	return SCSITarget(name, scsi.NewLogicalUnit(dev, opts))
 }
 
 type realServer struct {

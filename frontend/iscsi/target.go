@@ -117,3 +117,24 @@ func validName(n string) bool {
 	}
 	return true
 }
+
+// SCSITarget returns a Target named name serving lu at LUN 0, with
+// LOGICAL UNIT RESET, TARGET WARM/COLD RESET and the end of sessions
+// forwarded to lu (ABORT/CLEAR TASK SET only abort transport tasks).
+func SCSITarget(name string, lu *scsi.LogicalUnit) Target {
+	return Target{
+		Name: name,
+		LU:   lu,
+		OnReset: func(k ResetKind, n scsi.Nexus) {
+			switch k {
+			case ResetLogicalUnit:
+				lu.Reset(scsi.ResetLUN, n)
+			case ResetTargetWarm:
+				lu.Reset(scsi.ResetTargetWarm, n)
+			case ResetTargetCold:
+				lu.Reset(scsi.ResetTargetCold, n)
+			}
+		},
+		OnNexusLost: lu.NexusLost,
+	}
+}
