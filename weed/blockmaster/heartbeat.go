@@ -3,6 +3,7 @@ package blockmaster
 import (
 	"errors"
 	"io"
+	"sort"
 	"time"
 
 	"github.com/golang/glog"
@@ -139,18 +140,36 @@ func (m *Master) applyHeartbeat(id string, streamID uint64, hb *blockpb.BlockHea
 	m.heartbeats++
 	s := m.servers[id]
 	if s.stream == streamID {
-		s.endpoints = proto.Clone(hb.GetServer()).(*blockpb.ServerEndpoints)
+		// The heartbeat is a fresh message from Recv that nobody else
+		// holds: keep its parts without copying (they are never mutated;
+		// readers clone what they hand out).
+		s.endpoints = hb.GetServer()
 		s.freeBytes = hb.GetFreeBytes()
 		s.lastSeen = m.clock.Now()
 		s.reports = make(map[string]*blockpb.VolumeReport, len(hb.GetVolumes()))
 		for _, v := range hb.GetVolumes() {
-			s.reports[v.GetName()] = proto.Clone(v).(*blockpb.VolumeReport)
+			s.reports[v.GetName()] = v
 		}
 	}
 	resp := &blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), LeaseMs: m.opts.Lease.Milliseconds()}
 	var primaries []string
-	for _, name := range m.reg.names() {
+	// This server's volumes: those it is a member of and those it reports.
+	names := m.reg.namesOf(id)
+	for _, v := range hb.GetVolumes() {
+		if _, member := m.reg.byServer[id][v.GetName()]; !member {
+			names = append(names, v.GetName())
+		}
+	}
+	sort.Strings(names)
+	for i, name := range names {
+		if i > 0 && names[i-1] == name {
+			continue // reported twice
+		}
 		rec := m.reg.get(name)
+		if rec == nil {
+			resp.Deletes = append(resp.Deletes, name)
+			continue
+		}
 		if m.pending[name] == stateCreating {
 			// Allocation is in flight: the file may not exist yet.
 			if rec.config.PrimaryServerId == id {
@@ -179,11 +198,6 @@ func (m *Master) applyHeartbeat(id string, streamID uint64, hb *blockpb.BlockHea
 				Config: proto.Clone(rec.config).(*blockpb.EpochConfig),
 				Role:   role,
 			})
-		}
-	}
-	for _, v := range hb.GetVolumes() {
-		if m.reg.get(v.GetName()) == nil {
-			resp.Deletes = append(resp.Deletes, v.GetName())
 		}
 	}
 	// Record the grant before it leaves, so that no decision taken between

@@ -73,6 +73,42 @@ type registry struct {
 	// tombstones remember the last epoch of deleted names, so a name
 	// created again continues above it and epochs never go backwards.
 	tombstones map[string]uint64
+	// byServer indexes the volumes whose current config lists a server
+	// (server id -> names), so a heartbeat costs its own volumes only.
+	byServer map[string]map[string]struct{}
+}
+
+func (r *registry) indexAdd(rec *volumeRecord) {
+	for _, mem := range rec.config.GetMembers() {
+		id := mem.GetServer().GetServerId()
+		if r.byServer[id] == nil {
+			r.byServer[id] = map[string]struct{}{}
+		}
+		r.byServer[id][rec.spec.GetName()] = struct{}{}
+	}
+}
+
+func (r *registry) indexRemove(rec *volumeRecord) {
+	for _, mem := range rec.config.GetMembers() {
+		id := mem.GetServer().GetServerId()
+		delete(r.byServer[id], rec.spec.GetName())
+		if len(r.byServer[id]) == 0 {
+			delete(r.byServer, id)
+		}
+	}
+}
+
+// namesOf returns the volumes whose current config lists server id.
+func (r *registry) namesOf(id string) []string {
+	out := make([]string, 0, len(r.byServer[id]))
+	for n := range r.byServer[id] {
+		out = append(out, n)
+	}
+	return out
+}
+
+func newRegistry(dir string) *registry {
+	return &registry{dir: dir, volumes: map[string]*volumeRecord{}, tombstones: map[string]uint64{}, byServer: map[string]map[string]struct{}{}}
 }
 
 // diskRegistry is the JSON shape of the registry file. Protobuf messages are
@@ -98,7 +134,7 @@ func loadRegistry(dir string) (*registry, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("registry dir %s: %w", dir, err)
 	}
-	r := &registry{dir: dir, volumes: map[string]*volumeRecord{}, tombstones: map[string]uint64{}}
+	r := newRegistry(dir)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("registry dir %s: %w", dir, err)
@@ -168,6 +204,7 @@ func (r *registry) decode(data []byte) error {
 			return fmt.Errorf("%w: volume %q epoch %d not above its tombstone %d", ErrCorruptRegistry, name, rec.config.GetEpoch(), r.tombstones[name])
 		}
 		r.volumes[name] = rec
+		r.indexAdd(rec)
 	}
 	return nil
 }
@@ -229,6 +266,7 @@ func (r *registry) add(rec *volumeRecord) error {
 		delete(r.volumes, name)
 		return err
 	}
+	r.indexAdd(rec)
 	return nil
 }
 
@@ -253,6 +291,8 @@ func (r *registry) setConfig(name string, cfg *blockpb.EpochConfig) error {
 		r.volumes[name] = old
 		return err
 	}
+	r.indexRemove(old)
+	r.indexAdd(next)
 	return nil
 }
 
@@ -275,6 +315,7 @@ func (r *registry) remove(name string) error {
 		}
 		return err
 	}
+	r.indexRemove(old)
 	return nil
 }
 

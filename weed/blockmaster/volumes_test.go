@@ -97,7 +97,7 @@ func TestCreateAllocatesAfterPersisting(t *testing.T) {
 			t.Errorf("registry not on disk when AllocateVolume arrived: %v", err)
 			return
 		}
-		onDisk = &registry{volumes: map[string]*volumeRecord{}, tombstones: map[string]uint64{}}
+		onDisk = newRegistry("")
 		if err := onDisk.decode(data); err != nil {
 			t.Errorf("decode: %v", err)
 		}
