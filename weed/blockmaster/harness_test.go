@@ -55,6 +55,7 @@ type fakeVolume struct {
 	allocErr  error
 	deleteErr error
 	onAlloc   func(*blockpb.AllocateVolumeRequest)
+	onDelete  func(*blockpb.DeleteLocalVolumeRequest)
 }
 
 func (f *fakeVolume) AllocateVolume(ctx context.Context, req *blockpb.AllocateVolumeRequest) (*blockpb.AllocateVolumeResponse, error) {
@@ -74,6 +75,12 @@ func (f *fakeVolume) AllocateVolume(ctx context.Context, req *blockpb.AllocateVo
 }
 
 func (f *fakeVolume) DeleteVolume(ctx context.Context, req *blockpb.DeleteLocalVolumeRequest) (*blockpb.DeleteLocalVolumeResponse, error) {
+	f.mu.Lock()
+	hook := f.onDelete
+	f.mu.Unlock()
+	if hook != nil {
+		hook(req)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.deleteErr != nil {

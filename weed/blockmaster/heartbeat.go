@@ -170,8 +170,10 @@ func (m *Master) applyHeartbeat(id string, streamID uint64, hb *blockpb.BlockHea
 			resp.Deletes = append(resp.Deletes, name)
 			continue
 		}
-		if m.pending[name] == stateCreating {
-			// Allocation is in flight: the file may not exist yet.
+		if m.pending[name] != "" {
+			// Allocation is in flight (the file may not exist yet) or the
+			// volume is being deleted: nothing to assign, but the lease
+			// the primary may hold is still accounted for.
 			if rec.config.PrimaryServerId == id {
 				primaries = append(primaries, name)
 			}

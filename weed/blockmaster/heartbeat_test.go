@@ -276,3 +276,38 @@ func TestPlacementUsesTopology(t *testing.T) {
 	_, err = h.create(spec("x", 20*gib, 2))
 	wantCode(t, err, codes.ResourceExhausted, "1 of 2 alive servers have it (b)")
 }
+
+// While a delete is in flight the volume is neither assigned nor deleted
+// through the heartbeat, and its primary's lease is still accounted for.
+func TestHeartbeatDuringDelete(t *testing.T) {
+	h := newHarness(t, nil)
+	h.clock.step = time.Millisecond
+	f, hb := h.server("a", "r1", 100*gib)
+	if _, err := h.create(spec("v", 1<<20, 1)); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	f.onDelete = func(*blockpb.DeleteLocalVolumeRequest) { <-release }
+	errc := make(chan error, 1)
+	go func() { errc <- h.del("v", false) }()
+	eventually(t, "delete pending", func() bool {
+		h.m.mu.Lock()
+		defer h.m.mu.Unlock()
+		return h.m.pending["v"] == stateDeleting
+	})
+	if info, err := h.lookup("v"); err != nil || info.State != StateDeleting {
+		t.Fatalf("lookup during delete: %v %v", info.GetState(), err)
+	}
+	before := h.m.LeaseExpiry("v")
+	resp := hb.beat() // no report: would normally be re-assigned
+	if len(resp.Assignments) != 0 || len(resp.Deletes) != 0 {
+		t.Fatalf("during delete: assignments %v deletes %v", resp.Assignments, resp.Deletes)
+	}
+	if !h.m.LeaseExpiry("v").After(before) {
+		t.Fatal("lease view not advanced during delete")
+	}
+	close(release)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
