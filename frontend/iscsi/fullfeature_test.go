@@ -287,6 +287,15 @@ func TestCmdSNWindow(t *testing.T) {
 	in.nop(nil)
 }
 
+func TestLogicalUnitPanicFailsOnlyTheCommand(t *testing.T) {
+	ts := startServer(t, Config{}, nil)
+	in := dialInit(t, ts.addr)
+	in.login(ts.name, defaultOpKeys())
+	res := in.do([]byte{0xc1}, false, nil, 0, 0)
+	must(t, res.status == 2 && len(res.sense) >= 14 && res.sense[2] == 4, "status %#x sense %x", res.status, res.sense)
+	in.nop(nil)
+}
+
 func TestPipelinedCommands(t *testing.T) {
 	ts := startServer(t, Config{}, nil)
 	in := dialInit(t, ts.addr)

@@ -444,6 +444,8 @@ func (m *memLU) Execute(c *scsi.Command) *scsi.Response {
 		}
 		copy(m.data[off:end], c.DataOut)
 		return &scsi.Response{}
+	case 0xc1:
+		panic("memLU: vendor opcode 0xC1 panics")
 	case 0xc0:
 		m.entered <- struct{}{}
 		<-m.block

@@ -2,6 +2,7 @@ package iscsi
 
 import (
 	"encoding/binary"
+	"runtime/debug"
 	"sync"
 
 	"github.com/golang/glog"
@@ -381,9 +382,22 @@ func (c *conn) execute(t *task) {
 	c.cmdWG.Add(1)
 	go func() {
 		defer c.cmdWG.Done()
-		resp := c.sess.target.LU.Execute(&t.cmd)
-		c.respond(t, resp)
+		c.respond(t, c.executeLU(t))
 	}()
+}
+
+// executeLU runs the logical unit. A panic in it (a bug there, reachable
+// from network input) fails the command with HARDWARE ERROR instead of
+// taking the whole server down; it is logged with its stack.
+func (c *conn) executeLU(t *task) (resp *scsi.Response) {
+	defer func() {
+		if v := recover(); v != nil {
+			glog.Errorf("iscsi: logical unit %s panicked on CDB % x: %v\n%s",
+				c.sess.target.Name, t.cmd.CDB, v, debug.Stack())
+			resp = &scsi.Response{Status: scsi.StatusCheckCondition, Sense: senseHardwareError()}
+		}
+	}()
+	return c.sess.target.LU.Execute(&t.cmd)
 }
 
 // finishTask removes t and frees its window slot and buffer, exactly once.
