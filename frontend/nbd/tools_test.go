@@ -33,6 +33,7 @@ func run(t testing.TB, timeout time.Duration, name string, args ...string) []byt
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, tool(t, name), args...)
+	cmd.Dir = t.TempDir() // fio leaves verify state files in its working directory
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

@@ -98,79 +98,120 @@ type request struct {
 	hdr  [32]byte
 }
 
-// transmit runs the transmission phase: this goroutine reads and decodes
-// requests and hands them to a bounded set of workers, which call the
-// device and reply in completion order. It returns nil on NBD_CMD_DISC or a
-// clean hang-up between requests, after every accepted request was answered.
+// pipeline is the transmission state a connection's workers share.
+type pipeline struct {
+	dev    blockdev.Device
+	budget *byteBudget
+
+	rmu  sync.Mutex // held by the worker reading the next request
+	stop bool       // no more requests will be read; guarded by rmu
+	err  error      // why reading stopped (nil: DISC or clean hang-up); guarded by rmu
+	hb   [requestHeaderLen]byte
+}
+
+// errEnd: the client ended the session (NBD_CMD_DISC, or hung up between
+// requests).
+var errEnd = errors.New("nbd: end of session")
+
+// transmit runs the transmission phase with a fixed set of workers that take
+// turns reading the next request (under rmu), then run it against the
+// device and reply in completion order. Reading in the worker that then runs
+// the request saves a goroutine hand-off per request. transmit returns nil
+// on NBD_CMD_DISC or a clean hang-up between requests, once every accepted
+// request was answered.
 func (c *conn) transmit(dev blockdev.Device) error {
-	opts := &c.srv.opts
-	budget := newByteBudget(opts.MaxInFlightBytes)
-	work := make(chan *request, opts.Workers)
+	p := &pipeline{dev: dev, budget: newByteBudget(c.srv.opts.MaxInFlightBytes)}
 	var workers sync.WaitGroup
-	for range opts.Workers {
+	for range c.srv.opts.Workers {
 		workers.Add(1)
 		go func() {
 			defer workers.Done()
-			for r := range work {
+			for {
+				r := c.next(p)
+				if r == nil {
+					return
+				}
 				c.execute(dev, r)
-				c.release(r, budget)
+				c.release(r, p.budget)
 			}
 		}()
 	}
-	defer func() {
-		close(work)
-		workers.Wait()
-	}()
+	workers.Wait()
+	return p.err
+}
 
-	var hb [requestHeaderLen]byte
-	for {
-		if _, err := io.ReadFull(c.br, hb[:]); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return fmt.Errorf("read request: %w", err)
-		}
-		h, err := parseRequestHeader(hb[:])
+// next reads requests until one must be run, and returns it; nil once the
+// session is over.
+func (c *conn) next(p *pipeline) *request {
+	p.rmu.Lock()
+	defer p.rmu.Unlock()
+	for !p.stop {
+		r, err := c.readRequest(p)
 		if err != nil {
-			return err
-		}
-		var r *request
-		switch h.typ {
-		case cmdDisc:
+			p.stop = true
+			if !errors.Is(err, errEnd) {
+				p.err = err
+			}
 			return nil
-		case cmdWrite:
-			if int64(h.length) > int64(opts.MaxPayload) {
-				c.replyEarly(h, errnoInval, "write larger than the maximum payload")
-				// Skip the payload to stay in sync if that is cheap
-				// enough; otherwise the client is misbehaving: hang up.
-				if int64(h.length) > 2*int64(opts.MaxPayload) {
-					return fmt.Errorf("write of %d bytes above maximum payload %d", h.length, opts.MaxPayload)
-				}
-				if _, err := io.CopyN(io.Discard, c.br, int64(h.length)); err != nil {
-					return fmt.Errorf("skip oversized write payload: %w", err)
-				}
-				continue
-			}
-			r = c.newRequest(h)
-			r.held = int64(h.length)
-			budget.acquire(r.held)
-			r.buf = c.srv.bufs.get(int(h.length))
-			if _, err := io.ReadFull(c.br, *r.buf); err != nil {
-				c.release(r, budget)
-				return fmt.Errorf("read write payload of %d bytes: %w", h.length, err)
-			}
-		case cmdRead:
-			if int64(h.length) > int64(opts.MaxPayload) {
-				c.replyEarly(h, errnoInval, "read larger than the maximum payload")
-				continue
-			}
-			r = c.newRequest(h)
-			r.held = int64(h.length)
-			budget.acquire(r.held)
-		default:
-			r = c.newRequest(h)
 		}
-		work <- r
+		if r != nil {
+			return r
+		}
+	}
+	return nil
+}
+
+// readRequest reads one request. It returns the request to run; nil, nil
+// when the request was answered already (rejected early); or an error that
+// ends the session (errEnd for a normal end).
+func (c *conn) readRequest(p *pipeline) (*request, error) {
+	opts := &c.srv.opts
+	if _, err := io.ReadFull(c.br, p.hb[:]); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errEnd
+		}
+		return nil, fmt.Errorf("read request: %w", err)
+	}
+	h, err := parseRequestHeader(p.hb[:])
+	if err != nil {
+		return nil, err
+	}
+	switch h.typ {
+	case cmdDisc:
+		return nil, errEnd
+	case cmdWrite:
+		if int64(h.length) > int64(opts.MaxPayload) {
+			c.replyEarly(h, errnoInval, "write larger than the maximum payload")
+			// Skip the payload to stay in sync if that is cheap enough;
+			// otherwise the client is misbehaving: hang up.
+			if int64(h.length) > 2*int64(opts.MaxPayload) {
+				return nil, fmt.Errorf("write of %d bytes above maximum payload %d", h.length, opts.MaxPayload)
+			}
+			if _, err := io.CopyN(io.Discard, c.br, int64(h.length)); err != nil {
+				return nil, fmt.Errorf("skip oversized write payload: %w", err)
+			}
+			return nil, nil
+		}
+		r := c.newRequest(h)
+		r.held = int64(h.length)
+		p.budget.acquire(r.held)
+		r.buf = c.srv.bufs.get(int(h.length))
+		if _, err := io.ReadFull(c.br, *r.buf); err != nil {
+			c.release(r, p.budget)
+			return nil, fmt.Errorf("read write payload of %d bytes: %w", h.length, err)
+		}
+		return r, nil
+	case cmdRead:
+		if int64(h.length) > int64(opts.MaxPayload) {
+			c.replyEarly(h, errnoInval, "read larger than the maximum payload")
+			return nil, nil
+		}
+		r := c.newRequest(h)
+		r.held = int64(h.length)
+		p.budget.acquire(r.held)
+		return r, nil
+	default:
+		return c.newRequest(h), nil
 	}
 }
 
