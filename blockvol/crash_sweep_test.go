@@ -40,7 +40,7 @@ func TestCrashOracleConfigSweep(t *testing.T) {
 	// every sync point for one mix per geometry; WEEDBLOCK_CRASH_SEEDS runs
 	// every combination with that many seeds.
 	_, extended := os.LookupEnv("WEEDBLOCK_CRASH_SEEDS")
-	seeds, ops := crashSeeds(t, 1), 150
+	seeds, ops := crashSeeds(t, 1), 100
 	if extended {
 		ops = 300
 	}

@@ -100,13 +100,13 @@ const (
 // drop-all, keep-all) against the oracle, on a WAL small enough to wrap
 // constantly.
 func TestCrashOracleRandomWorkload(t *testing.T) {
-	n := crashSeeds(t, 16)
+	n := crashSeeds(t, 10)
 	var total oracle.Stats
 	for _, bs := range []int{4096, 512} {
 		tgt := engineTarget(bs, crashBlocks, crashWAL, 2*time.Millisecond)
 		for seed := uint64(1); seed <= uint64(n); seed++ {
 			r := oracle.NewRunner(t, tgt, faultfs.New(), crashBlocks)
-			r.Run(oracle.Generate(seed, 400, crashBlocks, oracle.DefaultMix()))
+			r.Run(oracle.Generate(seed, 300, crashBlocks, oracle.DefaultMix()))
 			r.Finish(faultfs.CrashRandom, seed)
 			s := r.Stats()
 			total.Checked += s.Checked
