@@ -20,6 +20,10 @@
 //	registry.MustRegister(m.Collectors()...)                 // weedblock_volume_* metrics
 //	defer m.Close()                                          // idempotent; waits for everything
 //
+// Endpoints: empty NBD / iSCSI / replication addresses are filled from the
+// listen addresses; a listen address without a host (":3260") is advertised
+// with the host of Endpoints.GrpcAddress.
+//
 // Volume NAME lives in Dir/NAME.blk, is the NBD export NAME and the iSCSI
 // target iqn.2026-11.io.weedblock:NAME (LUN 0). Names are lower-case
 // letters, digits, '.' and '-' (no '_': an IQN cannot hold it).

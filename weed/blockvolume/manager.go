@@ -173,7 +173,7 @@ func (m *Manager) Start() (err error) {
 		}
 	}
 	if m.endpoints.ReplAddress == "" {
-		m.endpoints.ReplAddress = m.opts.ReplAddr
+		m.endpoints.ReplAddress = m.advertise(m.opts.ReplAddr)
 	}
 	if m.nbdL != nil {
 		m.nbdSrv = nbd.NewServer(nbd.Options{})
@@ -224,8 +224,10 @@ func (m *Manager) Start() (err error) {
 // advertised is the address clients should use for listener l: its own
 // address, except that an unspecified host (":3260", "0.0.0.0") takes the
 // host of Endpoints.GrpcAddress when there is one.
-func (m *Manager) advertised(l net.Listener) string {
-	addr := l.Addr().String()
+func (m *Manager) advertised(l net.Listener) string { return m.advertise(l.Addr().String()) }
+
+// advertise is addr with an unspecified host replaced as advertised says.
+func (m *Manager) advertise(addr string) string {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil || !unspecified(host) {
 		return addr
