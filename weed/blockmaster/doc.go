@@ -8,18 +8,20 @@
 //		Dir:        mdir,                     // registry in mdir/block/registry.json
 //		IsLeader:   func() bool {...},        // upstream raft leadership
 //		Leader:     func() string {...},      // for "not leader; leader is X"
-//		Topology:   topo,                     // upstream snapshot: id, dc, rack, free, alive
-//		DialVolume: func(ctx, grpcAddr) (blockpb.BlockVolumeClient, error) {...},
+//		Topology:   blockmaster.TopologyFunc(snapshot), // upstream: id, dc, rack, free, alive
+//		DialConn:   func(ctx, grpcAddr) (*grpc.ClientConn, error) {...}, // closed after each use
+//		// or DialVolume: func(ctx, grpcAddr) (blockpb.BlockVolumeClient, error) (dialer owns conns)
 //		Pulse: 500ms, Lease: 3s, Margin: 500ms, // the defaults
 //	})
-//	blockpb.RegisterBlockMasterServer(grpcServer, m)
+//	m.Register(grpcServer)                      // = blockpb.RegisterBlockMasterServer(grpcServer, m)
 //	mux.Handle("/block/", m.HTTPHandler())      // GET /block/volumes, /block/volume/NAME
 //	registry.MustRegister(m.Collectors()...)
 //	m.ServerLeft(id) / m.ServerJoined(id)       // from upstream's heartbeat wrapper
 //	m.Close()                                   // ends heartbeat streams, waits
 //
-// The dialer owns the volume-server connections (it may cache them); the
-// master never closes a client it was given.
+// With DialVolume the dialer owns the volume-server connections (it may
+// cache them) and the master never closes a client it was given; with
+// DialConn the master closes each connection after its call.
 //
 // # Registry
 //

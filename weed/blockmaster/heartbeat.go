@@ -222,7 +222,8 @@ func needsAssignment(rep *blockpb.VolumeReport, cfg *blockpb.EpochConfig, role b
 	case rep.GetEpoch() < cfg.GetEpoch(), rep.GetRole() != role:
 		return true
 	}
-	return role == blockpb.Role_ROLE_PRIMARY && rep.GetFenced()
+	// An unhealthy primary stays fenced whatever it is told.
+	return role == blockpb.Role_ROLE_PRIMARY && rep.GetFenced() && rep.GetHealthy()
 }
 
 // roleOf is server id's role in cfg.

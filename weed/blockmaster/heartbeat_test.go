@@ -56,6 +56,14 @@ func TestAssignmentsResentUntilAcknowledged(t *testing.T) {
 	if info.LeaseExpiresUnixMs == 0 {
 		t.Fatal("no lease expiry in the volume info")
 	}
+	// An unhealthy primary is not re-assigned: that would not help.
+	sick := primaryReport("v", 1, true)
+	sick.Healthy = false
+	sick.HealthMessage = "fsync failed"
+	check("unhealthy, fenced", hb.beat(sick), false)
+	if info, _ := h.lookup("v"); info.State != StateUnhealthy {
+		t.Fatalf("unhealthy primary: state %q", info.State)
+	}
 }
 
 func TestAssignmentsForReplicasAndNonMembers(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/golang/glog"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -56,6 +57,12 @@ func (realClock) Now() time.Time { return time.Now() }
 // it.
 type DialFunc func(ctx context.Context, grpcAddr string) (blockpb.BlockVolumeClient, error)
 
+// TopologyFunc adapts a snapshot function to Topology.
+type TopologyFunc func() []TopologyServer
+
+// Servers calls f.
+func (f TopologyFunc) Servers() []TopologyServer { return f() }
+
 // Options configure a Master.
 type Options struct {
 	// Dir is the master's metadata directory (upstream -mdir); the registry
@@ -69,8 +76,13 @@ type Options struct {
 	// Topology filters placement to servers upstream sees alive and gives
 	// their rack and free space; nil means the block heartbeats alone.
 	Topology Topology
-	// DialVolume reaches a volume server's BlockVolume service. Required.
+	// DialVolume reaches a volume server's BlockVolume service; the dialer
+	// owns (and may cache) the connection. Either DialVolume or DialConn
+	// is required; DialVolume wins when both are set.
 	DialVolume DialFunc
+	// DialConn opens a gRPC connection to a volume server; the master
+	// closes it after each use.
+	DialConn func(ctx context.Context, grpcAddr string) (*grpc.ClientConn, error)
 	// Pulse is the expected block heartbeat interval (default 500ms);
 	// Lease the lease granted to primaries (default 3s, must exceed
 	// Pulse); Margin the clock drift allowance the master adds to its own
@@ -126,8 +138,8 @@ func New(opts Options) (*Master, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("blockmaster: Options.Dir is required")
 	}
-	if opts.DialVolume == nil {
-		return nil, errors.New("blockmaster: Options.DialVolume is required")
+	if opts.DialVolume == nil && opts.DialConn == nil {
+		return nil, errors.New("blockmaster: Options.DialVolume or Options.DialConn is required")
 	}
 	if opts.Pulse <= 0 {
 		opts.Pulse = DefaultPulse
@@ -166,6 +178,23 @@ func New(opts Options) (*Master, error) {
 		leases:       map[string]time.Time{},
 		done:         make(chan struct{}),
 	}, nil
+}
+
+// Register adds the BlockMaster service to a gRPC server.
+func (m *Master) Register(r grpc.ServiceRegistrar) { blockpb.RegisterBlockMasterServer(r, m) }
+
+// dial returns a client for a volume server and the function that releases
+// it.
+func (m *Master) dial(ctx context.Context, addr string) (blockpb.BlockVolumeClient, func(), error) {
+	if m.opts.DialVolume != nil {
+		c, err := m.opts.DialVolume(ctx, addr)
+		return c, func() {}, err
+	}
+	cc, err := m.opts.DialConn(ctx, addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	return blockpb.NewBlockVolumeClient(cc), func() { cc.Close() }, nil
 }
 
 // Close ends every heartbeat stream and waits for their goroutines. Calls

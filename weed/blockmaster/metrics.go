@@ -62,7 +62,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descLease, prometheus.GaugeValue, exp.Sub(now).Seconds(), name)
 		}
 	}
-	for _, st := range []string{StateOK, StateAssigning, StateDegraded, StateUnavailable, StateCreating, StateDeleting} {
+	for _, st := range []string{StateOK, StateAssigning, StateUnhealthy, StateDegraded, StateUnavailable, StateCreating, StateDeleting} {
 		ch <- prometheus.MustNewConstMetric(descVolumes, prometheus.GaugeValue, float64(states[st]), st)
 	}
 	alive, dead := 0, 0

@@ -17,6 +17,7 @@ const IQNPrefix = "iqn.2026-11.io.weedblock:"
 const (
 	StateOK          = "ok"          // primary alive, at the current epoch, unfenced
 	StateAssigning   = "assigning"   // primary alive but not yet serving the current epoch
+	StateUnhealthy   = "unhealthy"   // primary reports an I/O failure (see its health_message)
 	StateDegraded    = "degraded"    // primary serving, some replica down
 	StateUnavailable = "unavailable" // primary not alive
 	StateCreating    = stateCreating
@@ -38,7 +39,7 @@ func (m *Master) volumeInfoLocked(rec *volumeRecord, now time.Time) *blockpb.Vol
 		// Wall-clock rendering of a monotonic deadline, for display.
 		info.LeaseExpiresUnixMs = time.Now().Add(exp.Sub(now)).UnixMilli()
 	}
-	var primaryAlive, primaryServing, replicasAlive = false, false, true
+	var primaryAlive, primaryServing, primarySick, replicasAlive = false, false, false, true
 	for _, mem := range rec.config.GetMembers() {
 		id := mem.GetServer().GetServerId()
 		alive := m.aliveLocked(id, now)
@@ -53,6 +54,7 @@ func (m *Master) volumeInfoLocked(rec *volumeRecord, now time.Time) *blockpb.Vol
 		if id == rec.config.GetPrimaryServerId() {
 			primaryAlive = alive
 			primaryServing = alive && rep.GetEpoch() == rec.config.GetEpoch() && !rep.GetFenced()
+			primarySick = alive && rep.GetEpoch() == rec.config.GetEpoch() && !rep.GetHealthy()
 			ep := mem.GetServer()
 			if s := m.servers[id]; s != nil && s.endpoints != nil {
 				ep = s.endpoints
@@ -70,6 +72,8 @@ func (m *Master) volumeInfoLocked(rec *volumeRecord, now time.Time) *blockpb.Vol
 		info.State = m.pending[name]
 	case !primaryAlive:
 		info.State = StateUnavailable
+	case primarySick:
+		info.State = StateUnhealthy
 	case !primaryServing:
 		info.State = StateAssigning
 	case !replicasAlive:

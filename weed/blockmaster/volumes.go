@@ -236,11 +236,12 @@ func (m *Master) forEachMember(ctx context.Context, cfg *blockpb.EpochConfig,
 				errs[i] = status.Errorf(codes.Unavailable, "server %s has no known gRPC address", mem.GetServer().GetServerId())
 				return
 			}
-			c, err := m.opts.DialVolume(cctx, addr)
+			c, release, err := m.dial(cctx, addr)
 			if err != nil {
 				errs[i] = status.Errorf(codes.Unavailable, "dial %s: %v", addr, err)
 				return
 			}
+			defer release()
 			errs[i] = fn(cctx, c, mem)
 		}()
 	}

@@ -9,7 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -414,5 +417,53 @@ func TestNewOptions(t *testing.T) {
 	defer m.Close()
 	if m.opts.Pulse != DefaultPulse || m.opts.Lease != DefaultLease || m.opts.Margin != DefaultMargin {
 		t.Fatalf("defaults %v %v %v", m.opts.Pulse, m.opts.Lease, m.opts.Margin)
+	}
+}
+
+// DialConn: the master dials per call and closes the connection; Register
+// and TopologyFunc plug into a launcher.
+func TestDialConnAndTopologyFunc(t *testing.T) {
+	var mu sync.Mutex
+	var conns []*grpc.ClientConn
+	topo := TopologyFunc(func() []TopologyServer {
+		return []TopologyServer{{ID: "a", Rack: "r1", FreeBytes: 10 * gib, Alive: true}}
+	})
+	h := newHarness(t, func(o *Options) {
+		o.DialVolume = nil
+		o.Topology = topo
+		o.DialConn = func(ctx context.Context, addr string) (*grpc.ClientConn, error) {
+			cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err == nil {
+				mu.Lock()
+				conns = append(conns, cc)
+				mu.Unlock()
+			}
+			return cc, err
+		}
+	})
+	f, _ := h.server("a", "", 0)
+	if _, err := h.create(spec("v", 1<<20, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if !f.hasVolume("v") {
+		t.Fatal("not allocated")
+	}
+	if err := h.del("v", false); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(conns) != 2 {
+		t.Fatalf("%d connections dialed, want 2", len(conns))
+	}
+	for i, cc := range conns {
+		if st := cc.GetState(); st != connectivity.Shutdown {
+			t.Fatalf("connection %d left %v", i, st)
+		}
+	}
+	srv := grpc.NewServer()
+	h.m.Register(srv)
+	if _, ok := srv.GetServiceInfo()["weedblock.BlockMaster"]; !ok {
+		t.Fatalf("Register: services %v", srv.GetServiceInfo())
 	}
 }
