@@ -38,9 +38,10 @@
 //
 // Every RPC of a follower fails with FailedPrecondition "not leader; leader
 // is X". CreateVolume validates (InvalidArgument: name
-// [a-z0-9][a-z0-9._-]{0,62}, size > 0 and a multiple of the block size,
-// block size a power of two 512..64 KiB, WAL ≥ 64 KiB and 4 KiB aligned, rf
-// 1..3 (0 means 1), quorum needs rf ≥ 3), refuses a known name
+// [a-z0-9][a-z0-9.-]{0,62} — no '_', which an iSCSI IQN cannot hold —,
+// size > 0 and a multiple of the block size, block size a power of two
+// 512..64 KiB, WAL ≥ 64 KiB and 4 KiB aligned, rf 1..3 (0 means 1), quorum
+// needs rf ≥ 3; defaults: 4 KiB blocks, 64 MiB WAL, sync), refuses a known name
 // (AlreadyExists), places the copies (FailedPrecondition when fewer than rf
 // block servers are alive, ResourceExhausted when too few have the space),
 // persists the first epoch, calls AllocateVolume on every member in parallel

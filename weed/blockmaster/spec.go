@@ -24,12 +24,12 @@ const (
 	fileOverheadBytes = 1 << 20 // superblock copies and alignment, rounded up
 )
 
-var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{0,62}$`)
 
 func validName(name string) bool { return nameRE.MatchString(name) }
 
 func badName(name string) error {
-	return status.Errorf(codes.InvalidArgument, "bad volume name %q: want 1-63 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit", name)
+	return status.Errorf(codes.InvalidArgument, "bad volume name %q: want 1-63 characters of a-z, 0-9, '.', '-', starting with a letter or digit ('_' cannot be part of an iSCSI name)", name)
 }
 
 // normalizeSpec validates a create request's spec and returns a copy with

@@ -38,6 +38,7 @@ func TestCreateValidation(t *testing.T) {
 		{"leading dash", spec("-vol", 1<<20, 1), codes.InvalidArgument, "bad volume name"},
 		{"leading dot", spec(".vol", 1<<20, 1), codes.InvalidArgument, "bad volume name"},
 		{"slash", spec("a/b", 1<<20, 1), codes.InvalidArgument, "bad volume name"},
+		{"underscore", spec("a_b", 1<<20, 1), codes.InvalidArgument, "'_' cannot be part of an iSCSI name"},
 		{"64 chars", spec(long, 1<<20, 1), codes.InvalidArgument, "bad volume name"},
 		{"zero size", spec("v", 0, 1), codes.InvalidArgument, "size must be > 0"},
 		{"unaligned size", spec("v", 4097, 1), codes.InvalidArgument, "size 4097 is not a multiple of the block size 4096"},
