@@ -425,6 +425,9 @@ type Fault struct {
 	// SyncAt fails the SyncAt-th Sync with EIO (0: none). Linux semantics:
 	// later Syncs of the file succeed but make nothing durable.
 	SyncAt int
+	// Sticky: after the failed Sync every later Sync of the file fails too
+	// (instead of Linux's report-once).
+	Sticky bool
 	// WriteAt fails write calls WriteAt .. WriteAt+WriteCount-1 with ENOSPC
 	// (0: none; WriteCount 0: every write from then on); Short lands a
 	// sector-aligned prefix first and reports a short count.
@@ -434,7 +437,7 @@ type Fault struct {
 
 func (f Fault) String() string {
 	if f.SyncAt > 0 {
-		return fmt.Sprintf("sync %d fails", f.SyncAt)
+		return fmt.Sprintf("sync %d fails (sticky=%v)", f.SyncAt, f.Sticky)
 	}
 	return fmt.Sprintf("writes %d+%d fail (short=%v)", f.WriteAt, f.WriteCount, f.Short)
 }
@@ -482,6 +485,7 @@ func FaultRun(t testing.TB, tgt Target, nblocks int, ops []Op, fault Fault, mode
 	fs := faultfs.New()
 	if fault.SyncAt > 0 {
 		fs.FailSync(fault.SyncAt, nil)
+		fs.StickySyncErrors(fault.Sticky)
 	}
 	if fault.WriteAt > 0 {
 		fs.FailWrites(fault.WriteAt, fault.WriteCount, nil, fault.Short)
