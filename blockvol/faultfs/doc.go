@@ -14,8 +14,11 @@
 // on the file succeed but make nothing durable until the next crash.
 //
 // It owns: the in-memory images, the pending-operation log, the crash
-// construction and the fault-injection switches. Its File and FS types
-// satisfy blockvol.File and blockvol.FS structurally.
+// construction and the fault-injection switches. *File satisfies
+// blockvol.File structurally; FS.Create/Open return *File, so a
+// blockvol.FS is a four-line adapter in the caller's tests (see
+// blockvol/crash_test.go). Package oracle, below it, checks a block device
+// running on an FS against a model of what it acknowledged.
 //
 // It must never: import another weedblock package (blockvol imports it only
 // from tests), touch the real file system, hold package-level mutable state,
