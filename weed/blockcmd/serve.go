@@ -320,18 +320,10 @@ func serve(ctx context.Context, cfg serveConfig, ready func(readyInfo)) (err err
 			VolumeName: cfg.name,
 			DeviceName: iscsi.IQN(cfg.name),
 		})
-		t := iscsi.Target{
-			Name:        iscsi.IQN(cfg.name),
-			Alias:       cfg.name,
-			LU:          lu,
-			CHAP:        cfg.chap,
-			OnNexusLost: lu.NexusLost,
-			OnReset: func(kind iscsi.ResetKind, from scsi.Nexus) {
-				if k, ok := luReset(kind); ok {
-					lu.Reset(k, from)
-				}
-			},
-		}
+		// SCSITarget forwards LU/target resets and the end of sessions to lu.
+		t := iscsi.SCSITarget(iscsi.IQN(cfg.name), lu)
+		t.Alias = cfg.name
+		t.CHAP = cfg.chap
 		if err := srv.AddTarget(t); err != nil {
 			iscsiL.Close()
 			srv.Close()
@@ -372,18 +364,4 @@ func stopAll(closers []func() error, wg *sync.WaitGroup) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
-}
-
-// luReset maps an iSCSI task-management reset to the logical-unit reset it
-// implies; task-set aborts need nothing from the unit.
-func luReset(k iscsi.ResetKind) (scsi.ResetKind, bool) {
-	switch k {
-	case iscsi.ResetLogicalUnit:
-		return scsi.ResetLUN, true
-	case iscsi.ResetTargetWarm:
-		return scsi.ResetTargetWarm, true
-	case iscsi.ResetTargetCold:
-		return scsi.ResetTargetCold, true
-	}
-	return 0, false
 }
