@@ -10,8 +10,9 @@ import (
 )
 
 // Concurrent runs rounds of workers that drive the device at the same time,
-// each on its own range of blocks (so its reads can be checked exactly and
-// its flushes commit its own writes), while a crash armed at a random
+// each on its own range of blocks (so its reads can be checked exactly), with
+// each Flush required to commit every write any worker had acknowledged
+// before it was called, while a crash armed at a random
 // upcoming Sync cuts the round short. After each round the device is
 // recovered and every block checked. It returns how many rounds ended in an
 // armed crash (the others end with a random crash after the workers finish).
@@ -105,10 +106,15 @@ func (r *Runner) worker(mu *sync.Mutex, lo, hi int, ops []Op) string {
 			r.or.Record(lba, op.N, 0, err, op.Kind == OpZeroFUA)
 			mu.Unlock()
 		case OpFlush:
+			// Every write any worker recorded before this point was
+			// acknowledged before the Flush call: it must cover them.
+			mu.Lock()
+			start := r.or.Clock()
+			mu.Unlock()
 			err = r.dev.Flush()
 			if err == nil {
 				mu.Lock()
-				r.or.FlushedRange(lo, hi)
+				r.or.FlushedAt(start)
 				mu.Unlock()
 			}
 		case OpRead:

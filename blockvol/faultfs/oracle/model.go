@@ -8,6 +8,7 @@ import (
 type histEntry struct {
 	seq   uint64 // 0: zeros (trim, write-zeroes, never written)
 	acked bool   // the call returned nil; otherwise its outcome is unknown
+	clock uint64 // Model.clock when the call returned and was recorded
 }
 
 type Model struct {
@@ -15,7 +16,8 @@ type Model struct {
 	nblocks int
 	seq     uint64 // last value handed out
 	hist    [][]histEntry
-	commit  []int // index in hist of the committed value
+	commit  []int  // index in hist of the committed value
+	clock   uint64 // counts Record calls
 	stats   Stats
 }
 
@@ -50,8 +52,9 @@ func (o *Model) NextSeq() uint64 {
 // a call that returned err; durable says the call's success means committed
 // (FUA).
 func (o *Model) Record(lba, n int, seq uint64, err error, durable bool) {
+	o.clock++
 	for b := lba; b < lba+n; b++ {
-		o.hist[b] = append(o.hist[b], histEntry{seq: seq, acked: err == nil})
+		o.hist[b] = append(o.hist[b], histEntry{seq: seq, acked: err == nil, clock: o.clock})
 		if err == nil && durable {
 			o.commit[b] = len(o.hist[b]) - 1
 		}
@@ -137,12 +140,23 @@ func (o *Model) Unsettled(b int) bool {
 	return !h[len(h)-1].acked
 }
 
-// FlushedRange notes a Flush that returned nil, for blocks [lo, hi) only:
-// with concurrent callers, a Flush is known to cover the writes its own
-// caller had acknowledged before calling it.
-func (o *Model) FlushedRange(lo, hi int) {
-	for b := lo; b < hi; b++ {
-		o.commit[b] = o.lastAcked(b)
+// Clock is the model's logical time: every call recorded so far returned
+// before anything that starts after Clock is read.
+func (o *Model) Clock() uint64 { return o.clock }
+
+// FlushedAt notes a Flush that returned nil and was called when the model's
+// Clock was c: every call acknowledged and recorded by then is committed,
+// whoever made it (with concurrent writers, this checks that a Flush covers
+// the other writers' acknowledged writes, not just its caller's).
+func (o *Model) FlushedAt(c uint64) {
+	for b := range o.hist {
+		h := o.hist[b]
+		for i := len(h) - 1; i > o.commit[b]; i-- {
+			if h[i].acked && h[i].clock <= c {
+				o.commit[b] = i
+				break
+			}
+		}
 	}
 }
 

@@ -433,4 +433,18 @@ func TestOracleModel(t *testing.T) {
 	if o.CheckRecovered(1, 0) == nil {
 		t.Error("FUA write lost at crash accepted")
 	}
+
+	// A flush covers what was acknowledged before it was called, by
+	// anyone, and nothing acknowledged after.
+	c := NewModel(512, 2)
+	c.Record(0, 1, 7, nil, false)
+	start := c.Clock()
+	c.Record(1, 1, 8, nil, false) // acknowledged while the flush ran
+	c.FlushedAt(start)
+	if c.CheckRecovered(0, 0) == nil {
+		t.Error("write acknowledged before a flush lost at crash accepted")
+	}
+	if err := c.CheckRecovered(1, 0); err != nil {
+		t.Errorf("write acknowledged during a flush may be lost: %v", err)
+	}
 }
