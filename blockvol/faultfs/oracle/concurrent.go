@@ -32,7 +32,7 @@ func Concurrent(t testing.TB, tgt Target, nblocks, workers, rounds, opsPerWorker
 	fired := 0
 	for round := 0; round < rounds; round++ {
 		crashSeed := rng.Uint64()
-		r.fs.CrashAtSync(r.fs.SyncCount()+1+rng.IntN(40), faultfs.CrashRandom, crashSeed)
+		r.fs.CrashAtSync(r.fs.SyncCount()+1+rng.IntN(100), faultfs.CrashRandom, crashSeed)
 		var (
 			mu   sync.Mutex // guards r.or and failure
 			wg   sync.WaitGroup
