@@ -60,11 +60,17 @@ func TestHeartbeatLeaseLifecycle(t *testing.T) {
 		t.Fatalf("heartbeat status: %+v", hs)
 	}
 
-	// A real iSCSI initiator writes too.
+	// Real clients write too: nbdcopy over NBD, qemu-io over iSCSI.
+	if out, ok := nbdcopyWrite(t, m.Endpoints().GetNbdAddress(), "lv"); !ok {
+		t.Fatalf("nbdcopy to the primary failed:\n%s", out)
+	}
 	if out, ok := qemuWrite(t, iscsiURI(m, "lv"), 1<<19); !ok {
 		t.Fatalf("qemu-io write to the primary failed:\n%s", out)
 	}
 
+	if e := c.write(0, pat); e != 0 {
+		t.Fatalf("write before the master goes away: errno %d", e)
+	}
 	// The master goes away: no renewal, the lease runs out.
 	f.srv.Stop()
 	gone := time.Now()
@@ -74,6 +80,9 @@ func TestHeartbeatLeaseLifecycle(t *testing.T) {
 	}
 	if out, ok := qemuWrite(t, iscsiURI(m, "lv"), 0); ok {
 		t.Fatalf("qemu-io wrote after the lease expired:\n%s", out)
+	}
+	if out, ok := nbdcopyWrite(t, m.Endpoints().GetNbdAddress(), "lv"); ok {
+		t.Fatalf("nbdcopy wrote after the lease expired:\n%s", out)
 	}
 	if r := scsiWrite(m, "lv"); !writeProtected(r) {
 		t.Fatalf("SCSI write after lease expiry: status %#x sense %x, want WRITE PROTECTED", r.Status, r.Sense)

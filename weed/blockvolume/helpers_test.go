@@ -2,12 +2,15 @@ package blockvolume
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -354,4 +357,19 @@ func scsiWrite(m *Manager, name string) *scsi.Response {
 // writeProtected: CHECK CONDITION, DATA PROTECT, ASC 27h (WRITE PROTECTED).
 func writeProtected(r *scsi.Response) bool {
 	return r.Status == scsi.StatusCheckCondition && len(r.Sense) >= 14 && r.Sense[2]&0xf == 0x7 && r.Sense[12] == 0x27
+}
+
+// nbdcopyWrite copies a 64 KiB pattern file onto the start of the export
+// with the real nbdcopy; it returns nbdcopy's output and success.
+func nbdcopyWrite(t *testing.T, addr, name string) (string, bool) {
+	t.Helper()
+	requireTool(t, "nbdcopy")
+	src := filepath.Join(t.TempDir(), "src.img")
+	if err := os.WriteFile(src, bytes.Repeat([]byte{0x3c}, 64<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "nbdcopy", src, fmt.Sprintf("nbd://%s/%s", addr, name)).CombinedOutput()
+	return string(out), err == nil
 }
