@@ -168,10 +168,12 @@ func (v *Volume) flushOnce() (bool, error) {
 	v.mu.Lock()
 	natural, naturalLSN := v.writeAbs, v.head+1
 	if m := v.recs.find(newCP + 1); m != nil {
-		natural, naturalLSN = m.abs, m.lsn
+		natural, naturalLSN = v.tailPosLocked(m), m.lsn
 	} else if newCP+1 <= v.head {
 		v.mu.Unlock()
 		return false, fmt.Errorf("%s: flusher: lsn %d missing from the record list", v.path, newCP+1)
+	} else if naturalLSN == v.tailLSN {
+		natural = v.tailAbs
 	}
 	tailAbs, tailLSN := natural, naturalLSN
 	for h := range v.holds {
@@ -183,18 +185,19 @@ func (v *Volume) flushOnce() (bool, error) {
 			v.revokeLocked(h, fmt.Errorf("%w: lsn %d no longer in the WAL", ErrHoldRevoked, h.lsn))
 			continue
 		}
-		if h.budget > 0 && natural-m.abs > h.budget {
-			v.revokeLocked(h, fmt.Errorf("%w: retains %d WAL bytes, budget %d", ErrHoldRevoked, natural-m.abs, h.budget))
+		pos := v.tailPosLocked(m)
+		if h.budget > 0 && natural-pos > h.budget {
+			v.revokeLocked(h, fmt.Errorf("%w: retains %d WAL bytes, budget %d", ErrHoldRevoked, natural-pos, h.budget))
 			continue
 		}
-		if v.waitRoom > 0 && len(todo) == 0 {
-			// Nothing left to flush and writers still wait: only the
-			// holds stand in the way. A dead replica must not wedge us.
+		if v.waitRoom > 0 && len(todo) == 0 && alignDown(pos, 4096)+v.walSize < v.roomWant {
+			// Nothing left to flush and a writer still waits for room
+			// this hold keeps: a dead replica must not wedge us.
 			v.revokeLocked(h, fmt.Errorf("%w: WAL full, writers waiting", ErrHoldRevoked))
 			continue
 		}
-		if m.abs < tailAbs {
-			tailAbs, tailLSN = m.abs, m.lsn
+		if pos < tailAbs {
+			tailAbs, tailLSN = pos, m.lsn
 		}
 	}
 	moved := newCP != cp || tailLSN != v.tailLSN
@@ -258,4 +261,14 @@ func (v *Volume) applyToExtent(todo []recMeta) error {
 		}
 	}
 	return nil
+}
+
+// tailPosLocked is where the tail is when record m is the oldest one kept:
+// the current tail position if m is the current tail record (which may
+// sit just after a pad the tail already covers), else m's own position.
+func (v *Volume) tailPosLocked(m *recMeta) int64 {
+	if m.lsn == v.tailLSN {
+		return v.tailAbs
+	}
+	return m.abs
 }

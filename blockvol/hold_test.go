@@ -152,3 +152,49 @@ func TestScanRevokedWhenWALFull(t *testing.T) {
 		t.Fatalf("scan over a full WAL: %v", err)
 	}
 }
+
+// TestHoldAtTailAfterWrapPad: the hold pins the tail record, which sits
+// just after a wrap pad the tail already covers; writers filling the WAL
+// must still get the hold revoked instead of waiting forever.
+func TestHoldAtTailAfterWrapPad(t *testing.T) {
+	v, _ := newTestVolume(t, 4<<20, 128<<10, Options{FlushInterval: 2 * time.Millisecond})
+	for i := 0; i < 15; i++ { // 15 one-block batches: 120 KiB
+		if err := v.WriteAt(block(4096, byte(i)), int64(i)*4096, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := v.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	st := v.Status()
+	h, err := v.Hold(st.Tail, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		// The first record needs a wrap pad; then fill the WAL.
+		if err := v.WriteAt(make([]byte, 8192), 0, false); err != nil {
+			done <- err
+			return
+		}
+		for i := 0; i < 40; i++ {
+			if err := v.WriteAt(make([]byte, 4096), int64(i)*4096, false); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("writers wedged behind a hold at the tail: %+v", v.Status())
+	}
+	if !errors.Is(h.Err(), ErrHoldRevoked) {
+		t.Fatalf("hold: %v", h.Err())
+	}
+}

@@ -109,8 +109,9 @@ type Volume struct {
 	spare    []*batch // the other half of the pending double buffer
 	freeB    []*batch
 	writing  bool
-	syncing  bool // a Flush caller is in fdatasync
-	waitRoom int  // writers waiting for WAL space
+	syncing  bool  // a Flush caller is in fdatasync
+	waitRoom int   // writers waiting for WAL space
+	roomWant int64 // the furthest WAL end a waiting writer needs free
 
 	holds map[*Hold]struct{}
 

@@ -242,9 +242,15 @@ func (v *Volume) reserveLocked(recLen int64, allowed func() error) (newBatch, wr
 			continue
 		}
 		v.waitRoom++
+		if needEnd > v.roomWant {
+			v.roomWant = needEnd
+		}
 		v.kickFlusher()
 		v.cond.Wait()
 		v.waitRoom--
+		if v.waitRoom == 0 {
+			v.roomWant = 0
+		}
 	}
 }
 
