@@ -67,16 +67,26 @@
 //
 // Each BlockHeartbeat is answered with heartbeat_seq = its seq, lease_ms =
 // Lease, the assignments the server has not acknowledged (no report of the
-// volume, an older epoch or another role, or the primary reporting itself
-// fenced) and deletes for local volumes the registry does not know (or
-// copies older than the current volume of that name). Non-members that
-// still hold a copy of the current incarnation get an assignment with role
-// NONE so they fence. The volume server counts a lease from when it sent the
-// heartbeat; the master records, after its answer is sent, that the
-// primary's lease ends no earlier than then + Lease + Margin, so the master
-// always believes a lease ends after the primary does (LeaseExpiry). A
-// server is alive while its stream is up and was heard within 3 pulses; a
-// silent stream is ended.
+// volume, an older epoch or another role, or a healthy primary reporting
+// itself fenced) and deletes for local copies of volumes this registry
+// deleted (tombstone epoch ≥ the copy's epoch) or of an earlier incarnation
+// of a current name (epoch below its first epoch). A name the registry never
+// had is an orphan: left alone, logged once, counted in
+// weedblock_master_orphan_volumes — a master started on the wrong -mdir, or
+// a leader with another registry, must not wipe the cluster. Non-members
+// that still hold a copy of the current incarnation get an assignment with
+// role NONE so they fence. The volume server counts a lease from when it
+// sent the heartbeat; the master records while building the answer (and
+// again after sending it) that the primary's lease ends no earlier than then
+// + Lease + Margin, so the master always believes a lease ends after the
+// primary does (LeaseExpiry). A server is alive while its stream is up and
+// was heard within 3 pulses and upstream has not reported it gone; a silent
+// stream is ended with Unavailable.
+//
+// Multi-master: each master keeps its own registry file (registry HA on a
+// consensus library comes later, DESIGN §7), so run one master for block
+// volumes; a follower answers heartbeats with the leader and sends nothing
+// else.
 //
 // It owns: the registry file under <Dir>/block, epochs, placement, the
 // master's lease view, server liveness for block traffic.
@@ -84,6 +94,6 @@
 // It must never: import upstream SeaweedFS (so its tests build in seconds),
 // let an assignment or epoch leave before it is durable, issue an epoch
 // that is not above every earlier epoch of the name, start with an empty
-// registry when the file exists but cannot be read, or send deletes from a
-// follower.
+// registry when the file exists but cannot be read, send deletes from a
+// follower, or delete a copy of a volume it never had.
 package blockmaster

@@ -155,11 +155,15 @@ func (m *Master) applyHeartbeat(id string, streamID uint64, hb *blockpb.BlockHea
 	var primaries []string
 	// This server's volumes: those it is a member of and those it reports.
 	names := m.reg.namesOf(id)
+	reported := make(map[string]*blockpb.VolumeReport, len(hb.GetVolumes()))
 	for _, v := range hb.GetVolumes() {
+		reported[v.GetName()] = v
 		if _, member := m.reg.byServer[id][v.GetName()]; !member {
 			names = append(names, v.GetName())
 		}
 	}
+	orphans := map[string]uint64{}
+	defer func() { m.setOrphansLocked(id, orphans) }()
 	sort.Strings(names)
 	for i, name := range names {
 		if i > 0 && names[i-1] == name {
@@ -167,7 +171,16 @@ func (m *Master) applyHeartbeat(id string, streamID uint64, hb *blockpb.BlockHea
 		}
 		rec := m.reg.get(name)
 		if rec == nil {
-			resp.Deletes = append(resp.Deletes, name)
+			// Only a copy of a volume this registry deleted is deleted. A
+			// name it never knew is left alone (an orphan): deleting it
+			// would turn a master started on the wrong -mdir, or a leader
+			// with another registry, into a cluster-wide data loss.
+			tomb, deleted := m.reg.tombstones[name]
+			if rep := reported[name]; deleted && rep.GetEpoch() <= tomb {
+				resp.Deletes = append(resp.Deletes, name)
+			} else {
+				orphans[name] = rep.GetEpoch()
+			}
 			continue
 		}
 		if m.pending[name] != "" {
@@ -271,4 +284,20 @@ func (m *Master) LeaseExpiry(name string) time.Time {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.leases[name]
+}
+
+// setOrphansLocked records the volumes server id reports that the registry
+// neither has nor deleted, warning once for each new one.
+func (m *Master) setOrphansLocked(id string, orphans map[string]uint64) {
+	prev := m.orphans[id]
+	for name, epoch := range orphans {
+		if _, seen := prev[name]; !seen {
+			glog.Warningf("blockmaster: server %q holds volume %q (epoch %d) that this registry never had; leaving it alone", id, name, epoch)
+		}
+	}
+	if len(orphans) == 0 {
+		delete(m.orphans, id)
+		return
+	}
+	m.orphans[id] = orphans
 }

@@ -101,12 +101,41 @@ func TestAssignmentsForReplicasAndNonMembers(t *testing.T) {
 	}
 }
 
-func TestDeletesOnlyUnknownVolumes(t *testing.T) {
+// Deletes go out only for copies of volumes this registry deleted (at or
+// below the tombstone's epoch); names it never had are orphans, left alone.
+func TestDeletesOnlyDeletedVolumes(t *testing.T) {
 	h := newHarness(t, nil)
 	f, hb := h.server("a", "r1", 100*gib)
 	resp := hb.beat(&blockpb.VolumeReport{Name: "ghost", Epoch: 4}, &blockpb.VolumeReport{Name: "other", Epoch: 1})
-	if strings.Join(resp.Deletes, ",") != "ghost,other" {
-		t.Fatalf("deletes %v", resp.Deletes)
+	if len(resp.Deletes) != 0 {
+		t.Fatalf("never-known volumes deleted: %v", resp.Deletes)
+	}
+	if got, _ := metricValue(gather(t, h.m)["weedblock_master_orphan_volumes"], "", ""); got != 2 {
+		t.Fatalf("orphans %v, want 2", got)
+	}
+	if _, err := h.create(spec("gone", 1<<20, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.del("gone", true); err != nil {
+		t.Fatal(err)
+	}
+	resp = hb.beat(&blockpb.VolumeReport{Name: "gone", Epoch: 1}, &blockpb.VolumeReport{Name: "ghost", Epoch: 4})
+	if strings.Join(resp.Deletes, ",") != "gone" {
+		t.Fatalf("deletes %v, want gone", resp.Deletes)
+	}
+	if got, _ := metricValue(gather(t, h.m)["weedblock_master_orphan_volumes"], "", ""); got != 1 {
+		t.Fatalf("orphans %v, want 1", got)
+	}
+	// A copy newer than the deletion is not this registry's to delete.
+	if resp = hb.beat(&blockpb.VolumeReport{Name: "gone", Epoch: 2}); len(resp.Deletes) != 0 {
+		t.Fatalf("copy above the tombstone deleted: %v", resp.Deletes)
+	}
+	// The tombstone survives a restart.
+	h.stop()
+	h.start()
+	hb = h.connect(f, "dc1", "r1", 100*gib)
+	if resp = hb.beat(&blockpb.VolumeReport{Name: "gone", Epoch: 1}); strings.Join(resp.Deletes, ",") != "gone" {
+		t.Fatalf("after restart: deletes %v, want gone", resp.Deletes)
 	}
 	// While a create is allocating, the new volume is known: never deleted.
 	release := make(chan struct{})

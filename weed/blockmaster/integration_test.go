@@ -141,15 +141,6 @@ func TestWithRealVolumeServers(t *testing.T) {
 		time.Sleep(pulse / 3)
 	}
 
-	// A file the registry does not know is deleted through the heartbeat.
-	if _, err := other.mgr.GRPCService().AllocateVolume(context.Background(), &blockpb.AllocateVolumeRequest{
-		Spec:   &blockpb.VolumeSpec{Name: "ghost", SizeBytes: 1 << 20, BlockSize: 4096, WalSizeBytes: 256 << 10, ReplicationFactor: 1, Durability: blockpb.Durability_DURABILITY_SYNC},
-		Config: &blockpb.EpochConfig{Epoch: 1, PrimaryServerId: other.id, Members: []*blockpb.Member{{Server: &blockpb.ServerEndpoints{ServerId: other.id}, Role: blockpb.Role_ROLE_PRIMARY}}},
-	}); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "ghost deleted", func() bool { return !other.hasFile("ghost") })
-
 	// Delete removes the file on the primary.
 	if err := h.del("db1", false); err != nil {
 		t.Fatal(err)
@@ -159,6 +150,23 @@ func TestWithRealVolumeServers(t *testing.T) {
 	}
 	_, err = h.lookup("db1")
 	wantCode(t, err, codes.NotFound)
+
+	// A stale copy of the deleted volume (as if its server had been down
+	// during the delete) is deleted through the heartbeat; a volume the
+	// registry never had is left alone.
+	for _, name := range []string{"db1", "stray"} {
+		if _, err := other.mgr.GRPCService().AllocateVolume(context.Background(), &blockpb.AllocateVolumeRequest{
+			Spec:   &blockpb.VolumeSpec{Name: name, SizeBytes: 1 << 20, BlockSize: 4096, WalSizeBytes: 256 << 10, ReplicationFactor: 1, Durability: blockpb.Durability_DURABILITY_SYNC},
+			Config: &blockpb.EpochConfig{Epoch: 1, PrimaryServerId: other.id, Members: []*blockpb.Member{{Server: &blockpb.ServerEndpoints{ServerId: other.id}, Role: blockpb.Role_ROLE_PRIMARY}}},
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "stale db1 deleted", func() bool { return !other.hasFile("db1") })
+	time.Sleep(3 * pulse)
+	if !other.hasFile("stray") {
+		t.Fatal("a volume the registry never had was deleted")
+	}
 
 	// Master gone: the primary must refuse writes no later than the
 	// master's view of its lease says.

@@ -111,7 +111,10 @@ type Master struct {
 	upstreamDown map[string]bool
 	// leases: volume -> the master's (conservative) view of when the
 	// primary's lease ends.
-	leases     map[string]time.Time
+	leases map[string]time.Time
+	// orphans: server -> volumes it reports that the registry never had
+	// (name -> reported epoch); left alone, counted in the metrics.
+	orphans    map[string]map[string]uint64
 	nextStream uint64
 	heartbeats uint64
 	closed     bool
@@ -176,6 +179,7 @@ func New(opts Options) (*Master, error) {
 		servers:      map[string]*serverState{},
 		upstreamDown: map[string]bool{},
 		leases:       map[string]time.Time{},
+		orphans:      map[string]map[string]uint64{},
 		done:         make(chan struct{}),
 	}, nil
 }

@@ -14,6 +14,7 @@ import (
 //	weedblock_master_volume_lease_remaining_seconds{volume}  master's view (<0: lapsed)
 //	weedblock_master_servers{alive}                     block servers known, alive or not
 //	weedblock_master_heartbeats_total                   block heartbeats received
+//	weedblock_master_orphan_volumes                     copies of names the registry never had
 func (m *Master) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{&collector{m: m}}
 }
@@ -31,12 +32,14 @@ var (
 		"Block volume servers known to this master.", []string{"alive"}, nil)
 	descHeartbeats = prometheus.NewDesc("weedblock_master_heartbeats_total",
 		"Block heartbeats received.", nil, nil)
+	descOrphans = prometheus.NewDesc("weedblock_master_orphan_volumes",
+		"Volume copies servers report that the registry never had (left alone).", nil, nil)
 )
 
 type collector struct{ m *Master }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descLeader, descVolumes, descEpoch, descLease, descServers, descHeartbeats} {
+	for _, d := range []*prometheus.Desc{descLeader, descVolumes, descEpoch, descLease, descServers, descHeartbeats, descOrphans} {
 		ch <- d
 	}
 }
@@ -76,4 +79,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descServers, prometheus.GaugeValue, float64(alive), "true")
 	ch <- prometheus.MustNewConstMetric(descServers, prometheus.GaugeValue, float64(dead), "false")
 	ch <- prometheus.MustNewConstMetric(descHeartbeats, prometheus.CounterValue, float64(m.heartbeats))
+	orphans := 0
+	for _, o := range m.orphans {
+		orphans += len(o)
+	}
+	ch <- prometheus.MustNewConstMetric(descOrphans, prometheus.GaugeValue, float64(orphans))
 }
