@@ -15,7 +15,7 @@
 //		Pulse:   500 * time.Millisecond,
 //	})
 //	err = m.Start()                                          // listeners, volumes (fenced), heartbeat
-//	blockpb.RegisterBlockVolumeServer(grpcServer, m.GRPCService())
+//	m.Register(grpcServer)                                   // = blockpb.RegisterBlockVolumeServer(grpcServer, m.GRPCService())
 //	httpMux.Handle("/block/", m.HTTPHandler())               // GET /block/status[?name=N]
 //	registry.MustRegister(m.Collectors()...)                 // weedblock_volume_* metrics
 //	defer m.Close()                                          // idempotent; waits for everything

@@ -66,7 +66,7 @@ func startVolumeServer(t *testing.T, dir, masterAddr string) *Manager {
 		o.Endpoints = &blockpb.ServerEndpoints{ServerId: testServerID, GrpcAddress: l.Addr().String(), Rack: "r1"}
 	})
 	s := grpc.NewServer()
-	blockpb.RegisterBlockVolumeServer(s, m.GRPCService())
+	m.Register(s)
 	done := make(chan struct{})
 	go func() { defer close(done); s.Serve(l) }()
 	t.Cleanup(func() { s.Stop(); <-done })

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/golang/glog"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -22,6 +23,11 @@ const maxBlockSize = 64 << 10
 // GRPCService returns the BlockVolume gRPC service (called by the master)
 // to register on the volume server's gRPC server.
 func (m *Manager) GRPCService() blockpb.BlockVolumeServer { return &service{m: m} }
+
+// Register registers the BlockVolume service on a gRPC server.
+func (m *Manager) Register(r grpc.ServiceRegistrar) {
+	blockpb.RegisterBlockVolumeServer(r, m.GRPCService())
+}
 
 type service struct {
 	blockpb.UnimplementedBlockVolumeServer
