@@ -1,0 +1,25 @@
+// Package blockshell is the `weed shell` face of block volumes: the
+// commands block.create, block.list, block.status and block.delete — their
+// flags, size parsing, the calls to the master leader's BlockMaster gRPC
+// service, the text and JSON output, and the mapping of gRPC errors to
+// messages an operator can act on.
+//
+// It does not import upstream SeaweedFS, so its tests build and run in
+// seconds. The connection to the master comes in through Env: package
+// weed/blockshell/weedshell adapts upstream's shell (its CommandEnv and its
+// master client) to Env and appends the commands to upstream's
+// shell.Commands.
+//
+//	err := blockshell.Run(ctx, env, "block.create", []string{"-name=db1", "-size=20GiB"}, os.Stdout)
+//
+// A follower master answers "not leader; leader is X": Run retries once on
+// X before reporting that the master is not the leader.
+//
+// It owns: command-line parsing and validation of the block commands, the
+// rendering of VolumeInfo for operators (including one-line NBD and iSCSI
+// attach examples) and friendly errors.
+//
+// It must never: decide anything the master decides (placement, epochs,
+// leases), keep state between commands, or print a success line for a
+// request the master refused.
+package blockshell

@@ -1,0 +1,328 @@
+package blockshell
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/weedblock/weedblock/weed/pb/blockpb"
+)
+
+// VolumeView is one volume as the commands print it (the -json form is
+// this struct). It is derived from the master's VolumeInfo only.
+type VolumeView struct {
+	Name              string `json:"name"`
+	SizeBytes         uint64 `json:"size_bytes"`
+	BlockSize         uint32 `json:"block_size"`
+	WALSizeBytes      uint64 `json:"wal_size_bytes"`
+	ReplicationFactor uint32 `json:"replication_factor"`
+	Durability        string `json:"durability"`
+	State             string `json:"state"`
+	Epoch             uint64 `json:"epoch"`
+	EpochReason       string `json:"epoch_reason,omitempty"`
+	Primary           string `json:"primary"`
+	// LeaseExpiresUnixMs is the master's (conservative) view of when the
+	// primary's lease ends; 0 when it has granted none.
+	LeaseExpiresUnixMs int64         `json:"lease_expires_unix_ms"`
+	CreatedUnixMs      int64         `json:"created_unix_ms"`
+	Replicas           []ReplicaView `json:"replicas"`
+	Attach             AttachView    `json:"attach"`
+	History            []EpochView   `json:"history,omitempty"`
+}
+
+// ReplicaView is one member of the current epoch: the master's
+// configuration joined with the member's latest report.
+type ReplicaView struct {
+	ServerID   string `json:"server_id"`
+	Role       string `json:"role"`
+	Alive      bool   `json:"alive"`
+	DataCenter string `json:"data_center,omitempty"`
+	Rack       string `json:"rack,omitempty"`
+	// Reported is false until the server reported the volume; the fields
+	// below are its latest report.
+	Reported         bool   `json:"reported"`
+	Epoch            uint64 `json:"epoch"`
+	ReportedRole     string `json:"reported_role,omitempty"`
+	HeadLSN          uint64 `json:"head_lsn"`
+	DurableLSN       uint64 `json:"durable_lsn"`
+	CheckpointLSN    uint64 `json:"checkpoint_lsn"`
+	TailLSN          uint64 `json:"tail_lsn"`
+	Fenced           bool   `json:"fenced"`
+	Healthy          bool   `json:"healthy"`
+	HealthMessage    string `json:"health_message,omitempty"`
+	Untrusted        bool   `json:"untrusted,omitempty"`
+	LeaseRemainingMs int64  `json:"lease_remaining_ms"`
+	AttachedSessions uint32 `json:"attached_sessions"`
+	WALUsedBytes     uint64 `json:"wal_used_bytes"`
+}
+
+// AttachView says how a host attaches the volume (on its primary).
+type AttachView struct {
+	NBDURI      string   `json:"nbd_uri,omitempty"`
+	ISCSIPortal string   `json:"iscsi_portal,omitempty"`
+	ISCSIIQN    string   `json:"iscsi_iqn,omitempty"`
+	Examples    []string `json:"examples,omitempty"`
+}
+
+// EpochView is an earlier (or the current) configuration of the volume.
+type EpochView struct {
+	Epoch         uint64 `json:"epoch"`
+	Primary       string `json:"primary"`
+	Reason        string `json:"reason,omitempty"`
+	CreatedUnixMs int64  `json:"created_unix_ms"`
+}
+
+// RoleName is the lower-case name of a role: primary, replica, none.
+func RoleName(r blockpb.Role) string {
+	switch r {
+	case blockpb.Role_ROLE_PRIMARY:
+		return "primary"
+	case blockpb.Role_ROLE_REPLICA:
+		return "replica"
+	case blockpb.Role_ROLE_NONE:
+		return "none"
+	}
+	return "unknown"
+}
+
+// DurabilityName is the lower-case name of a durability mode as the
+// -durability flag spells it.
+func DurabilityName(d blockpb.Durability) string {
+	switch d {
+	case blockpb.Durability_DURABILITY_SYNC:
+		return "sync"
+	case blockpb.Durability_DURABILITY_QUORUM:
+		return "quorum"
+	case blockpb.Durability_DURABILITY_ASYNC:
+		return "async"
+	}
+	return "unspecified"
+}
+
+// NewVolumeView derives the printed form of info.
+func NewVolumeView(info *blockpb.VolumeInfo) VolumeView {
+	spec, cfg := info.GetSpec(), info.GetConfig()
+	v := VolumeView{
+		Name:               spec.GetName(),
+		SizeBytes:          spec.GetSizeBytes(),
+		BlockSize:          spec.GetBlockSize(),
+		WALSizeBytes:       spec.GetWalSizeBytes(),
+		ReplicationFactor:  spec.GetReplicationFactor(),
+		Durability:         DurabilityName(spec.GetDurability()),
+		State:              info.GetState(),
+		Epoch:              cfg.GetEpoch(),
+		EpochReason:        cfg.GetReason(),
+		Primary:            cfg.GetPrimaryServerId(),
+		LeaseExpiresUnixMs: info.GetLeaseExpiresUnixMs(),
+		CreatedUnixMs:      info.GetCreatedUnixMs(),
+		Replicas:           []ReplicaView{},
+		Attach: AttachView{
+			NBDURI:      info.GetNbdUri(),
+			ISCSIPortal: info.GetIscsiPortal(),
+			ISCSIIQN:    info.GetIscsiIqn(),
+		},
+	}
+	if v.Durability == "unspecified" && cfg.GetDurability() != blockpb.Durability_DURABILITY_UNSPECIFIED {
+		v.Durability = DurabilityName(cfg.GetDurability())
+	}
+	reports, alive := info.GetReports(), info.GetAlive()
+	for i, m := range cfg.GetMembers() {
+		r := ReplicaView{
+			ServerID:   m.GetServer().GetServerId(),
+			Role:       RoleName(m.GetRole()),
+			DataCenter: m.GetServer().GetDataCenter(),
+			Rack:       m.GetServer().GetRack(),
+		}
+		if i < len(alive) {
+			r.Alive = alive[i]
+		}
+		if i < len(reports) {
+			rep := reports[i]
+			r.Reported = rep.GetEpoch() != 0 || rep.GetSizeBytes() != 0 || rep.GetHeadLsn() != 0
+			r.Epoch = rep.GetEpoch()
+			if rep.GetRole() != blockpb.Role_ROLE_UNSPECIFIED {
+				r.ReportedRole = RoleName(rep.GetRole())
+			}
+			r.HeadLSN, r.DurableLSN = rep.GetHeadLsn(), rep.GetDurableLsn()
+			r.CheckpointLSN, r.TailLSN = rep.GetCheckpointLsn(), rep.GetTailLsn()
+			r.Fenced, r.Healthy, r.HealthMessage = rep.GetFenced(), rep.GetHealthy(), rep.GetHealthMessage()
+			r.Untrusted = rep.GetUntrusted()
+			r.LeaseRemainingMs = rep.GetLeaseRemainingMs()
+			r.AttachedSessions = rep.GetAttachedSessions()
+			r.WALUsedBytes = rep.GetWalUsedBytes()
+		}
+		v.Replicas = append(v.Replicas, r)
+	}
+	for _, h := range append(append([]*blockpb.EpochConfig{}, info.GetHistory()...), cfg) {
+		if h == nil || h.GetEpoch() == 0 {
+			continue
+		}
+		v.History = append(v.History, EpochView{Epoch: h.GetEpoch(), Primary: h.GetPrimaryServerId(),
+			Reason: h.GetReason(), CreatedUnixMs: h.GetCreatedUnixMs()})
+	}
+	v.Attach.Examples = attachExamples(v.Name, v.Attach)
+	return v
+}
+
+// attachExamples are one-line commands that attach the volume from a host.
+func attachExamples(name string, a AttachView) []string {
+	var out []string
+	if a.NBDURI != "" {
+		if host, port, ok := nbdHostPort(a.NBDURI); ok {
+			out = append(out, fmt.Sprintf("sudo nbd-client -N %s %s %s /dev/nbd0", name, host, port))
+		}
+		out = append(out, "qemu-img info "+a.NBDURI)
+	}
+	if a.ISCSIPortal != "" && a.ISCSIIQN != "" {
+		out = append(out,
+			fmt.Sprintf("sudo iscsiadm -m discovery -t sendtargets -p %s && sudo iscsiadm -m node -T %s -p %s --login",
+				a.ISCSIPortal, a.ISCSIIQN, a.ISCSIPortal),
+			fmt.Sprintf("qemu-img info iscsi://%s/%s/0", a.ISCSIPortal, a.ISCSIIQN))
+	}
+	return out
+}
+
+// nbdHostPort splits nbd://host:port/name.
+func nbdHostPort(uri string) (host, port string, ok bool) {
+	rest, found := strings.CutPrefix(uri, "nbd://")
+	if !found {
+		return "", "", false
+	}
+	hp, _, _ := strings.Cut(rest, "/")
+	h, p, err := net.SplitHostPort(hp)
+	if err != nil {
+		return "", "", false
+	}
+	return h, p, true
+}
+
+// writeJSON prints v as indented JSON.
+func writeJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// attachedSessions is the primary's attached session count.
+func (v VolumeView) attachedSessions() uint32 {
+	for _, r := range v.Replicas {
+		if r.ServerID == v.Primary {
+			return r.AttachedSessions
+		}
+	}
+	return 0
+}
+
+// WriteList prints the volumes as a table, one per line.
+func WriteList(out io.Writer, vols []VolumeView) error {
+	if len(vols) == 0 {
+		_, err := fmt.Fprintln(out, "no block volumes (create one with block.create -name=NAME -size=SIZE)")
+		return err
+	}
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSIZE\tRF\tDURABILITY\tEPOCH\tSTATE\tPRIMARY\tSESSIONS")
+	for _, v := range vols {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s\t%d\n", v.Name, FormatSize(v.SizeBytes), v.ReplicationFactor,
+			v.Durability, v.Epoch, v.State, v.Primary, v.attachedSessions())
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(out, "%d block volume(s)\n", len(vols))
+	return err
+}
+
+// WriteStatus prints one volume in full; now dates the lease.
+func WriteStatus(out io.Writer, v VolumeView, now time.Time) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "block volume %s\n", v.Name)
+	fmt.Fprintf(&b, "  size:        %s (%d bytes), block size %d, WAL %s\n", FormatSize(v.SizeBytes), v.SizeBytes, v.BlockSize, FormatSize(v.WALSizeBytes))
+	fmt.Fprintf(&b, "  replication: rf=%d, durability %s\n", v.ReplicationFactor, v.Durability)
+	if v.Durability == "async" {
+		b.WriteString("               (async: a failover may lose writes the primary had not shipped)\n")
+	}
+	fmt.Fprintf(&b, "  state:       %s\n", v.State)
+	fmt.Fprintf(&b, "  epoch:       %d", v.Epoch)
+	if v.EpochReason != "" {
+		fmt.Fprintf(&b, " (%s)", v.EpochReason)
+	}
+	fmt.Fprintf(&b, ", primary %s\n", orNone(v.Primary))
+	fmt.Fprintf(&b, "  lease:       %s\n", leaseText(v.LeaseExpiresUnixMs, now))
+	if v.CreatedUnixMs > 0 {
+		fmt.Fprintf(&b, "  created:     %s\n", time.UnixMilli(v.CreatedUnixMs).UTC().Format(time.RFC3339))
+	}
+	b.WriteString("  replicas:\n")
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "    SERVER\tROLE\tALIVE\tEPOCH\tHEAD\tDURABLE\tCHECKPOINT\tFENCED\tLEASE\tSESSIONS\tHEALTH")
+	for _, r := range v.Replicas {
+		place := r.ServerID
+		if r.Rack != "" {
+			place += " (" + strings.Trim(r.DataCenter+"/"+r.Rack, "/") + ")"
+		}
+		if !r.Reported {
+			fmt.Fprintf(tw, "    %s\t%s\t%s\t-\t-\t-\t-\t-\t-\t-\tnot reported yet\n", place, r.Role, yesNo(r.Alive))
+			continue
+		}
+		lease := "-"
+		if r.LeaseRemainingMs > 0 {
+			lease = (time.Duration(r.LeaseRemainingMs) * time.Millisecond).String()
+		}
+		health := "ok"
+		if !r.Healthy {
+			health = "unhealthy"
+			if r.HealthMessage != "" {
+				health += ": " + r.HealthMessage
+			}
+		}
+		if r.Untrusted {
+			health += " (untrusted: rebuild in progress)"
+		}
+		fmt.Fprintf(tw, "    %s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%d\t%s\n", place, r.Role, yesNo(r.Alive), r.Epoch,
+			r.HeadLSN, r.DurableLSN, r.CheckpointLSN, yesNo(r.Fenced), lease, r.AttachedSessions, health)
+	}
+	tw.Flush()
+	b.WriteString("  attach:\n")
+	if v.Attach.NBDURI == "" && v.Attach.ISCSIPortal == "" {
+		b.WriteString("    no NBD or iSCSI listener on the primary (start weed volume with -block.nbd / -block.iscsi)\n")
+	}
+	if v.Attach.NBDURI != "" {
+		fmt.Fprintf(&b, "    NBD:   %s\n", v.Attach.NBDURI)
+	}
+	if v.Attach.ISCSIPortal != "" {
+		fmt.Fprintf(&b, "    iSCSI: portal %s, target %s\n", v.Attach.ISCSIPortal, v.Attach.ISCSIIQN)
+	}
+	for _, e := range v.Attach.Examples {
+		fmt.Fprintf(&b, "      %s\n", e)
+	}
+	_, err := io.WriteString(out, b.String())
+	return err
+}
+
+func leaseText(expiresUnixMs int64, now time.Time) string {
+	if expiresUnixMs <= 0 {
+		return "none granted (the primary accepts no writes until the master renews its lease)"
+	}
+	left := time.UnixMilli(expiresUnixMs).Sub(now).Round(100 * time.Millisecond)
+	if left <= 0 {
+		return fmt.Sprintf("expired %s ago (master's view)", (-left).String())
+	}
+	return fmt.Sprintf("valid for %s more (master's view; renewed every heartbeat)", left)
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
