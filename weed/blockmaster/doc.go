@@ -29,7 +29,7 @@
 // temporary file, fsync, rename, fsync of the directory. A change is on disk
 // before any server or client hears of it. Leftover temporary files are
 // removed at load; a registry file that does not parse stops New with an
-// error (starting empty would order every server to delete its volumes).
+// error (starting empty would forget every volume and its epochs).
 // Epochs only go forward: a new epoch must exceed the current one, and a
 // deleted name leaves a tombstone with its last epoch so that a volume
 // created again under that name starts above it (a fresh name starts at 1).

@@ -86,7 +86,7 @@ func (m *Master) Heartbeat(stream grpc.BidiStreamingServer[blockpb.BlockHeartbea
 				if err := stream.Send(&blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), Leader: leader}); err != nil {
 					return err
 				}
-				return status.Errorf(codes.FailedPrecondition, "not leader; leader is %s", leader)
+				return notLeader(leader)
 			}
 			sid := hb.GetServer().GetServerId()
 			switch {

@@ -70,8 +70,8 @@ type Options struct {
 	Dir string
 	// IsLeader reports whether this master is the leader; nil means always.
 	IsLeader func() bool
-	// Leader returns the current leader's address for redirects; nil means
-	// unknown.
+	// Leader returns the current leader's gRPC address (host:port) for
+	// redirects, "" when unknown; nil means always unknown.
 	Leader func() string
 	// Topology filters placement to servers upstream sees alive and gives
 	// their rack and free space; nil means the block heartbeats alone.
@@ -240,7 +240,7 @@ func (m *Master) checkServing() error {
 	default:
 	}
 	if m.opts.IsLeader != nil && !m.opts.IsLeader() {
-		return status.Errorf(codes.FailedPrecondition, "not leader; leader is %s", m.leaderName())
+		return notLeader(m.leaderName())
 	}
 	return nil
 }
@@ -249,12 +249,18 @@ func (m *Master) isLeader() bool { return m.opts.IsLeader == nil || m.opts.IsLea
 
 func (m *Master) leaderName() string {
 	if m.opts.Leader == nil {
-		return "unknown"
+		return ""
 	}
-	if l := m.opts.Leader(); l != "" {
-		return l
+	return m.opts.Leader()
+}
+
+// notLeader is the error of a follower: "not leader; leader is X", or "not
+// leader; no leader known" when there is none yet.
+func notLeader(leader string) error {
+	if leader == "" {
+		return status.Error(codes.FailedPrecondition, "not leader; no leader known")
 	}
-	return "unknown"
+	return status.Errorf(codes.FailedPrecondition, "not leader; leader is %s", leader)
 }
 
 // aliveLocked reports whether server id has a live, recently heard block

@@ -33,8 +33,8 @@ const maxHistory = 16
 var ErrStaleEpoch = errors.New("blockmaster: epoch does not advance")
 
 // ErrCorruptRegistry is returned by a load that finds a registry file it
-// cannot trust. The master refuses to start rather than forget volumes (an
-// empty registry would order every server to delete its volumes).
+// cannot trust. The master refuses to start rather than forget its volumes,
+// their epochs and the tombstones.
 var ErrCorruptRegistry = errors.New("blockmaster: corrupt registry")
 
 // volumeRecord is the durable part of one volume.

@@ -468,3 +468,17 @@ func TestDialConnAndTopologyFunc(t *testing.T) {
 		t.Fatalf("Register: services %v", srv.GetServiceInfo())
 	}
 }
+
+func TestNotLeaderNoLeaderKnown(t *testing.T) {
+	h := newHarness(t, func(o *Options) { o.Leader = func() string { return "" } })
+	_, hb := h.server("a", "r1", gib)
+	h.leader.Store(false)
+	_, err := h.lookup("v")
+	wantCode(t, err, codes.FailedPrecondition, "not leader; no leader known")
+	resp := hb.beat()
+	if resp.Leader != "" || resp.LeaseMs != 0 {
+		t.Fatalf("follower answer %v", resp)
+	}
+	_, err = hb.stream.Recv()
+	wantCode(t, err, codes.FailedPrecondition, "not leader; no leader known")
+}
