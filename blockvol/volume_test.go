@@ -195,7 +195,7 @@ func TestTrimAndWriteZeroes(t *testing.T) {
 }
 
 func TestRandomAgainstModel(t *testing.T) {
-	for _, c := range []struct{ bs, ops int }{{4096, 1000}, {512, 500}, {8192, 500}} {
+	for _, c := range []struct{ bs, ops int }{{4096, 700}, {512, 400}, {8192, 400}} {
 		t.Run(fmt.Sprintf("bs=%d", c.bs), func(t *testing.T) { randomAgainstModel(t, c.bs, c.ops) })
 	}
 }
