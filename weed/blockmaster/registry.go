@@ -131,8 +131,15 @@ type diskVolume struct {
 // removes leftover temporary files and reads the registry file; a missing
 // file is an empty registry, an unreadable one is an error.
 func loadRegistry(dir string) (*registry, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("registry dir %s: %w", dir, err)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("registry dir %s: %w", dir, err)
+		}
+		// Make the new directory's entry durable, or a crash could lose
+		// the directory with every registry written into it.
+		if err := syncDir(filepath.Dir(dir)); err != nil {
+			return nil, fmt.Errorf("registry dir %s: %w", dir, err)
+		}
 	}
 	r := newRegistry(dir)
 	entries, err := os.ReadDir(dir)
@@ -356,13 +363,22 @@ func writeFileDurably(dir, name, tempPrefix string, data []byte) error {
 		os.Remove(tmp)
 		return fmt.Errorf("save %s: rename: %w", name, err)
 	}
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("save %s: %w", name, err)
+	}
+	return nil
+}
+
+// syncDir fsyncs a directory, making the entries created or renamed in it
+// durable.
+func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
-		return fmt.Errorf("save %s: open dir %s: %w", name, dir, err)
+		return fmt.Errorf("open dir %s: %w", dir, err)
 	}
 	defer d.Close()
 	if err := d.Sync(); err != nil {
-		return fmt.Errorf("save %s: fsync dir %s: %w", name, dir, err)
+		return fmt.Errorf("fsync dir %s: %w", dir, err)
 	}
 	return nil
 }
