@@ -11,8 +11,12 @@ import (
 	"github.com/seaweedfs/seaweedfs/weed/util/grace"
 
 	"github.com/weedblock/weedblock/weed/blockcmd"
+	"github.com/weedblock/weedblock/weed/cluster"
 	"github.com/weedblock/weedblock/weed/logbridge"
 )
+
+// blockExtras are the `weed block` subcommands that need upstream.
+var blockExtras = []blockcmd.Subcommand{{Name: "dev", Short: cluster.DevUsage, Run: cluster.Dev}}
 
 // blockStopTimeout bounds how long a signal waits for `weed block` to stop
 // (servers closed, volume flushed and closed) before the process exits 1.
@@ -34,7 +38,7 @@ func blockCommand() *command.Command {
 	return &command.Command{
 		UsageLine: blockcmd.UsageLine,
 		Short:     blockcmd.Short,
-		Long:      blockcmd.Long(),
+		Long:      blockcmd.Long(blockExtras...),
 		Run: func(_ *command.Command, args []string) bool {
 			status := runBlock(args)
 			if status != 0 {
@@ -65,7 +69,7 @@ func runBlock(args []string) int {
 			os.Exit(code)
 		}
 	})
-	status = blockcmd.Main(ctx, args, os.Stdout, os.Stderr)
+	status = blockcmd.Main(ctx, args, os.Stdout, os.Stderr, blockExtras...)
 	close(done)
 	return status
 }

@@ -13,6 +13,7 @@ import (
 	flag "github.com/seaweedfs/seaweedfs/weed/util/fla9"
 	httpclient "github.com/seaweedfs/seaweedfs/weed/util/http"
 
+	"github.com/weedblock/weedblock/weed/cluster"
 	"github.com/weedblock/weedblock/weed/logbridge"
 )
 
@@ -62,9 +63,13 @@ func run(args []string) int {
 	return d.dispatch(flag.Args())
 }
 
-// commandList is upstream's command list followed by weedblock's commands.
+// commandList is upstream's command list followed by weedblock's commands;
+// master, volume and server run weedblock's launchers (package cluster).
 func commandList() []*command.Command {
 	cmds := slices.Clone(command.Commands)
+	if err := cluster.Install(cmds, cluster.BlockHooks()); err != nil {
+		fmt.Fprintf(os.Stderr, "weed: block launchers: %v\n", err)
+	}
 	return append(cmds, blockCommand())
 }
 

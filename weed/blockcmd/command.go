@@ -33,10 +33,21 @@ type subcommand struct {
 	run func(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
-func subcommands() map[string]subcommand {
-	return map[string]subcommand{
+// Subcommand is a `weed block` subcommand implemented outside this package
+// (the weed main adds `dev` from package cluster, which imports upstream).
+type Subcommand struct {
+	Name, Short string
+	Run         func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+}
+
+func subcommands(extra ...Subcommand) map[string]subcommand {
+	subs := map[string]subcommand{
 		"serve": {short: "serve a local volume file over NBD and iSCSI", run: runServe},
 	}
+	for _, e := range extra {
+		subs[e.Name] = subcommand{short: e.Short, run: e.Run}
+	}
+	return subs
 }
 
 // Short is the one-line description of `weed block`.
@@ -46,10 +57,10 @@ const Short = "serve and manage block volumes (weedblock)"
 const UsageLine = "block <subcommand> [flags]"
 
 // Long describes `weed block` and lists its subcommands.
-func Long() string {
+func Long(extra ...Subcommand) string {
 	var b strings.Builder
 	b.WriteString("block runs weedblock's block-volume subcommands:\n\n")
-	subs := subcommands()
+	subs := subcommands(extra...)
 	names := make([]string, 0, len(subs))
 	for n := range subs {
 		names = append(names, n)
@@ -66,15 +77,15 @@ func Long() string {
 // printed to stderr as one line naming the subcommand. A long-running
 // subcommand (serve) runs until ctx is cancelled: the weed binary cancels it
 // on SIGINT/SIGTERM, then waits for Main to return before the process exits.
-func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	subs := subcommands()
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer, extra ...Subcommand) int {
+	subs := subcommands(extra...)
 	if len(args) == 0 {
-		fmt.Fprintf(stderr, "weed block: missing subcommand\n%s\n", Long())
+		fmt.Fprintf(stderr, "weed block: missing subcommand\n%s\n", Long(extra...))
 		return exitUsage
 	}
 	sub, ok := subs[args[0]]
 	if !ok {
-		fmt.Fprintf(stderr, "weed block: unknown subcommand %q\n%s\n", args[0], Long())
+		fmt.Fprintf(stderr, "weed block: unknown subcommand %q\n%s\n", args[0], Long(extra...))
 		return exitUsage
 	}
 	err := sub.run(ctx, args[1:], stdout, stderr)
