@@ -274,7 +274,7 @@ func (m *Master) aliveLocked(id string, now time.Time) bool {
 }
 
 // candidatesLocked lists the servers placement may use.
-func (m *Master) candidatesLocked(now time.Time) []Candidate {
+func (m *Master) candidatesLocked(now time.Time) []candidate {
 	var topo map[string]TopologyServer
 	if m.opts.Topology != nil {
 		topo = map[string]TopologyServer{}
@@ -282,12 +282,12 @@ func (m *Master) candidatesLocked(now time.Time) []Candidate {
 			topo[ts.ID] = ts
 		}
 	}
-	var out []Candidate
+	var out []candidate
 	for id, s := range m.servers {
 		if !m.aliveLocked(id, now) {
 			continue
 		}
-		c := Candidate{ID: id, DataCenter: s.endpoints.GetDataCenter(), Rack: s.endpoints.GetRack(), FreeBytes: s.freeBytes}
+		c := candidate{ID: id, DataCenter: s.endpoints.GetDataCenter(), Rack: s.endpoints.GetRack(), FreeBytes: s.freeBytes}
 		if topo != nil {
 			ts, ok := topo[id]
 			if !ok || !ts.Alive {

@@ -9,16 +9,16 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// Candidate is a server placement may choose: it is alive upstream and has
+// candidate is a server placement may choose: it is alive upstream and has
 // a live block heartbeat stream.
-type Candidate struct {
+type candidate struct {
 	ID         string
 	DataCenter string
 	Rack       string
 	FreeBytes  uint64
 }
 
-func (c Candidate) rackKey() string { return c.DataCenter + "/" + c.Rack }
+func (c candidate) rackKey() string { return c.DataCenter + "/" + c.Rack }
 
 // place chooses rf distinct servers for a copy of need bytes each: servers
 // with the most free space first, each on a rack (data center + rack) not yet
@@ -27,12 +27,12 @@ func (c Candidate) rackKey() string { return c.DataCenter + "/" + c.Rack }
 // is deterministic. Errors are gRPC statuses: FailedPrecondition when fewer
 // than rf block servers are alive, ResourceExhausted when too few of them
 // have the space.
-func place(cands []Candidate, rf int, need uint64) ([]Candidate, error) {
+func place(cands []candidate, rf int, need uint64) ([]candidate, error) {
 	if len(cands) < rf {
 		return nil, status.Errorf(codes.FailedPrecondition,
 			"not enough block servers: rf=%d needs %d, %d alive%s", rf, rf, len(cands), idList(cands))
 	}
-	var fit []Candidate
+	var fit []candidate
 	for _, c := range cands {
 		if c.FreeBytes >= need {
 			fit = append(fit, c)
@@ -49,7 +49,7 @@ func place(cands []Candidate, rf int, need uint64) ([]Candidate, error) {
 		}
 		return fit[i].ID < fit[j].ID
 	})
-	chosen := make([]Candidate, 0, rf)
+	chosen := make([]candidate, 0, rf)
 	usedServer := map[string]bool{}
 	usedRack := map[string]bool{}
 	for _, c := range fit { // first pass: one per rack
@@ -80,7 +80,7 @@ func place(cands []Candidate, rf int, need uint64) ([]Candidate, error) {
 	return chosen, nil
 }
 
-func idList(cs []Candidate) string {
+func idList(cs []candidate) string {
 	if len(cs) == 0 {
 		return ""
 	}

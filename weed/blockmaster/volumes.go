@@ -38,7 +38,7 @@ func (m *Master) CreateVolume(ctx context.Context, req *blockpb.CreateVolumeRequ
 		return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists", name)
 	}
 	now := m.clock.Now()
-	var cands []Candidate
+	var cands []candidate
 	for _, c := range m.candidatesLocked(now) {
 		if !m.holdsCopyLocked(c.ID, name) {
 			cands = append(cands, c)
