@@ -27,10 +27,11 @@ const (
 	toyFUAIgnored         // FUA writes are not synced
 	toyStaleRead          // reads of a block return the value before the newest write
 	toyTrimForgets        // Trim does nothing
+	toyResurrect          // every second open brings back every write ever made
 )
 
 func (b toyBug) String() string {
-	return [...]string{"correct", "lying-flush", "retry-fsync", "fua-ignored", "stale-read", "trim-forgets"}[b]
+	return [...]string{"correct", "lying-flush", "retry-fsync", "fua-ignored", "stale-read", "trim-forgets", "resurrect"}[b]
 }
 
 const toyBS = 512
@@ -44,11 +45,13 @@ type toyDev struct {
 	bug     toyBug
 	ro      bool
 	prev    map[int64][]byte // toyStaleRead: content before the newest write
+	ghost   *faultfs.File    // toyResurrect: every write ever made
 }
 
 var _ blockdev.Device = (*toyDev)(nil)
 
 func toyTarget(bug toyBug, nblocks int) Target {
+	opens := 0
 	return Target{
 		Name: "toy-" + bug.String(),
 		Create: func(fs *faultfs.FS) (Device, error) {
@@ -62,7 +65,13 @@ func toyTarget(bug toyBug, nblocks int) Target {
 			if err := f.Sync(); err != nil {
 				return nil, err
 			}
-			return &toyDev{f: f, nblocks: nblocks, bug: bug, prev: map[int64][]byte{}}, nil
+			d := &toyDev{f: f, nblocks: nblocks, bug: bug, prev: map[int64][]byte{}}
+			if bug == toyResurrect {
+				if d.ghost, err = fs.Create("ghost"); err != nil {
+					return nil, err
+				}
+			}
+			return d, nil
 		},
 		Open: func(fs *faultfs.FS) (Device, error) {
 			f, err := fs.Open("toy")
@@ -72,13 +81,46 @@ func toyTarget(bug toyBug, nblocks int) Target {
 			if sz, err := f.Size(); err != nil || sz != int64(nblocks)*toyBS {
 				return nil, fmt.Errorf("toy: size %d: %v", sz, err)
 			}
+			opens++
+			if bug == toyResurrect && opens%2 == 0 {
+				if err := replayGhost(fs, f, nblocks); err != nil {
+					return nil, err
+				}
+			}
 			// Like a real recovery, make what was found durable.
 			if err := f.Sync(); err != nil {
 				return nil, err
 			}
-			return &toyDev{f: f, nblocks: nblocks, bug: bug, prev: map[int64][]byte{}}, nil
+			d := &toyDev{f: f, nblocks: nblocks, bug: bug, prev: map[int64][]byte{}}
+			if bug == toyResurrect {
+				if d.ghost, err = fs.Open("ghost"); err != nil {
+					return nil, err
+				}
+			}
+			return d, nil
 		},
 	}
+}
+
+// replayGhost copies every non-zero block of the ghost file over f: the
+// resurrection bug.
+func replayGhost(fs *faultfs.FS, f *faultfs.File, nblocks int) error {
+	g, err := fs.Open("ghost")
+	if err != nil {
+		return err
+	}
+	defer g.Close()
+	p := make([]byte, toyBS)
+	for b := 0; b < nblocks; b++ {
+		n, _ := g.ReadAt(p, int64(b*toyBS))
+		if n < toyBS || string(p) == string(make([]byte, toyBS)) {
+			continue
+		}
+		if _, err := f.WriteAt(p, int64(b*toyBS)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (d *toyDev) BlockSize() int { return toyBS }
@@ -138,6 +180,15 @@ func (d *toyDev) WriteAt(p []byte, off int64, fua bool) error {
 		d.ro = true
 		return err
 	}
+	if d.bug == toyResurrect && d.ghost != nil {
+		// A durable copy of every write, on the side.
+		if _, err := d.ghost.WriteAt(p, off); err != nil {
+			return err
+		}
+		if err := d.ghost.Sync(); err != nil {
+			return err
+		}
+	}
 	if fua && d.bug != toyFUAIgnored {
 		return d.sync()
 	}
@@ -186,7 +237,12 @@ func (d *toyDev) Flush() error {
 	return d.sync()
 }
 
-func (d *toyDev) Close() error { return d.f.Close() }
+func (d *toyDev) Close() error {
+	if d.ghost != nil {
+		d.ghost.Close()
+	}
+	return d.f.Close()
+}
 
 // catchTB stands in for *testing.T inside a harness Run that is expected to
 // fail: Fatalf records the message and ends the goroutine.
@@ -359,6 +415,16 @@ func TestOracleCatchesBrokenDevices(t *testing.T) {
 				SyncFailure(tb, tgt, toyBlocks, ops, failAt, faultfs.CrashDropAll, 1, false)
 			}
 		}},
+		{"resurrect", toyResurrect, "after crash", func(tb testing.TB, tgt Target) {
+			// Crash-only workloads: the second open after a crash
+			// brings back writes the first recovery had lost.
+			mix := workloadMix4Resurrect()
+			for seed := uint64(1); seed <= 20; seed++ {
+				r := NewRunner(tb, tgt, faultfs.New(), toyBlocks)
+				r.Run(Generate(seed, 200, toyBlocks, mix))
+				r.Finish(faultfs.CrashDropAll, seed)
+			}
+		}},
 		{"inplace4k", toyCorrect, "torn or corrupt", func(tb testing.TB, tgt Target) {
 			// A 4 KiB-block Device that writes in place tears blocks at
 			// a Crash: the 512-byte-block toy viewed as 4 KiB blocks.
@@ -447,4 +513,10 @@ func TestOracleModel(t *testing.T) {
 	if err := c.CheckRecovered(1, 0); err != nil {
 		t.Errorf("write acknowledged during a flush may be lost: %v", err)
 	}
+}
+
+// workloadMix4Resurrect writes without flushing and crashes with nothing
+// synced, so writes are lost and a device that brings them back is seen.
+func workloadMix4Resurrect() Mix {
+	return Mix{Write: 10, Read: 2, Crash: 2, MaxBlocks: 2, HotBlocks: 4}
 }
