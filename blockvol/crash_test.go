@@ -277,3 +277,29 @@ func TestCrashOracleWithRetentionHold(t *testing.T) {
 		}
 	}
 }
+
+// TestReadFailureLosesNothing fails reads of the file layer (EIO) at points
+// spread over a workload — frontend reads, the flusher reading the WAL:
+// reads must return an error or the right data, never wrong data, and
+// after a crash and reopen nothing acknowledged as flushed may be missing.
+func TestReadFailureLosesNothing(t *testing.T) {
+	mix := oracle.DefaultMix()
+	mix.Crash, mix.Reopen = 0, 0
+	ops := oracle.Generate(8, 80, crashBlocks, mix)
+	tgt := engineTarget(4096, crashBlocks, crashWAL, 5*time.Millisecond)
+	reached := 0
+	for at := 1; at <= 120; at += 4 {
+		f := oracle.Fault{ReadAt: at, ReadCount: 1 + at%3}
+		mode := faultfs.CrashRandom
+		if at%3 == 0 {
+			mode = faultfs.CrashDropAll
+		}
+		if oracle.FaultRun(t, tgt, crashBlocks, ops, f, mode, uint64(at), true) {
+			reached++
+		}
+	}
+	if reached < 10 {
+		t.Fatalf("only %d read failure points were reached", reached)
+	}
+	t.Logf("%d read failures injected", reached)
+}

@@ -433,13 +433,20 @@ type Fault struct {
 	// sector-aligned prefix first and reports a short count.
 	WriteAt, WriteCount int
 	Short               bool
+	// ReadAt fails read calls ReadAt .. ReadAt+ReadCount-1 with EIO (0:
+	// none; ReadCount 0: every read from then on). A read error alone
+	// does not require the device to go read-only.
+	ReadAt, ReadCount int
 }
 
 func (f Fault) String() string {
 	if f.SyncAt > 0 {
 		return fmt.Sprintf("sync %d fails (sticky=%v)", f.SyncAt, f.Sticky)
 	}
-	return fmt.Sprintf("writes %d+%d fail (short=%v)", f.WriteAt, f.WriteCount, f.Short)
+	if f.WriteAt > 0 {
+		return fmt.Sprintf("writes %d+%d fail (short=%v)", f.WriteAt, f.WriteCount, f.Short)
+	}
+	return fmt.Sprintf("reads %d+%d fail", f.ReadAt, f.ReadCount)
 }
 
 // checkHalfCreated opens what a crash inside create left: an error is fine,
@@ -473,9 +480,10 @@ func SyncFailure(t testing.TB, tgt Target, nblocks int, ops []Op, failAt int, mo
 }
 
 // FaultRun runs ops (without their crashes and reopens) with the fault
-// injected, then checks that the device turned read-only (refuses a write
-// with an error wrapping blockdev.ErrReadOnly, reports itself unhealthy if
-// the target can tell, still serves reads) once the failure was reported,
+// injected (reads must return an error or the right data throughout), then,
+// for a sync or write fault, checks that the device turned read-only
+// (refuses a write with an error wrapping blockdev.ErrReadOnly, reports
+// itself unhealthy if the target can tell, still serves reads),
 // and finally crashes (mode, seed), reopens and checks that nothing
 // acknowledged as flushed was lost. It returns whether the injected failure
 // was reached. checkReadOnly false skips the read-only checks (to show that
@@ -490,8 +498,13 @@ func FaultRun(t testing.TB, tgt Target, nblocks int, ops []Op, fault Fault, mode
 	if fault.WriteAt > 0 {
 		fs.FailWrites(fault.WriteAt, fault.WriteCount, nil, fault.Short)
 	}
+	if fault.ReadAt > 0 {
+		fs.FailReads(fault.ReadAt, fault.ReadCount, nil)
+	}
 	reachedFn := func() bool {
-		return (fault.SyncAt > 0 && fs.SyncCount() >= fault.SyncAt) || (fault.WriteAt > 0 && fs.WriteCount() >= fault.WriteAt)
+		return (fault.SyncAt > 0 && fs.SyncCount() >= fault.SyncAt) ||
+			(fault.WriteAt > 0 && fs.WriteCount() >= fault.WriteAt) ||
+			(fault.ReadAt > 0 && fs.ReadCount() >= fault.ReadAt)
 	}
 	r, err := StartRunner(t, tgt, fs, nblocks)
 	if err != nil && reachedFn() {
@@ -510,6 +523,9 @@ func FaultRun(t testing.TB, tgt Target, nblocks int, ops []Op, fault Fault, mode
 	}
 	r.Run(clean)
 	reached := reachedFn()
+	if fault.SyncAt == 0 && fault.WriteAt == 0 {
+		checkReadOnly = false // read errors alone need not stop writes
+	}
 	if reached && checkReadOnly {
 		// Make sure the failure was reported to the Device: flush until
 		// it says something (a Device that never reports is caught here
