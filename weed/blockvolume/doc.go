@@ -34,17 +34,22 @@
 // PROTECT / WRITE PROTECTED). The volume's config blob holds the
 // marshalled blockpb.EpochConfig it was last given (AllocateVolume or a
 // heartbeat assignment). Each heartbeat carries a seq; the Manager
-// remembers when it sent each one. A response with lease_ms > 0 grants,
-// to every volume whose stored config of its current epoch names this
-// server primary, a lease until send_time(heartbeat_seq) + lease_ms — the
-// lease starts when the heartbeat was sent, never when the answer came, so
-// the volume server's lease always ends before the master's view of it.
-// Without master contact no renewal arrives and the engine refuses writes
-// once the lease runs out. Response processing order: assignments (a newer
-// epoch where this server is not a member fences the volume at that epoch;
-// a replica is unfenced as replica; a primary gets the lease; re-applying
-// the current config changes nothing), then deletes (the volume is closed,
-// its sessions dropped and its file removed), then lease renewals.
+// remembers when it sent each one. A volume becomes writable only through
+// an assignment naming this server primary of the volume's epoch (the
+// master sends one while a primary reports itself fenced): it is unfenced
+// until send_time(heartbeat_seq) + lease_ms — the lease starts when the
+// heartbeat was sent, never when the answer came, so the volume server's
+// lease always ends before the master's view of it. Later answers with
+// lease_ms > 0 renew every primary so confirmed in this process (the
+// server-wide grant); AllocateVolume alone, a restart, or a volume the
+// registry does not know never unfence anything. Without master contact no
+// renewal arrives and the engine refuses writes once the lease runs out.
+// Response processing order: assignments (a newer epoch where this server
+// is not a member fences the volume at that epoch; one that keeps it
+// primary moves it there without a gap; a replica is unfenced as replica;
+// re-applying the current config changes nothing), then deletes (the
+// volume is closed, its sessions dropped and its file removed), then lease
+// renewals.
 //
 // The report's epoch is the volume's persisted epoch; role is this server's
 // role in the stored config of that epoch; fenced means "refuses frontend

@@ -322,12 +322,18 @@ func (m *Manager) applyResponse(resp *blockpb.BlockHeartbeatResponse, sentAt tim
 	}
 }
 
-// renewLocked extends v's lease to until when its persisted config, in its
-// current epoch, names this server primary.
+// renewLocked extends v's lease to until when the master confirmed, by an
+// assignment in this process, that this server is primary of v's current
+// epoch (and the stored config agrees). A volume the master never
+// confirmed — just allocated, reopened after a restart, or unknown to the
+// registry — stays fenced until an assignment arrives.
 func (m *Manager) renewLocked(v *volume, until time.Time) {
 	st := v.vol.Status()
+	if v.confirmed == 0 || v.confirmed != st.Epoch || !st.Healthy {
+		return
+	}
 	cfg := v.config()
-	if cfg == nil || cfg.GetEpoch() != st.Epoch || roleIn(cfg, m.serverID) != blockpb.Role_ROLE_PRIMARY || !st.Healthy {
+	if cfg == nil || cfg.GetEpoch() != st.Epoch || roleIn(cfg, m.serverID) != blockpb.Role_ROLE_PRIMARY {
 		return
 	}
 	if !st.Fenced && st.Role == blockvol.RolePrimary && !st.LeaseUntil.IsZero() && !until.After(st.LeaseUntil) {
@@ -362,24 +368,31 @@ func (m *Manager) applyAssignmentLocked(a *blockpb.Assignment, leaseUntil time.T
 			return errors.New("volume vanished after allocation")
 		}
 	}
-	return m.applyConfigLocked(v, cfg, leaseUntil)
+	return m.applyConfigLocked(v, cfg, leaseUntil, true)
 }
 
-// applyConfigLocked moves v to cfg (see applyAssignmentLocked). Re-applying
-// the config v already has does not fence it, so a re-sent assignment never
-// interrupts a serving primary.
-func (m *Manager) applyConfigLocked(v *volume, cfg *blockpb.EpochConfig, leaseUntil time.Time) error {
+// applyConfigLocked moves v to cfg (see applyAssignmentLocked): a newer
+// epoch fences the volume at that epoch first — unless this server stays
+// primary and the lease is known, then Unfence moves it to the new epoch
+// without a gap in service; the config is stored when it changed.
+// Re-applying the config v already has changes nothing, so a re-sent
+// assignment never interrupts a serving primary. assigned says cfg came in
+// an assignment (which confirms a primary; AllocateVolume does not).
+func (m *Manager) applyConfigLocked(v *volume, cfg *blockpb.EpochConfig, leaseUntil time.Time, assigned bool) error {
 	st := v.vol.Status()
 	if cfg.GetEpoch() < st.Epoch {
 		return fmt.Errorf("%s: assignment epoch %d is older than the volume's %d: ignored", v.name, cfg.GetEpoch(), st.Epoch)
 	}
 	role := roleIn(cfg, m.serverID)
-	cur := v.config()
-	same := cur != nil && cfg.GetEpoch() == st.Epoch && proto.Equal(cur, cfg)
-	if !same {
+	newer := cfg.GetEpoch() > st.Epoch
+	keepServing := newer && role == blockpb.Role_ROLE_PRIMARY && assigned && !leaseUntil.IsZero()
+	if newer && !keepServing {
+		v.confirmed = 0
 		if err := v.vol.FenceEpoch(cfg.GetEpoch()); err != nil {
 			return err
 		}
+	}
+	if cur := v.config(); cur == nil || !proto.Equal(cur, cfg) {
 		if err := v.setConfig(cfg); err != nil {
 			return err
 		}
@@ -387,15 +400,26 @@ func (m *Manager) applyConfigLocked(v *volume, cfg *blockpb.EpochConfig, leaseUn
 	}
 	switch role {
 	case blockpb.Role_ROLE_PRIMARY:
+		if !assigned {
+			return nil
+		}
+		v.confirmed = cfg.GetEpoch()
+		if keepServing {
+			// Persists the new epoch and role before returning.
+			return v.vol.Unfence(cfg.GetEpoch(), blockvol.RolePrimary, leaseUntil)
+		}
 		if !leaseUntil.IsZero() {
 			m.renewLocked(v, leaseUntil)
 		}
 	case blockpb.Role_ROLE_REPLICA:
+		v.confirmed = 0
 		if st := v.vol.Status(); st.Fenced || st.Role != blockvol.RoleReplica {
 			if err := v.vol.Unfence(cfg.GetEpoch(), blockvol.RoleReplica, time.Time{}); err != nil {
 				return err
 			}
 		}
+	default:
+		v.confirmed = 0
 	}
 	return nil
 }

@@ -20,7 +20,7 @@ import (
 // is gone and the lease has run out.
 func TestHeartbeatLeaseLifecycle(t *testing.T) {
 	f := startFakeMaster(t)
-	f.setRespond(grant(400))
+	f.setRespond(confirm(400))
 	m := startManager(t, "", withMasters(f.addr))
 	allocate(t, m, "lv", 1<<20, epochConfig(1, testServerID))
 	c := dialNBD(t, m.Endpoints().GetNbdAddress(), "lv")
@@ -107,7 +107,7 @@ func TestLeaseStartsWhenTheHeartbeatWasSent(t *testing.T) {
 	f.mu.Lock()
 	f.delay = delay
 	f.mu.Unlock()
-	f.setRespond(grant(lease.Milliseconds()))
+	f.setRespond(confirm(lease.Milliseconds()))
 	m := startManager(t, "", func(o *Options) {
 		withMasters(f.addr)(o)
 		o.Pulse = time.Second // one heartbeat in flight at a time
@@ -120,19 +120,19 @@ func TestLeaseStartsWhenTheHeartbeatWasSent(t *testing.T) {
 		return !until.IsZero()
 	})
 	applied := time.Now()
+	// The answered heartbeat is the last one the master received before
+	// the grant was applied (with a 1 s pulse and a 300 ms answer delay no
+	// later one is sent in between).
 	f.mu.Lock()
-	var firstRecv time.Time
+	var answeredRecv time.Time
 	for _, at := range f.gotAt {
-		if firstRecv.IsZero() || at.Before(firstRecv) {
-			firstRecv = at
+		if at.Before(applied) && at.After(answeredRecv) {
+			answeredRecv = at
 		}
 	}
 	f.mu.Unlock()
-	// until = sendTime + lease with sendTime ≤ firstRecv (the answered
-	// heartbeat is the first one or later; with a 1 s pulse and a 300 ms
-	// delay it is the first).
-	if !until.Before(firstRecv.Add(lease)) {
-		t.Fatalf("lease until %v is not before master receive time + lease (%v): it did not start at send time", until, firstRecv.Add(lease))
+	if !until.Before(answeredRecv.Add(lease)) {
+		t.Fatalf("lease until %v is not before master receive time + lease (%v): it did not start at send time", until, answeredRecv.Add(lease))
 	}
 	if rem := until.Sub(applied); rem > lease-delay+50*time.Millisecond {
 		t.Fatalf("lease remaining %v right after the late answer, want ≤ %v", rem, lease-delay)
@@ -144,7 +144,7 @@ func TestLeaseStartsWhenTheHeartbeatWasSent(t *testing.T) {
 // later lease grants do not unfence it.
 func TestNewerEpochWithoutThisServerFences(t *testing.T) {
 	f := startFakeMaster(t)
-	f.setRespond(grant(1000))
+	f.setRespond(confirm(1000))
 	m := startManager(t, "", withMasters(f.addr))
 	allocate(t, m, "fv", 1<<20, epochConfig(1, testServerID))
 	c := dialNBD(t, m.Endpoints().GetNbdAddress(), "fv")
@@ -215,7 +215,7 @@ func TestAssignmentMakesPrimaryAndCreatesVolume(t *testing.T) {
 // file removed.
 func TestDeletesFromMaster(t *testing.T) {
 	f := startFakeMaster(t)
-	f.setRespond(grant(1000))
+	f.setRespond(confirm(1000))
 	dir := t.TempDir()
 	m := startManager(t, dir, withMasters(f.addr))
 	allocate(t, m, "keep", 1<<20, epochConfig(1, testServerID))
@@ -249,7 +249,7 @@ func TestLeaderRedirect(t *testing.T) {
 	for _, how := range []string{"response", "error"} {
 		t.Run(how, func(t *testing.T) {
 			leader := startFakeMaster(t)
-			leader.setRespond(grant(1000))
+			leader.setRespond(confirm(1000))
 			follower := startFakeMaster(t)
 			follower.setRespond(func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
 				if how == "error" {
@@ -325,5 +325,59 @@ func TestSilentMasterIsLeft(t *testing.T) {
 	eventually(t, 5*time.Second, "a second stream", func() bool { return f.streamCount() >= 2 })
 	if hs := m.Heartbeat(); hs.Connected || !strings.Contains(hs.LastError, "silent") {
 		t.Fatalf("heartbeat status %+v", hs)
+	}
+}
+
+// TestGrantWithoutAssignmentLeavesFenced: a lease grant alone never
+// unfences a volume the master has not confirmed by an assignment (just
+// allocated, reopened, or unknown to the registry).
+func TestGrantWithoutAssignmentLeavesFenced(t *testing.T) {
+	f := startFakeMaster(t)
+	f.setRespond(grant(1000))
+	m := startManager(t, "", withMasters(f.addr))
+	allocate(t, m, "orphan", 1<<20, epochConfig(1, testServerID))
+	c := dialNBD(t, m.Endpoints().GetNbdAddress(), "orphan")
+	eventually(t, 5*time.Second, "several lease grants", func() bool { return len(f.heartbeats()) >= 6 })
+	if e := c.write(0, make([]byte, 4096)); e != nbdEPERM {
+		t.Fatalf("write after grants without an assignment: errno %d, want EPERM", e)
+	}
+	if r := f.lastReport("orphan"); !r.GetFenced() || r.GetRole() != blockpb.Role_ROLE_PRIMARY {
+		t.Fatalf("report: %v", r)
+	}
+	// The assignment arrives: writable.
+	f.setRespond(confirm(1000))
+	eventually(t, 5*time.Second, "writable after the assignment", func() bool { return c.write(0, make([]byte, 4096)) == 0 })
+}
+
+// TestNewEpochKeepsServingPrimary: a newer epoch that keeps this server
+// primary moves the volume to it without refusing a single write.
+func TestNewEpochKeepsServingPrimary(t *testing.T) {
+	f := startFakeMaster(t)
+	f.setRespond(confirm(1000))
+	m := startManager(t, "", withMasters(f.addr))
+	allocate(t, m, "ke", 1<<20, epochConfig(1, testServerID))
+	c := dialNBD(t, m.Endpoints().GetNbdAddress(), "ke")
+	pat := make([]byte, 4096)
+	eventually(t, 5*time.Second, "writable", func() bool { return c.write(0, pat) == 0 })
+	f.setRespond(func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
+		resp := &blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), LeaseMs: 1000}
+		for _, r := range hb.GetVolumes() {
+			if r.GetEpoch() < 2 || r.GetFenced() {
+				resp.Assignments = append(resp.Assignments, &blockpb.Assignment{Spec: spec("ke", 1<<20), Config: epochConfig(2, testServerID), Role: blockpb.Role_ROLE_PRIMARY})
+			}
+		}
+		return resp, nil
+	})
+	v := m.lookup("ke")
+	for i := 0; v.vol.Status().Epoch < 2; i++ {
+		if i > 2000 {
+			t.Fatal("epoch 2 never applied")
+		}
+		if e := c.write(0, pat); e != 0 {
+			t.Fatalf("write %d during the epoch change: errno %d", i, e)
+		}
+	}
+	if e := c.write(0, pat); e != 0 {
+		t.Fatalf("write in epoch 2: errno %d", e)
 	}
 }

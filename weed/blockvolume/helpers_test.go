@@ -275,6 +275,25 @@ func (f *fakeMaster) setRespond(fn func(hb *blockpb.BlockHeartbeat) (*blockpb.Bl
 }
 
 // grant answers every heartbeat with a lease of leaseMs and nothing else.
+// confirm answers like the real master: a lease of leaseMs, and an
+// assignment (epoch as reported, this server primary) for every volume
+// that reports itself a fenced primary.
+func confirm(leaseMs int64) func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
+	return func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
+		resp := &blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), LeaseMs: leaseMs}
+		for _, r := range hb.GetVolumes() {
+			if r.GetRole() == blockpb.Role_ROLE_PRIMARY && r.GetFenced() {
+				resp.Assignments = append(resp.Assignments, &blockpb.Assignment{
+					Spec:   spec(r.GetName(), r.GetSizeBytes()),
+					Config: epochConfig(r.GetEpoch(), hb.GetServer().GetServerId()),
+					Role:   blockpb.Role_ROLE_PRIMARY,
+				})
+			}
+		}
+		return resp, nil
+	}
+}
+
 func grant(leaseMs int64) func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
 	return func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
 		return &blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), LeaseMs: leaseMs}, nil

@@ -147,17 +147,18 @@ func TestWithRealMaster(t *testing.T) {
 	wantCode(t, err, codes.NotFound, "lookup after delete")
 }
 
-// TestMasterDeletesWhatItDoesNotKnow: a volume file the registry has no
-// record of (created behind the master's back) is removed through the
-// heartbeat's deletes.
-func TestMasterDeletesWhatItDoesNotKnow(t *testing.T) {
+// TestOrphanStaysFencedWithRealMaster: a volume file the registry has no
+// record of (created behind the master's back) gets lease grants with the
+// server's other volumes but no assignment, so it never becomes writable.
+func TestOrphanStaysFencedWithRealMaster(t *testing.T) {
 	bdir := t.TempDir()
 	_, mAddr := startRealMaster(t, t.TempDir())
 	m := startVolumeServer(t, bdir, mAddr)
 	allocate(t, m, "stray", 1<<20, epochConfig(1, testServerID))
-	path := filepath.Join(bdir, "stray"+FileExt)
-	eventually(t, 10*time.Second, "stray volume deleted", func() bool {
-		_, err := os.Stat(path)
-		return os.IsNotExist(err)
-	})
+	c := dialNBD(t, m.Endpoints().GetNbdAddress(), "stray")
+	eventually(t, 10*time.Second, "lease grants arriving", func() bool { return m.Heartbeat().Connected })
+	time.Sleep(300 * time.Millisecond) // several pulses of 50 ms
+	if e := c.write(0, make([]byte, 4096)); e != nbdEPERM {
+		t.Fatalf("write to an orphan: errno %d, want EPERM", e)
+	}
 }

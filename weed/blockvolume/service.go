@@ -119,7 +119,7 @@ func (m *Manager) allocateLocked(spec *blockpb.VolumeSpec, cfg *blockpb.EpochCon
 		if cfg.GetEpoch() < st.Epoch {
 			return nil, status.Errorf(codes.FailedPrecondition, "allocate %s: epoch %d is older than the volume's epoch %d", name, cfg.GetEpoch(), st.Epoch)
 		}
-		if err := m.applyConfigLocked(v, cfg, time.Time{}); err != nil {
+		if err := m.applyConfigLocked(v, cfg, time.Time{}, false); err != nil {
 			return nil, status.Errorf(codes.Internal, "allocate %s: %v", name, err)
 		}
 		return v.report(m.serverID, m.sessions(name)), nil

@@ -19,7 +19,7 @@ import (
 
 func TestStatusHTTP(t *testing.T) {
 	f := startFakeMaster(t)
-	f.setRespond(grant(1000))
+	f.setRespond(confirm(1000))
 	m := startManager(t, "", withMasters(f.addr))
 	allocate(t, m, "s1", 1<<20, epochConfig(1, testServerID))
 	allocate(t, m, "s2", 2<<20, epochConfig(3, testServerID))
@@ -107,7 +107,7 @@ func TestStatusHTTP(t *testing.T) {
 
 func TestMetrics(t *testing.T) {
 	f := startFakeMaster(t)
-	f.setRespond(grant(1000))
+	f.setRespond(confirm(1000))
 	m := startManager(t, "", withMasters(f.addr))
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(m.Collectors()...)

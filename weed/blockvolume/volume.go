@@ -21,6 +21,11 @@ type volume struct {
 	vol  *blockvol.Volume
 	dev  *meteredDevice
 	lu   *scsi.LogicalUnit
+
+	// confirmed is the epoch in which an assignment from the master made
+	// this server primary (0: none since the volume was opened). Lease
+	// grants only renew a confirmed primary. Guarded by Manager.opMu.
+	confirmed uint64
 }
 
 func newVolume(name string, vol *blockvol.Volume, mt *metrics) *volume {
