@@ -100,7 +100,7 @@ const (
 // drop-all, keep-all) against the oracle, on a WAL small enough to wrap
 // constantly.
 func TestCrashOracleRandomWorkload(t *testing.T) {
-	n := crashSeeds(t, 10)
+	n := crashSeeds(t, 8)
 	var total oracle.Stats
 	for _, bs := range []int{4096, 512} {
 		tgt := engineTarget(bs, crashBlocks, crashWAL, 2*time.Millisecond)
@@ -128,7 +128,7 @@ func TestCrashOracleRandomWorkload(t *testing.T) {
 func TestCrashAtEverySyncPoint(t *testing.T) {
 	mix := oracle.DefaultMix()
 	mix.Crash, mix.Reopen = 0, 1
-	ops := oracle.Generate(11, 60, crashBlocks, mix)
+	ops := oracle.Generate(11, 45, crashBlocks, mix)
 	oracle.CrashAtEverySync(t, engineTarget(4096, crashBlocks, crashWAL, 5*time.Millisecond), crashBlocks, ops, crashSeeds(t, 2))
 }
 
