@@ -299,8 +299,16 @@ func (m *Manager) applyResponse(resp *blockpb.BlockHeartbeatResponse, sentAt tim
 		leaseUntil = sentAt.Add(time.Duration(resp.GetLeaseMs()) * time.Millisecond)
 	}
 	for _, a := range resp.GetAssignments() {
-		if err := m.applyAssignmentLocked(a, leaseUntil); err != nil {
-			glog.Errorf("blockvolume: assignment for %q: %v", a.GetSpec().GetName(), err)
+		name := a.GetSpec().GetName()
+		err := m.applyAssignmentLocked(a, leaseUntil)
+		// The master re-sends an assignment every pulse until it is
+		// applied: log a failure once, not twice a second.
+		switch {
+		case err == nil:
+			delete(m.assignErrs, name)
+		case m.assignErrs[name] != err.Error():
+			m.assignErrs[name] = err.Error()
+			glog.Errorf("blockvolume: assignment for %q: %v", name, err)
 		}
 	}
 	for _, name := range resp.GetDeletes() {

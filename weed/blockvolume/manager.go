@@ -93,6 +93,9 @@ type Manager struct {
 	iscsiL    net.Listener
 
 	hb hbState
+	// assignErrs is the last error of each volume's assignment, so a
+	// re-sent assignment that keeps failing is logged once (opMu).
+	assignErrs map[string]string
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -125,11 +128,12 @@ func New(opts Options) (*Manager, error) {
 	}
 	ep.ServerId = id
 	return &Manager{
-		opts:      opts,
-		serverID:  id,
-		metrics:   newMetrics(),
-		volumes:   make(map[string]*volume),
-		endpoints: ep,
+		opts:       opts,
+		serverID:   id,
+		metrics:    newMetrics(),
+		volumes:    make(map[string]*volume),
+		endpoints:  ep,
+		assignErrs: make(map[string]string),
 	}, nil
 }
 
