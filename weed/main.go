@@ -13,6 +13,7 @@ import (
 	flag "github.com/seaweedfs/seaweedfs/weed/util/fla9"
 	httpclient "github.com/seaweedfs/seaweedfs/weed/util/http"
 
+	"github.com/weedblock/weedblock/weed/blockshell/weedshell"
 	"github.com/weedblock/weedblock/weed/cluster"
 	"github.com/weedblock/weedblock/weed/logbridge"
 )
@@ -67,6 +68,7 @@ func run(args []string) int {
 // master, volume and server run weedblock's launchers (package cluster).
 func commandList() []*command.Command {
 	cmds := slices.Clone(command.Commands)
+	weedshell.Install() // block.* commands in `weed shell`
 	if err := cluster.Install(cmds, cluster.BlockHooks()); err != nil {
 		fmt.Fprintf(os.Stderr, "weed: block launchers: %v\n", err)
 	}
