@@ -157,6 +157,9 @@ func (m *Master) applyHeartbeat(id string, streamID uint64, hb *blockpb.BlockHea
 	names := m.reg.namesOf(id)
 	reported := make(map[string]*blockpb.VolumeReport, len(hb.GetVolumes()))
 	for _, v := range hb.GetVolumes() {
+		if !validName(v.GetName()) {
+			continue // not a volume this master could have made
+		}
 		reported[v.GetName()] = v
 		if _, member := m.reg.byServer[id][v.GetName()]; !member {
 			names = append(names, v.GetName())

@@ -113,6 +113,14 @@ func TestDeletesOnlyDeletedVolumes(t *testing.T) {
 	if got, _ := metricValue(gather(t, h.m)["weedblock_master_orphan_volumes"], "", ""); got != 2 {
 		t.Fatalf("orphans %v, want 2", got)
 	}
+	// Reports with names no volume can have are ignored.
+	resp = hb.beat(&blockpb.VolumeReport{Name: ""}, &blockpb.VolumeReport{Name: "../etc"}, &blockpb.VolumeReport{Name: "ghost", Epoch: 4})
+	if len(resp.Deletes) != 0 || len(resp.Assignments) != 0 {
+		t.Fatalf("bad names: deletes %v assignments %v", resp.Deletes, resp.Assignments)
+	}
+	if got, _ := metricValue(gather(t, h.m)["weedblock_master_orphan_volumes"], "", ""); got != 1 {
+		t.Fatalf("orphans %v, want 1", got)
+	}
 	if _, err := h.create(spec("gone", 1<<20, 1)); err != nil {
 		t.Fatal(err)
 	}
