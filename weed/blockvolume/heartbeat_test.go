@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/weedblock/weedblock/blockvol"
 	"github.com/weedblock/weedblock/weed/pb/blockpb"
 )
 
@@ -379,5 +380,38 @@ func TestNewEpochKeepsServingPrimary(t *testing.T) {
 	}
 	if e := c.write(0, pat); e != 0 {
 		t.Fatalf("write in epoch 2: errno %d", e)
+	}
+}
+
+// TestReplicaAssignment: an assignment naming this server replica creates
+// the volume and unfences it as replica: frontend writes are still refused
+// and it reports itself replica of the epoch.
+func TestReplicaAssignment(t *testing.T) {
+	f := startFakeMaster(t)
+	cfg := &blockpb.EpochConfig{
+		Epoch:           3,
+		PrimaryServerId: "vs2",
+		Members: []*blockpb.Member{
+			{Server: &blockpb.ServerEndpoints{ServerId: "vs2"}, Role: blockpb.Role_ROLE_PRIMARY},
+			{Server: &blockpb.ServerEndpoints{ServerId: testServerID}, Role: blockpb.Role_ROLE_REPLICA},
+		},
+		Durability: blockpb.Durability_DURABILITY_SYNC,
+	}
+	f.setRespond(func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
+		return &blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), LeaseMs: 1000,
+			Assignments: []*blockpb.Assignment{{Spec: spec("rep", 1<<20), Config: cfg, Role: blockpb.Role_ROLE_REPLICA}}}, nil
+	})
+	m := startManager(t, "", withMasters(f.addr))
+	eventually(t, 5*time.Second, "reported as replica of epoch 3", func() bool {
+		r := f.lastReport("rep")
+		return r.GetEpoch() == 3 && r.GetRole() == blockpb.Role_ROLE_REPLICA
+	})
+	st := m.lookup("rep").vol.Status()
+	if st.Fenced || st.Role != blockvol.RoleReplica || st.Epoch != 3 {
+		t.Fatalf("replica status: fenced %v role %v epoch %d", st.Fenced, st.Role, st.Epoch)
+	}
+	c := dialNBD(t, m.Endpoints().GetNbdAddress(), "rep")
+	if e := c.write(0, make([]byte, 4096)); e != nbdEPERM {
+		t.Fatalf("frontend write to a replica: errno %d, want EPERM", e)
 	}
 }

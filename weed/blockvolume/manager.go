@@ -305,7 +305,7 @@ func (m *Manager) addVolume(v *volume) error {
 }
 
 // removeVolume unexports v (closing its sessions), closes it and, when
-// remove is set, deletes its file.
+// remove is set, deletes its file. The caller holds opMu.
 func (m *Manager) removeVolume(v *volume, remove bool) error {
 	m.mu.Lock()
 	delete(m.volumes, v.name)
@@ -321,6 +321,7 @@ func (m *Manager) removeVolume(v *volume, remove bool) error {
 		}
 	}
 	m.metrics.forget(v.name)
+	delete(m.assignErrs, v.name) // callers hold opMu
 	path := v.vol.Path()
 	err := v.vol.Close()
 	if remove {
