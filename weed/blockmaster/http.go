@@ -17,6 +17,7 @@ import (
 //
 //	GET /block/volumes       -> {"volumes": [VolumeInfo...]} (ListVolumesResponse)
 //	GET /block/volume/NAME   -> VolumeInfo
+//	GET /block/servers       -> {"servers": [ServerStatus...]}
 //
 // Mount it under "/block/" (the paths include that prefix). Errors are
 // {"error": "...", "leader": "..."} with 400 (bad name), 404 (unknown
@@ -45,6 +46,16 @@ func (m *Master) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case path == "/block/volumes" || path == "/block/volumes/":
 		writeHTTPProto(w, &blockpb.ListVolumesResponse{Volumes: m.list()})
+	case path == "/block/servers" || path == "/block/servers/":
+		b, err := json.MarshalIndent(struct {
+			Servers []ServerStatus `json:"servers"`
+		}{m.Servers()}, "", "  ")
+		if err != nil {
+			writeHTTPError(w, http.StatusInternalServerError, "encode: "+err.Error(), "")
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(append(b, '\n'))
 	case strings.HasPrefix(path, "/block/volume/"):
 		info, err := m.lookup(strings.TrimPrefix(path, "/block/volume/"))
 		if err != nil {
@@ -60,7 +71,7 @@ func (m *Master) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		writeHTTPProto(w, info)
 	default:
-		writeHTTPError(w, http.StatusNotFound, "no such path "+path+"; try /block/volumes or /block/volume/NAME", "")
+		writeHTTPError(w, http.StatusNotFound, "no such path "+path+"; try /block/volumes, /block/volume/NAME or /block/servers", "")
 	}
 }
 

@@ -71,6 +71,15 @@ func TestHTTPHandler(t *testing.T) {
 		t.Fatalf("volume: %d %s", code, body)
 	}
 
+	code, body = httpGet(t, http.MethodGet, srv.URL+"/block/servers")
+	var servers struct{ Servers []ServerStatus }
+	if code != http.StatusOK || json.Unmarshal(body, &servers) != nil || len(servers.Servers) != 1 {
+		t.Fatalf("servers: %d %s", code, body)
+	}
+	if s := servers.Servers[0]; s.ID != "a" || !s.Alive || s.FreeBytes != 100*gib || strings.Join(s.Volumes, ",") != "db1,db2" || s.Endpoints.GetRack() != "r1" {
+		t.Fatalf("server status %+v", s)
+	}
+
 	errCase := func(method, path string, want int, fragment string) {
 		t.Helper()
 		code, body := httpGet(t, method, srv.URL+path)

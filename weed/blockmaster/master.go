@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sort"
 	"sync"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/weedblock/weedblock/weed/pb/blockpb"
 )
@@ -305,5 +307,49 @@ func (m *Master) candidatesLocked(now time.Time) []candidate {
 		}
 		out = append(out, c)
 	}
+	return out
+}
+
+// ServerStatus is the master's view of one block volume server.
+type ServerStatus struct {
+	ID           string                   `json:"id"`
+	Alive        bool                     `json:"alive"`
+	UpstreamGone bool                     `json:"upstream_gone,omitempty"` // ServerLeft without ServerJoined
+	Endpoints    *blockpb.ServerEndpoints `json:"endpoints"`
+	FreeBytes    uint64                   `json:"free_bytes"`
+	LastSeenAgo  time.Duration            `json:"last_seen_ago_ns"`
+	Volumes      []string                 `json:"volumes"`           // reported local volumes, sorted
+	Orphans      []string                 `json:"orphans,omitempty"` // reported, never in the registry
+}
+
+// Servers lists the block servers this master has heard from, sorted by id.
+func (m *Master) Servers() []ServerStatus {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.clock.Now()
+	out := make([]ServerStatus, 0, len(m.servers))
+	for id, s := range m.servers {
+		st := ServerStatus{
+			ID:           id,
+			Alive:        m.aliveLocked(id, now),
+			UpstreamGone: m.upstreamDown[id],
+			FreeBytes:    s.freeBytes,
+			LastSeenAgo:  now.Sub(s.lastSeen),
+			Volumes:      []string{},
+		}
+		if s.endpoints != nil {
+			st.Endpoints = proto.Clone(s.endpoints).(*blockpb.ServerEndpoints)
+		}
+		for name := range s.reports {
+			st.Volumes = append(st.Volumes, name)
+		}
+		sort.Strings(st.Volumes)
+		for name := range m.orphans[id] {
+			st.Orphans = append(st.Orphans, name)
+		}
+		sort.Strings(st.Orphans)
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
 }
