@@ -200,12 +200,16 @@ func (m *Manager) runStream(ctx context.Context, addr string, seq *uint64) (answ
 			if ctx.Err() != nil {
 				return answered, "", nil
 			}
+			if l := leaderFromError(rerr); l != "" {
+				return answered, l, fmt.Errorf("heartbeat stream to %s: %w", addr, rerr)
+			}
 			select {
 			case serr := <-sendErr:
-				return answered, "", serr
+				// The sender gave up first (silent master) or saw why.
+				return answered, "", errors.Join(serr, rerr)
 			default:
 			}
-			return answered, leaderFromError(rerr), fmt.Errorf("heartbeat stream to %s: %w", addr, rerr)
+			return answered, "", fmt.Errorf("heartbeat stream to %s: %w", addr, rerr)
 		}
 		if l := resp.GetLeader(); l != "" {
 			return answered, normalizeLeader(l), nil
