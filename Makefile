@@ -7,7 +7,7 @@ GO        ?= go
 UNIT_PKGS  = $(shell $(GO) list ./... | grep -v -e '/weed$$' -e '/weed/' -e '/test$$' -e '/test/')
 E2E_PKGS   = $(shell $(GO) list ./weed/... ./test/... 2>/dev/null)
 
-.PHONY: all build test unit e2e bench run fmt vet proto clean
+.PHONY: all build test unit e2e bench run compose-up compose-down compose-test fmt vet proto clean
 
 all: build
 
@@ -27,8 +27,27 @@ e2e:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -timeout 30m $(UNIT_PKGS)
 
+# A local cluster (1 master + 3 volume servers, data in ./data, reused by the
+# next run) with a demo block volume; Ctrl-C stops it.
 run: build
-	@echo "make run: the local cluster (weed block dev) is not yet available"
+	bin/weed block dev
+
+# The docker/ cluster (1 master + 3 volume servers) on this host. Its servers
+# advertise WEEDBLOCK_IP (default: this host's first address).
+COMPOSE      = docker compose -f docker/docker-compose.yml
+WEEDBLOCK_IP ?= $(shell hostname -I 2>/dev/null | awk '{print $$1}')
+
+compose-up:
+	WEEDBLOCK_IP=$(WEEDBLOCK_IP) $(COMPOSE) up -d --build
+
+compose-down:
+	WEEDBLOCK_IP=$(WEEDBLOCK_IP) $(COMPOSE) down -v
+
+# The end-to-end suite against the compose cluster (tests that must kill or
+# restart servers need their own cluster and say so).
+compose-test: compose-up
+	WEEDBLOCK_CLUSTER=master=$(WEEDBLOCK_IP):9333.19333 $(GO) test -count=1 -timeout 60m ./test/...; \
+		status=$$?; WEEDBLOCK_IP=$(WEEDBLOCK_IP) $(COMPOSE) down -v; exit $$status
 
 # Regenerate weed/pb/blockpb from weed/pb/block.proto (needs Debian's
 # protobuf-compiler; the Go plugins are installed here at pinned versions).

@@ -34,6 +34,9 @@ const (
 	devPoll          = 250 * time.Millisecond
 )
 
+// devReadyState is the block master's state of a volume that serves I/O.
+const devReadyState = "ok"
+
 // devVolumeServers is the number of volume servers of the dev cluster.
 const devVolumeServers = 3
 
@@ -207,7 +210,7 @@ func (d *devCluster) start() error {
 			d.exited <- ch.name
 		}()
 		d.children = append(d.children, ch)
-		glog.Infof("dev: started %s (pid %d), log %s", name, cmd.Process.Pid, logPath)
+		glog.V(1).Infof("dev: started %s (pid %d), log %s", name, cmd.Process.Pid, logPath)
 		fmt.Fprintf(d.stdout, "started %-8s pid %-7d log %s\n", name, cmd.Process.Pid, logPath)
 	}
 	return nil
@@ -232,7 +235,7 @@ func (d *devCluster) stop() {
 				}
 			}
 			ch.log.Close()
-			glog.Infof("dev: %s stopped: %v", ch.name, ch.err)
+			glog.V(1).Infof("dev: %s stopped: %v", ch.name, ch.err)
 		}
 	})
 }
@@ -282,8 +285,20 @@ func (d *devCluster) ensureVolume(ctx context.Context) (*blockpb.VolumeInfo, err
 	var last error
 	for {
 		info, err := d.lookupOrCreate(ctx, bm, spec)
-		if err == nil {
+		if err == nil && info.GetState() == devReadyState {
 			return info, nil
+		}
+		if err == nil {
+			// Created or known, not serving yet (servers still joining after
+			// a restart, assignment in flight): wait for it, or print what
+			// the master says when the wait is over.
+			last = fmt.Errorf("volume %q is %q", spec.Name, info.GetState())
+			select {
+			case <-ctx.Done():
+				return info, nil
+			case <-time.After(devPoll):
+			}
+			continue
 		}
 		if c := status.Code(err); c == codes.Unimplemented || c == codes.InvalidArgument || c == codes.AlreadyExists {
 			return nil, err

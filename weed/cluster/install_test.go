@@ -5,12 +5,20 @@ import (
 	"time"
 
 	"github.com/seaweedfs/seaweedfs/weed/command"
+	flag "github.com/seaweedfs/seaweedfs/weed/util/fla9"
 )
 
+// findCommand returns upstream's command with its flags back at their
+// defaults (tests share the process-wide command list and parse into it).
 func findCommand(t *testing.T, name string) *command.Command {
 	t.Helper()
 	for _, c := range command.Commands {
 		if c.Name() == name {
+			c.Flag.VisitAll(func(f *flag.Flag) {
+				if err := f.Value.Set(f.DefValue); err != nil {
+					t.Fatalf("%s: reset -%s: %v", name, f.Name, err)
+				}
+			})
 			return c
 		}
 	}
