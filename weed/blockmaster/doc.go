@@ -79,7 +79,9 @@
 // sent the heartbeat; the master records while building the answer (and
 // again after sending it) that the primary's lease ends no earlier than then
 // + Lease + Margin, so the master always believes a lease ends after the
-// primary does (LeaseExpiry). A server is alive while its stream is up and
+// primary does (LeaseExpiry). That view is never earlier than the master's
+// start + Lease + Margin: an earlier run may have granted a lease just
+// before it stopped. A server is alive while its stream is up and
 // was heard within 3 pulses and upstream has not reported it gone; a silent
 // stream is ended with Unavailable.
 //

@@ -281,12 +281,28 @@ func (m *Master) grantLeasesLocked(id string, names []string, at time.Time) {
 }
 
 // LeaseExpiry is the master's view of when the primary of name may stop
-// believing it holds a lease: no primary write is acknowledged after it.
-// Zero when no lease was ever granted.
+// believing it holds a lease: no primary write is acknowledged after it. It
+// is never earlier than this master's start + Lease + Margin, because a
+// previous master (or this one before a restart) may have granted a lease
+// just before it stopped. Zero for a volume the registry does not have.
 func (m *Master) LeaseExpiry(name string) time.Time {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.leases[name]
+	exp, _ := m.leaseExpiryLocked(name)
+	return exp
+}
+
+// leaseExpiryLocked also says whether this master granted the lease itself.
+func (m *Master) leaseExpiryLocked(name string) (time.Time, bool) {
+	if m.reg.get(name) == nil {
+		return time.Time{}, false
+	}
+	floor := m.started.Add(m.opts.Lease + m.opts.Margin)
+	exp, granted := m.leases[name]
+	if exp.Before(floor) {
+		exp = floor
+	}
+	return exp, granted
 }
 
 // setOrphansLocked records the volumes server id reports that the registry

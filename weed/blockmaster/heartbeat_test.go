@@ -356,3 +356,27 @@ func TestHeartbeatDuringDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// After a restart the master cannot know what leases its previous run
+// granted: its view of every volume's lease lasts at least Lease + Margin
+// from its start.
+func TestLeaseViewAfterRestart(t *testing.T) {
+	h := newHarness(t, nil)
+	_, hb := h.server("a", "r1", 100*gib)
+	if _, err := h.create(spec("v", 1<<20, 1)); err != nil {
+		t.Fatal(err)
+	}
+	hb.beat(primaryReport("v", 1, false)) // a lease granted just before the stop
+	granted := h.m.LeaseExpiry("v")
+	h.stop()
+	h.clock.Advance(time.Second)
+	h.start()
+	restart := h.clock.Now()
+	got := h.m.LeaseExpiry("v")
+	if want := restart.Add(h.opts.Lease + h.opts.Margin); got.Before(want) || got.Before(granted) {
+		t.Fatalf("after restart the lease view ends %v, want >= %v (and >= the last grant %v)", got, want, granted)
+	}
+	if !h.m.LeaseExpiry("nosuch").IsZero() {
+		t.Fatal("lease view for an unknown volume")
+	}
+}

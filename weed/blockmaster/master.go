@@ -114,6 +114,9 @@ type Master struct {
 	// leases: volume -> the master's (conservative) view of when the
 	// primary's lease ends.
 	leases map[string]time.Time
+	// started: when this master was made; leases granted before it (by an
+	// earlier run) end by started + Lease + Margin at the latest.
+	started time.Time
 	// orphans: server -> volumes it reports that the registry never had
 	// (name -> reported epoch); left alone, counted in the metrics.
 	orphans    map[string]map[string]uint64
@@ -181,6 +184,7 @@ func New(opts Options) (*Master, error) {
 		servers:      map[string]*serverState{},
 		upstreamDown: map[string]bool{},
 		leases:       map[string]time.Time{},
+		started:      clock.Now(),
 		orphans:      map[string]map[string]uint64{},
 		done:         make(chan struct{}),
 	}, nil

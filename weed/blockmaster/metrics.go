@@ -61,9 +61,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		info := m.volumeInfoLocked(rec, now)
 		states[info.State]++
 		ch <- prometheus.MustNewConstMetric(descEpoch, prometheus.GaugeValue, float64(rec.config.GetEpoch()), name)
-		if exp, ok := m.leases[name]; ok {
-			ch <- prometheus.MustNewConstMetric(descLease, prometheus.GaugeValue, exp.Sub(now).Seconds(), name)
-		}
+		exp, _ := m.leaseExpiryLocked(name)
+		ch <- prometheus.MustNewConstMetric(descLease, prometheus.GaugeValue, exp.Sub(now).Seconds(), name)
 	}
 	for _, st := range []string{StateOK, StateAssigning, StateUnhealthy, StateDegraded, StateUnavailable, StateCreating, StateDeleting} {
 		ch <- prometheus.MustNewConstMetric(descVolumes, prometheus.GaugeValue, float64(states[st]), st)

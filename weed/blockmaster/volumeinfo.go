@@ -35,7 +35,7 @@ func (m *Master) volumeInfoLocked(rec *volumeRecord, now time.Time) *blockpb.Vol
 	for _, h := range rec.history {
 		info.History = append(info.History, proto.Clone(h).(*blockpb.EpochConfig))
 	}
-	if exp, ok := m.leases[name]; ok {
+	if exp, _ := m.leaseExpiryLocked(name); !exp.IsZero() {
 		// Wall-clock rendering of a monotonic deadline, for display.
 		info.LeaseExpiresUnixMs = time.Now().Add(exp.Sub(now)).UnixMilli()
 	}
