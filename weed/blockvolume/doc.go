@@ -26,7 +26,9 @@
 //
 // Volume NAME lives in Dir/NAME.blk, is the NBD export NAME and the iSCSI
 // target iqn.2026-11.io.weedblock:NAME (LUN 0). Names are lower-case
-// letters, digits, '.' and '-' (no '_': an IQN cannot hold it).
+// letters, digits, '.' and '-' (no '_': an IQN cannot hold it). An iSCSI
+// login for a volume whose stored config names another server primary is
+// redirected (temporary redirect) to that member's iscsi_address.
 //
 // # Epochs and leases
 //

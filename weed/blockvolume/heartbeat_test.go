@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/weedblock/weedblock/blockvol"
+	"github.com/weedblock/weedblock/frontend/iscsi"
 	"github.com/weedblock/weedblock/weed/pb/blockpb"
 )
 
@@ -413,5 +414,46 @@ func TestReplicaAssignment(t *testing.T) {
 	c := dialNBD(t, m.Endpoints().GetNbdAddress(), "rep")
 	if e := c.write(0, make([]byte, 4096)); e != nbdEPERM {
 		t.Fatalf("frontend write to a replica: errno %d, want EPERM", e)
+	}
+}
+
+// TestISCSIRedirectToPrimary: a login to a member that is not primary is
+// redirected to the primary's portal (from the stored epoch config); a
+// real initiator (qemu-io) follows it and the write lands on the primary.
+func TestISCSIRedirectToPrimary(t *testing.T) {
+	f := startFakeMaster(t)
+	b := startManager(t, "", func(o *Options) {
+		withMasters(f.addr)(o)
+		o.ServerID = "vs2"
+	})
+	cfg := &blockpb.EpochConfig{
+		Epoch:           2,
+		PrimaryServerId: "vs2",
+		Members: []*blockpb.Member{
+			{Server: b.Endpoints(), Role: blockpb.Role_ROLE_PRIMARY},
+			{Server: &blockpb.ServerEndpoints{ServerId: testServerID}, Role: blockpb.Role_ROLE_REPLICA},
+		},
+	}
+	f.setRespond(func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
+		return &blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), LeaseMs: 1000,
+			Assignments: []*blockpb.Assignment{{Spec: spec("rr", 1<<20), Config: cfg, Role: blockpb.Role_ROLE_PRIMARY}}}, nil
+	})
+	a := startManager(t, "", nil) // vs1, no master: the replica copy stays fenced
+	allocate(t, a, "rr", 1<<20, cfg)
+	eventually(t, 5*time.Second, "primary created by its assignment", func() bool { return b.lookup("rr") != nil })
+	cb := dialNBD(t, b.Endpoints().GetNbdAddress(), "rr")
+	eventually(t, 5*time.Second, "primary writable", func() bool { return cb.write(0, make([]byte, 4096)) == 0 })
+
+	if addr, ok := a.iscsiRedirect(iscsi.IQN("rr")); !ok || addr != b.Endpoints().GetIscsiAddress() {
+		t.Fatalf("redirect from the replica: %q %v", addr, ok)
+	}
+	if _, ok := b.iscsiRedirect(iscsi.IQN("rr")); ok {
+		t.Fatal("the primary redirects its own logins")
+	}
+	if out, ok := qemuWrite(t, iscsiURI(a, "rr"), 8192); !ok {
+		t.Fatalf("qemu-io through the replica's portal:\n%s", out)
+	}
+	if e, data := cb.read(8192, 4096); e != 0 || !bytes.Equal(data, bytes.Repeat([]byte{0x5a}, 4096)) {
+		t.Fatalf("the write did not land on the primary (errno %d)", e)
 	}
 }

@@ -187,7 +187,7 @@ func (m *Manager) Start() (err error) {
 		if host, _, err := net.SplitHostPort(m.endpoints.IscsiAddress); err == nil && !unspecified(host) {
 			portals = []string{m.endpoints.IscsiAddress}
 		}
-		m.iscsiSrv = iscsi.NewServer(iscsi.Config{Portals: portals})
+		m.iscsiSrv = iscsi.NewServer(iscsi.Config{Portals: portals, Redirect: m.iscsiRedirect})
 	}
 	if err := m.openExisting(); err != nil {
 		return err
@@ -248,6 +248,38 @@ func unspecified(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsUnspecified()
+}
+
+// iscsiRedirect sends a login for a volume this server holds but is not
+// primary of (per the stored config of the volume's current epoch) to the
+// primary's portal, so an initiator configured with any member's portal
+// reaches the primary.
+func (m *Manager) iscsiRedirect(targetName string) (string, bool) {
+	name, ok := strings.CutPrefix(targetName, iscsi.IQNPrefix)
+	if !ok {
+		return "", false
+	}
+	v := m.lookup(name)
+	if v == nil {
+		return "", false
+	}
+	cfg := v.config()
+	if cfg == nil || cfg.GetEpoch() != v.vol.Status().Epoch {
+		return "", false
+	}
+	primary := cfg.GetPrimaryServerId()
+	if primary == "" || primary == m.serverID {
+		return "", false
+	}
+	for _, mb := range cfg.GetMembers() {
+		if mb.GetServer().GetServerId() == primary {
+			if addr := mb.GetServer().GetIscsiAddress(); addr != "" {
+				glog.V(1).Infof("blockvolume: iscsi login for %s redirected to primary %s at %s", name, primary, addr)
+				return addr, true
+			}
+		}
+	}
+	return "", false
 }
 
 // openExisting opens every NAME.blk in Dir, fenced. A file that does not
