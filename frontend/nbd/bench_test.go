@@ -168,7 +168,7 @@ func (s *fioSide) medians() (iops, mbps, cpu float64) {
 // is (use -benchtime=1x); medians are reported, with each server's CPU time
 // per I/O, which stays meaningful on a loaded machine. Files live in
 // NBD_BENCH_DIR (default: a temp dir) and are NBD_BENCH_SIZE big (default
-// 256M).
+// 256M). NBD_BENCH_WORKERS overrides Options.Workers.
 func BenchmarkFio(b *testing.B) {
 	runtime := 3 * time.Second
 	if v := os.Getenv("NBD_BENCH_RUNTIME"); v != "" {
@@ -216,7 +216,15 @@ func BenchmarkFio(b *testing.B) {
 	}
 	f.Close()
 
-	s, addr := startServer(b, Options{})
+	opts := Options{}
+	if v := os.Getenv("NBD_BENCH_WORKERS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			b.Fatalf("NBD_BENCH_WORKERS=%q", v)
+		}
+		opts.Workers = n
+	}
+	s, addr := startServer(b, opts)
 	if err := s.AddExport("bench", "", dev); err != nil {
 		b.Fatal(err)
 	}
