@@ -3,10 +3,11 @@
 //
 // It owns: the NBD wire format (handshake, options, requests, simple and
 // structured replies), the export registry (exports come and go at runtime as
-// volumes do), the per-connection pipeline (one reader goroutine decoding
-// requests, a bounded pool of workers calling the device, replies written in
-// completion order under one writer lock) and the mapping from blockdev
-// errors to NBD errno values.
+// volumes do), the per-connection pipeline (a fixed set of workers that take
+// turns reading the next request, then call the device, so requests run
+// concurrently and are answered in completion order under one writer lock;
+// payload bytes in flight are bounded by a budget) and the mapping from
+// blockdev errors to NBD errno values.
 //
 // It must never: panic or hang on bytes from the network (a malformed request
 // gets an NBD error or a closed connection), buffer more than its in-flight
