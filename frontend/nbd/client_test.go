@@ -217,7 +217,14 @@ func (c *testClient) reply() (testReply, error) {
 			return r, err
 		}
 		switch typ {
+		case replyTypeNone:
+			if n != 0 {
+				return r, fmt.Errorf("NONE chunk of %d bytes", n)
+			}
 		case replyTypeOffsetData:
+			if n < 9 {
+				return r, fmt.Errorf("data chunk of %d bytes carries no data", n)
+			}
 			if n < 8 {
 				return r, fmt.Errorf("data chunk of %d bytes", n)
 			}

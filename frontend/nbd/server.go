@@ -26,7 +26,7 @@ var (
 // Options tune a Server. Zero fields take the defaults below.
 type Options struct {
 	// MaxPayload is the largest READ or WRITE accepted, advertised as the
-	// maximum block size. Default 32 MiB.
+	// maximum block size. Default 32 MiB, at most 1 GiB.
 	MaxPayload int
 	// MaxInFlightBytes bounds the payload bytes one connection holds at
 	// once (requests read but not yet answered). Default 64 MiB; raised to
@@ -44,6 +44,7 @@ type Options struct {
 
 const (
 	defaultMaxPayload       = 32 << 20
+	maxMaxPayload           = 1 << 30
 	defaultMaxInFlightBytes = 64 << 20
 	defaultWorkers          = 16
 	defaultHandshakeTimeout = 30 * time.Second
@@ -54,6 +55,7 @@ func (o Options) withDefaults() Options {
 	if o.MaxPayload <= 0 {
 		o.MaxPayload = defaultMaxPayload
 	}
+	o.MaxPayload = min(o.MaxPayload, maxMaxPayload)
 	if o.MaxInFlightBytes <= 0 {
 		o.MaxInFlightBytes = defaultMaxInFlightBytes
 	}

@@ -371,7 +371,12 @@ func (c *conn) writeReply(r *request, errno uint32, msg string) error {
 	}
 	var err error
 	if c.structured && r.typ == cmdRead {
-		if errno == 0 {
+		if errno == 0 && len(data) == 0 {
+			// A data chunk must carry data; a zero-length read gets an
+			// empty final chunk.
+			putStructuredHeader(r.hdr[:], replyFlagDone, replyTypeNone, r.cookie, 0)
+			_, err = c.bw.Write(r.hdr[:structuredHeaderLen])
+		} else if errno == 0 {
 			putStructuredHeader(r.hdr[:], replyFlagDone, replyTypeOffsetData, r.cookie, uint32(8+len(data)))
 			binary.BigEndian.PutUint64(r.hdr[20:28], r.offset)
 			_, err = c.bw.Write(r.hdr[:28])

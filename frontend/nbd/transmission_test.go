@@ -39,6 +39,11 @@ func TestCommands(t *testing.T) {
 			if structured && r.offset != 8192 {
 				t.Fatalf("structured data chunk offset %d", r.offset)
 			}
+			// Zero-length requests succeed and carry no data.
+			if r := c.do(0, cmdRead, 4096, 0, nil, 0); len(r.data) != 0 {
+				t.Fatalf("zero-length read returned %d bytes", len(r.data))
+			}
+			c.do(0, cmdWrite, 4096, 0, nil, 0)
 			c.do(cmdFlagFUA, cmdWrite, 0, 4096, w[:4096], 0)
 			c.do(0, cmdFlush, 0, 0, nil, 0)
 			if flushes, fuas := m.Counts(); flushes != 1 || fuas != 1 {
