@@ -60,3 +60,21 @@ func TestPlace(t *testing.T) {
 		})
 	}
 }
+
+func TestAdvertised(t *testing.T) {
+	cases := []struct{ addr, grpc, want string }{
+		{"10.0.0.5:10809", "10.0.0.9:18080", "10.0.0.5:10809"},
+		{"0.0.0.0:10809", "10.0.0.9:18080", "10.0.0.9:10809"},
+		{":10809", "10.0.0.9:18080", "10.0.0.9:10809"},
+		{"[::]:3260", "[fd00::1]:18080", "[fd00::1]:3260"},
+		{"host.example:3260", "10.0.0.9:18080", "host.example:3260"},
+		{"0.0.0.0:10809", "", "0.0.0.0:10809"},
+		{"", "10.0.0.9:18080", ""},
+		{"garbage", "10.0.0.9:18080", "garbage"},
+	}
+	for _, c := range cases {
+		if got := advertised(c.addr, c.grpc); got != c.want {
+			t.Errorf("advertised(%q, %q) = %q, want %q", c.addr, c.grpc, got, c.want)
+		}
+	}
+}
