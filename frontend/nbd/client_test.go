@@ -230,6 +230,8 @@ func (c *testClient) reply() (testReply, error) {
 			}
 			r.offset = binary.BigEndian.Uint64(payload)
 			r.data = payload[8:]
+		case replyTypeBlockStat:
+			r.data = payload
 		case replyTypeError:
 			if n < 6 {
 				return r, fmt.Errorf("error chunk of %d bytes", n)

@@ -34,6 +34,10 @@ func fuzzSessions() [][]byte {
 		cat(flags, optionBytes(optGo, []byte{0, 0, 1, 0, 'd'})),
 		cat(binary.BigEndian.AppendUint32(nil, 0), optionBytes(optList, nil)),
 		cat(flags, optionBytes(optGo, infoData("d")), requestBytes(0, cmdWrite, 1, 0, 4096, nil)[:20]),
+		cat(flags, optionBytes(optListMetaContext, metaData("d")), optionBytes(optStructuredReply, nil),
+			optionBytes(optSetMetaContext, metaData("d", metaBaseAllocation)), optionBytes(optGo, infoData("d")),
+			requestBytes(0, cmdBlockStatus, 1, 0, 4096, nil), requestBytes(cmdFlagReqOne, cmdBlockStatus, 2, 1<<20, 512, nil),
+			requestBytes(0, cmdRead, 3, 512, 0, nil)),
 	}
 }
 
@@ -102,6 +106,23 @@ func FuzzRequestHeader(f *testing.F) {
 		}
 		if again := requestBytes(h.flags, h.typ, h.cookie, h.offset, h.length, nil); !bytes.Equal(again, data[:requestHeaderLen]) {
 			t.Fatalf("parse(%x) = %+v re-encodes as %x", data, h, again)
+		}
+	})
+}
+
+// FuzzParseMetaContextRequest checks that meta context option data either
+// fails to parse or round-trips exactly.
+func FuzzParseMetaContextRequest(f *testing.F) {
+	f.Add(metaData("d", metaBaseAllocation))
+	f.Add(metaData("", "base:", "x"))
+	f.Add([]byte{0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, err := parseMetaContextRequest(data)
+		if err != nil {
+			return
+		}
+		if again := metaData(r.name, r.queries...); !bytes.Equal(again, data) {
+			t.Fatalf("parse(%x) = %+v re-encodes as %x", data, r, again)
 		}
 	})
 }

@@ -91,6 +91,9 @@ func (c *conn) handleOption(opt uint32, data []byte) (*export, error) {
 		if e == nil {
 			return nil, fmt.Errorf("NBD_OPT_EXPORT_NAME: unknown export %q", data)
 		}
+		if c.baseAllocation && c.metaExport != string(data) {
+			c.baseAllocation = false
+		}
 		var b [10 + 124]byte
 		binary.BigEndian.PutUint64(b[0:8], uint64(e.dev.Size()))
 		binary.BigEndian.PutUint16(b[8:10], c.transmissionFlags())
@@ -114,6 +117,9 @@ func (c *conn) handleOption(opt uint32, data []byte) (*export, error) {
 		var e *export
 		if opt == optGo {
 			e = c.srv.bind(c, req.name)
+			if c.baseAllocation && c.metaExport != req.name {
+				c.baseAllocation = false // negotiated for another export
+			}
 		} else {
 			e = c.srv.lookup(req.name)
 		}
@@ -149,6 +155,9 @@ func (c *conn) handleOption(opt uint32, data []byte) (*export, error) {
 		c.structured = true
 		return nil, c.optReply(opt, repAck, nil, true)
 
+	case optListMetaContext, optSetMetaContext:
+		return nil, c.metaContext(opt, data)
+
 	case optAbort:
 		// The client may hang up without reading the ack; ignore errors.
 		_ = c.optReply(opt, repAck, nil, true)
@@ -157,6 +166,38 @@ func (c *conn) handleOption(opt uint32, data []byte) (*export, error) {
 	default:
 		return nil, c.optError(opt, repErrUnsup, fmt.Sprintf("option %d not supported", opt))
 	}
+}
+
+// metaContext answers NBD_OPT_LIST_META_CONTEXT and
+// NBD_OPT_SET_META_CONTEXT. Only base:allocation exists.
+func (c *conn) metaContext(opt uint32, data []byte) error {
+	if opt == optSetMetaContext && !c.structured {
+		return c.optError(opt, repErrInvalid, "NBD_OPT_SET_META_CONTEXT needs structured replies first")
+	}
+	req, err := parseMetaContextRequest(data)
+	if err != nil {
+		return c.optError(opt, repErrInvalid, err.Error())
+	}
+	if c.srv.lookup(req.name) == nil {
+		return c.optError(opt, repErrUnknown, fmt.Sprintf("unknown export %q", req.name))
+	}
+	match := opt == optListMetaContext && len(req.queries) == 0
+	for _, q := range req.queries {
+		if q == metaBaseAllocation || (opt == optListMetaContext && q == "base:") {
+			match = true
+		}
+	}
+	if opt == optSetMetaContext {
+		c.baseAllocation, c.metaExport = match, req.name
+	}
+	if match {
+		b := binary.BigEndian.AppendUint32(nil, metaBaseAllocationID)
+		b = append(b, metaBaseAllocation...)
+		if err := c.optReply(opt, repMetaContext, b, false); err != nil {
+			return err
+		}
+	}
+	return c.optReply(opt, repAck, nil, true)
 }
 
 // sendInfo answers NBD_OPT_INFO / NBD_OPT_GO for export e, then acks.

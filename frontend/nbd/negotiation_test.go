@@ -107,7 +107,7 @@ func TestUnknownOptions(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := dialOpts(t, addr)
-	for _, opt := range []uint32{optStartTLS, optListMetaContext, optSetMetaContext, optExtendedHeaders, 4, 1000, 1 << 31} {
+	for _, opt := range []uint32{optStartTLS, optExtendedHeaders, 4, 1000, 1 << 31} {
 		c.option(opt, []byte("xyz"))
 		gotOpt, typ, msg := c.optReply()
 		if gotOpt != opt || typ != repErrUnsup {
@@ -282,6 +282,125 @@ func TestParseInfoRequest(t *testing.T) {
 	for _, b := range bad {
 		if _, err := parseInfoRequest(b); err == nil {
 			t.Errorf("parseInfoRequest(%x) accepted", b)
+		}
+	}
+}
+
+func metaData(name string, queries ...string) []byte {
+	b := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
+	b = append(b, name...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(queries)))
+	for _, q := range queries {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(q)))
+		b = append(b, q...)
+	}
+	return b
+}
+
+// metaReplies reads option replies up to the ack and returns the contexts
+// offered, or the error reply type.
+func (c *testClient) metaReplies(opt uint32) ([]string, uint32) {
+	c.t.Helper()
+	var got []string
+	for {
+		o, typ, data := c.optReply()
+		if o != opt {
+			c.t.Fatalf("reply for option %d, want %d", o, opt)
+		}
+		switch typ {
+		case repAck:
+			return got, 0
+		case repMetaContext:
+			if len(data) < 5 || binary.BigEndian.Uint32(data) != metaBaseAllocationID {
+				c.t.Fatalf("META_CONTEXT reply %x", data)
+			}
+			got = append(got, string(data[4:]))
+		default:
+			return got, typ
+		}
+	}
+}
+
+func TestMetaContext(t *testing.T) {
+	s, addr := startServer(t, Options{})
+	for _, n := range []string{"d", "other"} {
+		if err := s.AddExport(n, "", newMem(t, 1<<20, 4096)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := dialOpts(t, addr)
+	c.option(optListMetaContext, metaData("d"))
+	if got, e := c.metaReplies(optListMetaContext); e != 0 || len(got) != 1 || got[0] != metaBaseAllocation {
+		t.Fatalf("LIST_META_CONTEXT = %q, %#x", got, e)
+	}
+	c.option(optListMetaContext, metaData("d", "base:", "qemu:dirty-bitmap:x"))
+	if got, e := c.metaReplies(optListMetaContext); e != 0 || len(got) != 1 {
+		t.Fatalf("LIST_META_CONTEXT base: = %q, %#x", got, e)
+	}
+	c.option(optSetMetaContext, metaData("d", metaBaseAllocation))
+	if _, e := c.metaReplies(optSetMetaContext); e != repErrInvalid {
+		t.Fatalf("SET_META_CONTEXT before structured replies: %#x, want NBD_REP_ERR_INVALID", e)
+	}
+	c.option(optStructuredReply, nil)
+	if _, typ, _ := c.optReply(); typ != repAck {
+		t.Fatal("structured replies refused")
+	}
+	c.structured = true
+	c.option(optSetMetaContext, metaData("nope", metaBaseAllocation))
+	if _, e := c.metaReplies(optSetMetaContext); e != repErrUnknown {
+		t.Fatalf("SET_META_CONTEXT on unknown export: %#x", e)
+	}
+	c.option(optSetMetaContext, metaData("d", metaBaseAllocation)[:9])
+	if _, e := c.metaReplies(optSetMetaContext); e != repErrInvalid {
+		t.Fatalf("truncated SET_META_CONTEXT: %#x", e)
+	}
+	c.option(optSetMetaContext, metaData("d", "qemu:allocation-depth"))
+	if got, e := c.metaReplies(optSetMetaContext); e != 0 || len(got) != 0 {
+		t.Fatalf("SET_META_CONTEXT of an unknown context = %q, %#x", got, e)
+	}
+	c.option(optSetMetaContext, metaData("d", metaBaseAllocation))
+	if got, e := c.metaReplies(optSetMetaContext); e != 0 || len(got) != 1 {
+		t.Fatalf("SET_META_CONTEXT base:allocation = %q, %#x", got, e)
+	}
+	c.option(optGo, infoData("d"))
+	for _, typ, _ := c.optReply(); typ != repAck; _, typ, _ = c.optReply() {
+	}
+	r := c.do(0, cmdBlockStatus, 8192, 16384, nil, 0)
+	if len(r.data) != 12 || binary.BigEndian.Uint32(r.data) != metaBaseAllocationID ||
+		binary.BigEndian.Uint32(r.data[4:]) != 16384 || binary.BigEndian.Uint32(r.data[8:]) != 0 {
+		t.Fatalf("BLOCK_STATUS chunk %x", r.data)
+	}
+	c.do(cmdFlagReqOne, cmdBlockStatus, 0, 4096, nil, 0)
+	c.do(0, cmdBlockStatus, 1<<20, 4096, nil, errnoInval)
+	c.do(0, cmdBlockStatus, 0, 0, nil, errnoInval)
+	c.do(cmdFlagFUA, cmdBlockStatus, 0, 4096, nil, errnoInval)
+
+	// Contexts chosen for one export do not apply to another.
+	c = dialExport(t, addr, "other", true)
+	c2 := dialOpts(t, addr)
+	c2.option(optStructuredReply, nil)
+	c2.optReply()
+	c2.structured = true
+	c2.option(optSetMetaContext, metaData("d", metaBaseAllocation))
+	if got, _ := c2.metaReplies(optSetMetaContext); len(got) != 1 {
+		t.Fatal("SET_META_CONTEXT refused")
+	}
+	c2.option(optGo, infoData("other"))
+	for _, typ, _ := c2.optReply(); typ != repAck; _, typ, _ = c2.optReply() {
+	}
+	c2.do(0, cmdBlockStatus, 0, 4096, nil, errnoInval)
+}
+
+func TestParseMetaContextRequest(t *testing.T) {
+	good := metaData("vol", "base:allocation", "x")
+	r, err := parseMetaContextRequest(good)
+	if err != nil || r.name != "vol" || len(r.queries) != 2 || r.queries[1] != "x" {
+		t.Fatalf("parse = %+v, %v", r, err)
+	}
+	for _, b := range [][]byte{nil, good[:len(good)-1], append(append([]byte{}, good...), 0), metaData("v")[:7],
+		append(metaData("v"), 0xff, 0xff, 0xff, 0xff)} {
+		if _, err := parseMetaContextRequest(b); err == nil {
+			t.Errorf("parseMetaContextRequest(%x) accepted", b)
 		}
 	}
 }

@@ -56,6 +56,7 @@ const (
 	repAck              uint32 = 1
 	repServer           uint32 = 2
 	repInfo             uint32 = 3
+	repMetaContext      uint32 = 4
 	repErrUnsup                = repFlagError | 1
 	repErrPolicy               = repFlagError | 2
 	repErrInvalid              = repFlagError | 3
@@ -94,6 +95,7 @@ const (
 	replyFlagDone       uint16 = 1 << 0
 	replyTypeNone       uint16 = 0
 	replyTypeOffsetData uint16 = 1
+	replyTypeBlockStat  uint16 = 5
 	replyTypeError      uint16 = 1<<15 | 1
 )
 
@@ -119,6 +121,13 @@ const (
 	// maxNameLen bounds export names and other strings in options (the
 	// protocol says 4096 bytes at most).
 	maxNameLen = 4096
+)
+
+// The one metadata context served: base:allocation, reporting every block
+// as allocated data (a Device has no extent query).
+const (
+	metaBaseAllocation   = "base:allocation"
+	metaBaseAllocationID = 1
 )
 
 // errMalformed marks option data that does not parse; the server answers it
@@ -234,4 +243,50 @@ func putStructuredHeader(b []byte, flags, typ uint16, cookie uint64, length uint
 	binary.BigEndian.PutUint16(b[6:8], typ)
 	binary.BigEndian.PutUint64(b[8:16], cookie)
 	binary.BigEndian.PutUint32(b[16:20], length)
+}
+
+// metaContextRequest is the data of NBD_OPT_LIST_META_CONTEXT and
+// NBD_OPT_SET_META_CONTEXT: an export name and context queries.
+type metaContextRequest struct {
+	name    string
+	queries []string
+}
+
+// parseMetaContextRequest decodes u32 name length, name, u32 query count,
+// then per query u32 length and the query string.
+func parseMetaContextRequest(b []byte) (metaContextRequest, error) {
+	str := func() (string, bool) {
+		if len(b) < 4 {
+			return "", false
+		}
+		n := binary.BigEndian.Uint32(b)
+		if n > maxNameLen || uint64(n) > uint64(len(b)-4) {
+			return "", false
+		}
+		v := string(b[4 : 4+n])
+		b = b[4+n:]
+		return v, true
+	}
+	var req metaContextRequest
+	var ok bool
+	if req.name, ok = str(); !ok || len(b) < 4 {
+		return req, fmt.Errorf("%w: bad export name in meta context request", errMalformed)
+	}
+	count := binary.BigEndian.Uint32(b)
+	b = b[4:]
+	if uint64(count)*4 > uint64(len(b)) {
+		return req, fmt.Errorf("%w: %d meta context queries in %d bytes", errMalformed, count, len(b))
+	}
+	req.queries = make([]string, 0, count)
+	for range count {
+		q, ok := str()
+		if !ok {
+			return req, fmt.Errorf("%w: bad meta context query", errMalformed)
+		}
+		req.queries = append(req.queries, q)
+	}
+	if len(b) != 0 {
+		return req, fmt.Errorf("%w: %d trailing bytes in meta context request", errMalformed, len(b))
+	}
+	return req, nil
 }

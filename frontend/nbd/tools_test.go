@@ -79,8 +79,17 @@ func TestNbdinfoJSON(t *testing.T) {
 			t.Errorf("nbdinfo %s = %v, want %v", k, e[k], v)
 		}
 	}
+	if ctx := fmt.Sprint(e["contexts"]); ctx != "[base:allocation]" {
+		t.Errorf("nbdinfo contexts = %s, want [base:allocation]", ctx)
+	}
 	if t.Failed() {
 		t.Logf("nbdinfo output: %s", out)
+	}
+
+	// --map reads base:allocation: one allocated data extent.
+	out = run(t, 30*time.Second, "nbdinfo", "--map", "--totals", fmt.Sprintf("nbd://%s/disk1", addr))
+	if f := strings.Fields(string(out)); len(f) < 4 || f[0] != fmt.Sprint(64<<20) || f[1] != "100.0%" || f[3] != "data" {
+		t.Fatalf("nbdinfo --map --totals: %q", out)
 	}
 }
 

@@ -32,10 +32,12 @@ type conn struct {
 
 	// Set during negotiation, read-only afterwards. exp is written under
 	// srv.mu (see Server.bind).
-	exp        *export
-	structured bool
-	noZeroes   bool
-	scratch    []byte
+	exp            *export
+	structured     bool
+	noZeroes       bool
+	baseAllocation bool   // base:allocation selected (for metaExport)
+	metaExport     string // export named in NBD_OPT_SET_META_CONTEXT
+	scratch        []byte
 
 	wmu     sync.Mutex    // serializes replies on bw
 	bw      *bufio.Writer // guarded by wmu once transmission starts
@@ -335,6 +337,17 @@ func (c *conn) perform(dev blockdev.Device, r *request) (uint32, error) {
 			err = dev.Flush()
 		}
 		return errnoFor(err, true), err
+	case cmdBlockStatus:
+		if !c.baseAllocation {
+			return errnoInval, fmt.Errorf("%w: block status without a negotiated meta context", errBadCommand)
+		}
+		if r.flags&^cmdFlagReqOne != 0 {
+			return errnoInval, errBadFlags
+		}
+		if n == 0 {
+			return errnoInval, errors.New("nbd: zero-length block status")
+		}
+		return check(false)
 	default:
 		return errnoInval, fmt.Errorf("%w: type %d", errBadCommand, r.typ)
 	}
@@ -370,8 +383,15 @@ func (c *conn) writeReply(r *request, errno uint32, msg string) error {
 		data = *r.buf
 	}
 	var err error
-	if c.structured && r.typ == cmdRead {
-		if errno == 0 && len(data) == 0 {
+	if c.structured && (r.typ == cmdRead || r.typ == cmdBlockStatus) {
+		if errno == 0 && r.typ == cmdBlockStatus {
+			// One extent, the whole range: allocated data.
+			putStructuredHeader(r.hdr[:], replyFlagDone, replyTypeBlockStat, r.cookie, 12)
+			binary.BigEndian.PutUint32(r.hdr[20:24], metaBaseAllocationID)
+			binary.BigEndian.PutUint32(r.hdr[24:28], r.length)
+			binary.BigEndian.PutUint32(r.hdr[28:32], 0)
+			_, err = c.bw.Write(r.hdr[:32])
+		} else if errno == 0 && len(data) == 0 {
 			// A data chunk must carry data; a zero-length read gets an
 			// empty final chunk.
 			putStructuredHeader(r.hdr[:], replyFlagDone, replyTypeNone, r.cookie, 0)
