@@ -372,6 +372,10 @@ func (m *Manager) applyAssignmentLocked(a *blockpb.Assignment, leaseUntil time.T
 		if role == blockpb.Role_ROLE_NONE {
 			return nil // nothing here to fence
 		}
+		if e, ok := m.deleted[name]; ok && cfg.GetEpoch() <= e {
+			// Sent before the master deleted the volume: stale.
+			return nil
+		}
 		if _, err := m.allocateLocked(spec, cfg); err != nil {
 			return err
 		}

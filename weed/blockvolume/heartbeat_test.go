@@ -457,3 +457,33 @@ func TestISCSIRedirectToPrimary(t *testing.T) {
 		t.Fatalf("the write did not land on the primary (errno %d)", e)
 	}
 }
+
+// TestLateAssignmentDoesNotResurrect: an assignment that was in flight when
+// the volume was deleted here does not create it again; a newer epoch of
+// the name (a new volume) does.
+func TestLateAssignmentDoesNotResurrect(t *testing.T) {
+	f := startFakeMaster(t)
+	dir := t.TempDir()
+	m := startManager(t, dir, withMasters(f.addr))
+	allocate(t, m, "zz", 1<<20, epochConfig(2, testServerID))
+	if _, err := m.GRPCService().DeleteVolume(t.Context(), &blockpb.DeleteLocalVolumeRequest{Name: "zz", Epoch: 2}); err != nil {
+		t.Fatal(err)
+	}
+	stale := &blockpb.Assignment{Spec: spec("zz", 1<<20), Config: epochConfig(2, testServerID), Role: blockpb.Role_ROLE_PRIMARY}
+	f.setRespond(func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
+		return &blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), LeaseMs: 1000, Assignments: []*blockpb.Assignment{stale}}, nil
+	})
+	eventually(t, 5*time.Second, "several answers", func() bool { return len(f.heartbeats()) >= 5 })
+	time.Sleep(100 * time.Millisecond)
+	if m.lookup("zz") != nil {
+		t.Fatal("a stale assignment re-created a deleted volume")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "zz"+FileExt)); !os.IsNotExist(err) {
+		t.Fatalf("file: %v", err)
+	}
+	fresh := &blockpb.Assignment{Spec: spec("zz", 1<<20), Config: epochConfig(3, testServerID), Role: blockpb.Role_ROLE_PRIMARY}
+	f.setRespond(func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
+		return &blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), LeaseMs: 1000, Assignments: []*blockpb.Assignment{fresh}}, nil
+	})
+	eventually(t, 5*time.Second, "the new incarnation created", func() bool { return m.lookup("zz") != nil })
+}

@@ -96,6 +96,10 @@ type Manager struct {
 	// assignErrs is the last error of each volume's assignment, so a
 	// re-sent assignment that keeps failing is logged once (opMu).
 	assignErrs map[string]string
+	// deleted remembers the epoch each name had when it was deleted here
+	// (opMu), so that an assignment already in flight when the master
+	// deleted the volume cannot create it again. In memory only.
+	deleted map[string]uint64
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -134,6 +138,7 @@ func New(opts Options) (*Manager, error) {
 		volumes:    make(map[string]*volume),
 		endpoints:  ep,
 		assignErrs: make(map[string]string),
+		deleted:    make(map[string]uint64),
 	}, nil
 }
 
@@ -354,6 +359,9 @@ func (m *Manager) removeVolume(v *volume, remove bool) error {
 	}
 	m.metrics.forget(v.name)
 	delete(m.assignErrs, v.name) // callers hold opMu
+	if e := v.vol.Status().Epoch; e > m.deleted[v.name] {
+		m.deleted[v.name] = e
+	}
 	path := v.vol.Path()
 	err := v.vol.Close()
 	if remove {

@@ -19,7 +19,7 @@ import (
 
 func TestStatusHTTP(t *testing.T) {
 	f := startFakeMaster(t)
-	f.setRespond(confirm(1000))
+	f.setRespond(confirm(5000))
 	m := startManager(t, "", withMasters(f.addr))
 	allocate(t, m, "s1", 1<<20, epochConfig(1, testServerID))
 	allocate(t, m, "s2", 2<<20, epochConfig(3, testServerID))
@@ -71,7 +71,7 @@ func TestStatusHTTP(t *testing.T) {
 	if doc.ServerID != testServerID || doc.Endpoints.ServerID != testServerID || doc.Endpoints.NBD != m.Endpoints().GetNbdAddress() || doc.Endpoints.ISCSI == "" {
 		t.Fatalf("status server part: %s", body)
 	}
-	if doc.Heartbeat.Master != f.addr || !doc.Heartbeat.Connected || doc.Heartbeat.LeaseMs != 1000 {
+	if doc.Heartbeat.Master != f.addr || !doc.Heartbeat.Connected || doc.Heartbeat.LeaseMs != 5000 {
 		t.Fatalf("status heartbeat part: %s", body)
 	}
 	if len(doc.Volumes) != 2 || doc.Volumes[0].Name != "s1" || doc.Volumes[1].Name != "s2" {
@@ -107,7 +107,7 @@ func TestStatusHTTP(t *testing.T) {
 
 func TestMetrics(t *testing.T) {
 	f := startFakeMaster(t)
-	f.setRespond(confirm(1000))
+	f.setRespond(confirm(5000))
 	m := startManager(t, "", withMasters(f.addr))
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(m.Collectors()...)
@@ -180,7 +180,7 @@ weedblock_volume_server_master_connected 1
 	if h := find("weedblock_volume_op_duration_seconds", "flush").GetHistogram().GetSampleCount(); h != 1 {
 		t.Fatalf("flush latency samples %v", h)
 	}
-	if v := find("weedblock_volume_lease_remaining_seconds", "").GetGauge().GetValue(); v <= 0 || v > 1 {
+	if v := find("weedblock_volume_lease_remaining_seconds", "").GetGauge().GetValue(); v <= 0 || v > 5 {
 		t.Fatalf("lease remaining %v", v)
 	}
 	if v := find("weedblock_volume_wal_size_bytes", "").GetGauge().GetValue(); v != 256<<10 {
