@@ -49,9 +49,10 @@
 // Response processing order: assignments (a newer epoch where this server
 // is not a member fences the volume at that epoch; one that keeps it
 // primary moves it there without a gap; a replica is unfenced as replica;
-// re-applying the current config changes nothing), then deletes (the
-// volume is closed, its sessions dropped and its file removed), then lease
-// renewals.
+// re-applying the current config changes nothing; an assignment that would
+// create a volume deleted here at that epoch or later is stale and
+// ignored), then deletes (the volume is closed, its sessions dropped and
+// its file removed), then lease renewals.
 //
 // The report's epoch is the volume's persisted epoch; role is this server's
 // role in the stored config of that epoch; fenced means "refuses frontend
