@@ -64,6 +64,22 @@ func TestPluginNBDWriteISCSIReadAcrossRestarts(t *testing.T) {
 		want = append(want, region{100 << 20, bytes.Repeat([]byte{0x5a}, 1<<20)})
 	})
 
+	t.Run("volume server crash", func(t *testing.T) {
+		requireOwnCluster(t)
+		// A flushed write survives kill -9 of the primary's server.
+		qemuIO(t, v.Attach.NBDURI, "write -P 0xc3 150M 256k", "flush")
+		vs := c.volumeFor(v.Primary)
+		vs.stop(syscall.SIGKILL)
+		vs.start()
+		c.waitVolume(vs)
+		after := c.waitServing(name, time.Minute)
+		if after.Epoch < v.Epoch {
+			t.Fatalf("epoch went backwards across the crash: %d -> %d", v.Epoch, after.Epoch)
+		}
+		qemuIO(t, after.Attach.NBDURI, "read -P 0xc3 150M 256k", "read -P 0x5a 100M 1M")
+		want = append(want, region{150 << 20, bytes.Repeat([]byte{0xc3}, 256<<10)})
+	})
+
 	t.Run("lease runs out without the master", func(t *testing.T) {
 		requireOwnCluster(t)
 		c.master.signal(syscall.SIGSTOP)
@@ -181,11 +197,15 @@ func checkImage(t *testing.T, what, path string, size int64, regions []region) {
 	}
 }
 
-// qemuIO runs one qemu-io command on uri that must succeed.
-func qemuIO(t *testing.T, uri, command string) {
+// qemuIO runs qemu-io commands on uri (one connection) that must succeed.
+func qemuIO(t *testing.T, uri string, commands ...string) {
 	t.Helper()
-	r := runCmd(t, time.Minute, "qemu-io", "-f", "raw", "-c", command, uri)
-	if r.code != 0 || strings.Contains(r.stdout+r.stderr, "failed") || strings.Contains(r.stdout, "Pattern verification failed") {
-		t.Fatalf("qemu-io %q %s: exit %d\n%s%s", command, uri, r.code, r.stdout, r.stderr)
+	args := []string{"-f", "raw"}
+	for _, c := range commands {
+		args = append(args, "-c", c)
+	}
+	r := runCmd(t, time.Minute, "qemu-io", append(args, uri)...)
+	if r.code != 0 || strings.Contains(r.stdout+r.stderr, "failed") {
+		t.Fatalf("qemu-io %q %s: exit %d\n%s%s", commands, uri, r.code, r.stdout, r.stderr)
 	}
 }
