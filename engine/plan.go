@@ -32,7 +32,13 @@ type BaseSnapshot struct {
 type PrimaryView struct {
 	Epoch     uint64
 	Committed uint64
-	Head      uint64
+	// Durable is the primary's own fsynced LSN (Committed ≤ Durable ≤
+	// Head); its records up to Durable are never rewritten, so a replica
+	// holding records of the same epochs up to there keeps them even when
+	// they are beyond Committed. 0 means unknown: it counts as Committed,
+	// and a replica's records beyond Committed are always dropped.
+	Durable uint64
+	Head    uint64
 	// Tail is the lowest LSN still readable from the WAL; Head+1 when no
 	// record is retained.
 	Tail uint64
@@ -110,7 +116,9 @@ type Plan struct {
 	Kind  Kind
 	Epoch uint64 // the primary's epoch when planned
 	// From is the replica's last LSN known to match the primary (after a
-	// truncation: TruncateTo). Catch-up ships (From, Target].
+	// truncation: TruncateTo). Catch-up ships (From, Target]. A ZeroGap
+	// (or a Truncate) may leave From beyond Target when the replica holds
+	// the primary's own durable records beyond committed.
 	From       uint64
 	Target     uint64 // the primary's committed LSN when planned
 	TruncateTo uint64 // Truncate only
@@ -131,7 +139,7 @@ func (p Plan) String() string {
 		}
 		return fmt.Sprintf("rebuild full to %d: %s", p.Target, p.Reason)
 	}
-	return fmt.Sprintf("%s at %d: %s", p.Kind, p.Target, p.Reason)
+	return fmt.Sprintf("%s at %d: %s", p.Kind, p.From, p.Reason)
 }
 
 // PlanRecovery decides how to bring a replica to the primary's committed
@@ -155,10 +163,13 @@ func PlanRecovery(v PrimaryView, r ReplicaReport, prior State) (Plan, error) {
 		return v.rebuild(p, "replica needs rebuild (earlier attempt escalated)"), nil
 	}
 	agree := min(r.Durable, v.lastOfEpoch(r.Epoch))
-	keep := min(agree, v.Committed)
+	keep := min(agree, max(v.Committed, v.Durable))
 	if r.Durable > keep {
 		why := fmt.Sprintf("replica durable %d beyond committed %d", r.Durable, v.Committed)
-		if agree < r.Durable && agree <= v.Committed {
+		if v.Durable > v.Committed {
+			why = fmt.Sprintf("replica durable %d beyond the primary's durable %d", r.Durable, v.Durable)
+		}
+		if agree < r.Durable && agree <= keep {
 			why = fmt.Sprintf("replica records (%d, %d] of epoch %d diverge from the primary's", agree, r.Durable, r.Epoch)
 		}
 		if r.Checkpoint > keep {
@@ -174,6 +185,11 @@ func PlanRecovery(v PrimaryView, r ReplicaReport, prior State) (Plan, error) {
 		p.Kind, p.From, p.Reason = ZeroGap, r.Durable, "replica durable equals committed"
 		return p, nil
 	}
+	if r.Durable > v.Committed {
+		p.Kind, p.From = ZeroGap, r.Durable
+		p.Reason = fmt.Sprintf("replica holds (%d, %d] of the primary's own durable history (epoch %d): nothing to ship or drop", v.Committed, r.Durable, r.Epoch)
+		return p, nil
+	}
 	if r.Durable+1 < v.Tail {
 		return v.rebuild(p, fmt.Sprintf("replica durable %d: record %d no longer retained (tail %d)", r.Durable, r.Durable+1, v.Tail)), nil
 	}
@@ -186,6 +202,8 @@ func (v PrimaryView) validate() error {
 	switch {
 	case v.Committed > v.Head:
 		return fmt.Errorf("%w: committed %d beyond head %d", ErrInvalidInput, v.Committed, v.Head)
+	case v.Durable != 0 && (v.Durable < v.Committed || v.Durable > v.Head):
+		return fmt.Errorf("%w: durable %d outside [committed %d, head %d]", ErrInvalidInput, v.Durable, v.Committed, v.Head)
 	case v.Tail == 0:
 		return fmt.Errorf("%w: tail 0 (LSNs are 1-based)", ErrInvalidInput)
 	case v.Tail > v.Head+1:

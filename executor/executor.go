@@ -94,6 +94,7 @@ type run struct {
 	achieved uint64
 	pins     []heldPin
 	walPin   WALPin
+	walAfter uint64
 }
 
 // Run executes plan under tok and returns its outcome. It owns tok: the
@@ -189,7 +190,7 @@ func (r *run) gate() *engine.Outcome {
 		return r.aborted(fmt.Sprintf("byte budget %d exhausted (%d moved)", m, r.bytes))
 	}
 	if r.walPin != nil && r.walPin.Revoked() {
-		return r.escalate(fmt.Sprintf("retention lost: WAL hold from %d revoked", r.plan.From))
+		return r.escalate(fmt.Sprintf("retention lost: WAL hold (%d, ∞) revoked", r.walAfter))
 	}
 	return nil
 }
@@ -227,7 +228,7 @@ func (r *run) pinWAL(src WALSource, after uint64, ph Phase) *engine.Outcome {
 		return r.fail(ph, fmt.Errorf("pin WAL from %d: %w", after+1, err))
 	}
 	r.hold(fmt.Sprintf("WAL hold (%d, ∞)", after), after, p)
-	r.walPin = p
+	r.walPin, r.walAfter = p, after
 	return nil
 }
 

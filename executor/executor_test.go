@@ -606,9 +606,7 @@ func TestRF3TwoReplicasRecovering(t *testing.T) {
 		t.Fatal("cancelled rebuild left replica 2 trusted")
 	}
 	// Replica 2 retries under the new epoch and converges.
-	p.mu.Lock()
-	p.epoch = 4
-	p.mu.Unlock()
+	p.bump(4)
 	_, o2 = runBoth(false)
 	if o2.Kind != engine.OutcomeInSync || o2.Achieved != 200 || !maps.Equal(r2.image(), p.imageAt(200)) {
 		t.Fatalf("replica 2 retry: %v", o2)

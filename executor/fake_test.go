@@ -31,10 +31,12 @@ type primary struct {
 	checkpoint uint64 // a full base is the image at this LSN
 	snaps      map[uint64]bool
 	pins       []*fakePin
+	terms      []engine.Term
+	vouch      bool // view reports Durable (= head: the fake fsyncs every append)
 }
 
 func newPrimary(epoch uint64, n int) *primary {
-	p := &primary{epoch: epoch, tail: 1, snaps: map[uint64]bool{}}
+	p := &primary{epoch: epoch, tail: 1, snaps: map[uint64]bool{}, terms: []engine.Term{{Epoch: epoch, First: 1}}}
 	p.write(n)
 	return p
 }
@@ -49,6 +51,33 @@ func (p *primary) write(n int) {
 	}
 	p.committed = uint64(len(p.writes))
 	p.checkpoint = p.committed
+}
+
+// bump starts a new epoch: records from head+1 on carry it.
+func (p *primary) bump(epoch uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.epoch = epoch
+	p.terms = append(p.terms, engine.Term{Epoch: epoch, First: uint64(len(p.writes)) + 1})
+}
+
+// epochOf is the epoch of record lsn (p.mu held).
+func (p *primary) epochOf(lsn uint64) uint64 {
+	e := p.terms[0].Epoch
+	for _, t := range p.terms {
+		if t.First <= lsn {
+			e = t.Epoch
+		}
+	}
+	return e
+}
+
+// commitAll commits every record (what replication does once the
+// recovered replica acknowledges them).
+func (p *primary) commitAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.committed = uint64(len(p.writes))
 }
 
 // recycle moves the tail to lsn, revoking holds that needed older records.
@@ -76,7 +105,11 @@ func (p *primary) imageAt(lsn uint64) image {
 func (p *primary) view() engine.PrimaryView {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	v := engine.PrimaryView{Epoch: p.epoch, Committed: p.committed, Head: uint64(len(p.writes)), Tail: p.tail}
+	v := engine.PrimaryView{Epoch: p.epoch, Committed: p.committed, Head: uint64(len(p.writes)), Tail: p.tail,
+		Terms: append([]engine.Term(nil), p.terms...)}
+	if p.vouch {
+		v.Durable = v.Head
+	}
 	var best uint64
 	for lsn, trusted := range p.snaps {
 		if lsn >= best {
@@ -103,6 +136,11 @@ type replica struct {
 // flushed to checkpoint.
 func replicaAt(p *primary, durable, checkpoint uint64) *replica {
 	r := &replica{extent: p.imageAt(checkpoint), wal: map[uint64]uint64{}, durable: durable, checkpoint: checkpoint, epoch: p.epoch}
+	if durable > 0 {
+		p.mu.Lock()
+		r.epoch = p.epochOf(durable)
+		p.mu.Unlock()
+	}
 	for l := checkpoint + 1; l <= durable; l++ {
 		r.wal[l] = p.writes[l-1]
 	}
@@ -281,6 +319,7 @@ func (f *fakeIO) StreamWAL(ctx context.Context, tok engine.Token, after, upTo ui
 		}
 		f.r.wal[l] = f.p.writes[l-1]
 		f.r.durable = l
+		f.r.epoch = f.p.epochOf(l)
 		pr.Achieved = l
 		pr.Bytes += recordBytes
 	}
