@@ -623,3 +623,20 @@ func TestRF3TwoReplicasRecovering(t *testing.T) {
 		t.Fatal("recovery log missing a replica")
 	}
 }
+
+// TestCancelReachesIOInFlight: an epoch bump while a transfer call is
+// blocked cancels that call's context; the attempt aborts with the cause.
+func TestCancelReachesIOInFlight(t *testing.T) {
+	e := newEnv(100, 10, 10)
+	plan := e.plan(t, engine.Unknown)
+	e.f.blockCall, e.f.blocked = 2, make(chan struct{})
+	go func() {
+		<-e.f.blocked
+		e.slots.Observe(e.id, 9, "10.0.0.2:7000")
+	}()
+	out := e.run(t, e.cfg(), plan)
+	wantOutcome(t, out, engine.OutcomeAborted, "epoch 9")
+	if !strings.Contains(out.Reason, "cancelled") || out.Achieved != 20 {
+		t.Fatalf("outcome %v", out)
+	}
+}

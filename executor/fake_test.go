@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -222,6 +223,8 @@ type fakeIO struct {
 	stall       bool   // StreamWAL makes no progress
 	perCall     uint64 // StreamWAL ships at most this many records (0: all asked)
 	offerLSN    uint64 // PinBase(Snapshot) answers with this LSN instead (misbehaving primary)
+	blockCall   int           // this StreamWAL call blocks until its context is done
+	blocked     chan struct{} // closed when it starts blocking
 	transferred int64
 }
 
@@ -290,6 +293,15 @@ func (f *fakeIO) StreamWAL(ctx context.Context, tok engine.Token, after, upTo ui
 	f.streamCalls++
 	call, stall, perCall, errf := f.streamCalls, f.stall, f.perCall, f.streamErr
 	f.mu.Unlock()
+	if call == f.blockCall {
+		close(f.blocked)
+		select {
+		case <-ctx.Done():
+			return Progress{Achieved: after}, fmt.Errorf("link: %w", ctx.Err())
+		case <-time.After(10 * time.Second):
+			return Progress{Achieved: after}, errors.New("context never cancelled")
+		}
+	}
 	if errf != nil {
 		if err := errf(call); err != nil {
 			return Progress{}, err

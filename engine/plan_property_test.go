@@ -1,0 +1,81 @@
+package engine
+
+import (
+	"math/rand/v2"
+	"testing"
+)
+
+// TestPlanRecoveryInvariants checks the planner's promises over many
+// random valid inputs: no error, a reason always, and each kind only when
+// its preconditions hold.
+func TestPlanRecoveryInvariants(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	u := func(hi uint64) uint64 { return rng.Uint64N(hi + 1) }
+	for i := 0; i < 50000; i++ {
+		v := PrimaryView{Epoch: 1 + u(4)}
+		v.Head = u(200)
+		v.Committed = u(v.Head)
+		if rng.IntN(2) == 0 {
+			v.Durable = v.Committed + u(v.Head-v.Committed)
+		}
+		v.Tail = 1 + u(v.Head)
+		if rng.IntN(2) == 0 {
+			first := uint64(1)
+			for e := uint64(1); e <= v.Epoch; e++ {
+				if rng.IntN(2) == 0 || e == v.Epoch {
+					v.Terms = append(v.Terms, Term{Epoch: e, First: first})
+					first += u(60)
+				}
+			}
+		}
+		if rng.IntN(2) == 0 {
+			v.Base = &BaseSnapshot{LSN: u(v.Head), Trusted: rng.IntN(3) != 0}
+		}
+		r := ReplicaReport{Durable: u(260), Epoch: u(v.Epoch), Untrusted: rng.IntN(8) == 0}
+		r.Checkpoint = u(r.Durable)
+		prior := State(rng.IntN(5))
+
+		p, err := PlanRecovery(v, r, prior)
+		if err != nil {
+			t.Fatalf("valid input refused: %v\nview %+v\nreport %+v", err, v, r)
+		}
+		fail := func(why string) { t.Fatalf("%s: plan %+v\nview %+v\nreport %+v prior %v", why, p, v, r, prior) }
+		if p.Reason == "" || p.Epoch != v.Epoch || p.Target != v.Committed {
+			fail("reason, epoch or target")
+		}
+		if (r.Untrusted || prior == NeedsRebuild) && p.Kind != Rebuild {
+			fail("untrusted or escalated replica not rebuilt")
+		}
+		agree := min(r.Durable, v.lastOfEpoch(r.Epoch))
+		switch p.Kind {
+		case ZeroGap:
+			if r.Durable < v.Committed || agree != r.Durable || (r.Durable > v.Committed && r.Durable > v.Durable) {
+				fail("zero gap with missing or unvouched records")
+			}
+		case CatchUp:
+			if p.From != r.Durable || p.From >= p.Target || p.From+1 < v.Tail || agree != r.Durable {
+				fail("catch-up precondition")
+			}
+		case Truncate:
+			if p.TruncateTo >= r.Durable || r.Checkpoint > p.TruncateTo || p.TruncateTo > agree || p.From != p.TruncateTo {
+				fail("truncate precondition")
+			}
+			if p.TruncateTo < p.Target && p.TruncateTo+1 < v.Tail {
+				fail("truncate + catch-up with records not retained")
+			}
+		case Rebuild:
+			switch p.Source {
+			case Snapshot:
+				b := v.Base
+				if b == nil || !b.Trusted || b.LSN != p.BaseLSN || p.BaseLSN > v.Committed || p.BaseLSN+1 < v.Tail || p.From != p.BaseLSN {
+					fail("snapshot source precondition")
+				}
+			case Full:
+			default:
+				fail("rebuild without a source")
+			}
+		default:
+			fail("unknown kind")
+		}
+	}
+}
