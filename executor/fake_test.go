@@ -220,9 +220,9 @@ type fakeIO struct {
 	// faults
 	streamErr   func(call int) error // error for the n-th StreamWAL call (from 1)
 	streamCalls int
-	stall       bool   // StreamWAL makes no progress
-	perCall     uint64 // StreamWAL ships at most this many records (0: all asked)
-	offerLSN    uint64 // PinBase(Snapshot) answers with this LSN instead (misbehaving primary)
+	stall       bool          // StreamWAL makes no progress
+	perCall     uint64        // StreamWAL ships at most this many records (0: all asked)
+	offerLSN    uint64        // PinBase(Snapshot) answers with this LSN instead (misbehaving primary)
 	blockCall   int           // this StreamWAL call blocks until its context is done
 	blocked     chan struct{} // closed when it starts blocking
 	transferred int64
