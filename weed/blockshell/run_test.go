@@ -186,7 +186,7 @@ func TestRunCreateStatusListDelete(t *testing.T) {
 	}
 	if err := containsAll(out.String(), "block volume db1", "epoch:       7 (failover), primary 10.0.0.1:8080",
 		"lease:       valid for 3s more", "state:       degraded", "1234", "1200", "1100",
-		"10.0.0.1:8080 (dc1/r1)", "primary", "replica", "not reported yet",
+		"10.0.0.1:8080 (dc1/r1)", "primary", "replica", "not reported yet", " 2.5s ",
 		"sudo nbd-client -N db1 10.0.0.1 10809 /dev/nbd0",
 		"iscsiadm -m node -T iqn.2026-11.io.weedblock:db1 -p 10.0.0.1:3260 --login",
 		"qemu-img info iscsi://10.0.0.1:3260/iqn.2026-11.io.weedblock:db1/0"); err != nil {
@@ -388,7 +388,7 @@ func TestViewOfMinimalInfo(t *testing.T) {
 	if err := WriteStatus(&out, v, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if err := containsAll(out.String(), "none granted", "not reported yet", "no NBD or iSCSI listener", "async: a failover may lose"); err != nil {
+	if err := containsAll(out.String(), "none granted yet", "not reported yet", "no NBD or iSCSI listener", "async: a failover may lose"); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
 	if len(v.Attach.Examples) != 0 || len(v.Replicas) != 1 || v.Replicas[0].Reported {

@@ -269,7 +269,7 @@ func WriteStatus(out io.Writer, v VolumeView, now time.Time) error {
 		}
 		lease := "-"
 		if r.LeaseRemainingMs > 0 {
-			lease = (time.Duration(r.LeaseRemainingMs) * time.Millisecond).String()
+			lease = (time.Duration(r.LeaseRemainingMs) * time.Millisecond).Round(100 * time.Millisecond).String()
 		}
 		health := "ok"
 		if !r.Healthy {
@@ -304,7 +304,7 @@ func WriteStatus(out io.Writer, v VolumeView, now time.Time) error {
 
 func leaseText(expiresUnixMs int64, now time.Time) string {
 	if expiresUnixMs <= 0 {
-		return "none granted (the primary accepts no writes until the master renews its lease)"
+		return "none granted yet (the primary accepts writes once the master grants one, within a heartbeat)"
 	}
 	left := time.UnixMilli(expiresUnixMs).Sub(now).Round(100 * time.Millisecond)
 	if left <= 0 {
