@@ -179,3 +179,14 @@ func (s *Slots) Live(id ReplicaID) (Token, bool) {
 	t, ok := s.tokens[id]
 	return t, ok
 }
+
+// Forget cancels id's live attempt, if any, and drops everything kept for
+// id (the replica left the volume). Its epoch floor is forgotten too.
+func (s *Slots) Forget(id ReplicaID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.live[id] != nil {
+		s.cancelLocked(id, fmt.Errorf("%w: replica removed", ErrCancelled))
+	}
+	delete(s.epochs, id)
+}

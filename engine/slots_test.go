@@ -174,3 +174,25 @@ func TestSlotsConcurrentAcquire(t *testing.T) {
 		t.Fatalf("%d live attempts, want 1", wins)
 	}
 }
+
+func TestSlotsForget(t *testing.T) {
+	s := NewSlots()
+	id := ReplicaID{"v", "s"}
+	tk, err := s.Acquire(id, 5, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Forget(id)
+	if !done(tk.Context()) || !errors.Is(s.Check(tk), ErrStaleToken) {
+		t.Fatal("forget left the attempt live")
+	}
+	if _, ok := s.Live(id); ok {
+		t.Fatal("live after forget")
+	}
+	if _, err := s.Acquire(id, 1, "a"); err != nil {
+		t.Fatalf("epoch floor kept after forget: %v", err)
+	}
+	if err := s.Release(tk); err != nil {
+		t.Fatalf("owner release after forget: %v", err)
+	}
+}

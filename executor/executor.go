@@ -107,6 +107,9 @@ func (e *Executor) Run(ctx context.Context, tok engine.Token, plan engine.Plan, 
 	r := &run{cfg: e.cfg, slots: e.slots, tok: tok, plan: plan, ctx: ctx, start: e.cfg.Now(), achieved: plan.From}
 	r.record(engine.EventPlanned, plan.From, plan.String())
 	defer func() {
+		if out.Kind == engine.OutcomeNeedsRebuild {
+			r.record(engine.EventEscalated, out.Achieved, out.Reason)
+		}
 		r.releasePins()
 		stop()
 		cancel(nil)
@@ -115,9 +118,6 @@ func (e *Executor) Run(ctx context.Context, tok engine.Token, plan engine.Plan, 
 			detail = fmt.Sprintf("slot release: %v", err)
 		}
 		r.record(engine.EventReleased, out.Achieved, detail)
-		if out.Kind == engine.OutcomeNeedsRebuild {
-			r.record(engine.EventEscalated, out.Achieved, out.Reason)
-		}
 		r.record(engine.EventDone, out.Achieved, out.String())
 	}()
 	if plan.Epoch != tok.Epoch {
@@ -377,11 +377,12 @@ func (r *run) rebuild(io RebuildIO) engine.Outcome {
 		if o := r.step(PhaseTransfer, base.LSN); o != nil {
 			return *o
 		}
-		n, err := io.TransferBase(r.ctx, r.tok, base, off, min(r.cfg.BatchBytes, base.Size-off))
+		want := min(r.cfg.BatchBytes, base.Size-off)
+		n, err := io.TransferBase(r.ctx, r.tok, base, off, want)
 		if err != nil {
 			return *r.fail(PhaseTransfer, fmt.Errorf("base %s %d at offset %d: %w", base.Source, base.LSN, off, err))
 		}
-		if n < 0 || n > base.Size-off {
+		if n < 0 || n > want {
 			return *r.aborted(fmt.Sprintf("transfer: I/O reported %d bytes at offset %d of %d", n, off, base.Size))
 		}
 		off += n

@@ -347,6 +347,11 @@ func TestTailChasingEscalates(t *testing.T) {
 	cfg.OnStep = func(Step) error { e.p.write(12); return nil } // faster than a batch of 10
 	out := e.run(t, cfg, plan)
 	wantOutcome(t, out, engine.OutcomeNeedsRebuild, "tail chasing")
+	evs := e.log.Events(e.id)
+	if n := len(evs); n < 4 || evs[n-4].Kind != engine.EventEscalated || evs[n-3].Kind != engine.EventReleased ||
+		evs[n-2].Kind != engine.EventReleased || evs[n-1].Kind != engine.EventDone {
+		t.Fatalf("log tail %+v", evs[max(0, len(evs)-4):])
+	}
 	st, _ := engine.Unknown.Start()
 	st, _ = st.Finish(out)
 	if st != engine.NeedsRebuild {
