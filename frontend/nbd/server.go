@@ -32,6 +32,9 @@ type Options struct {
 	// once (requests read but not yet answered). Default 64 MiB; raised to
 	// MaxPayload if smaller.
 	MaxInFlightBytes int64
+	// MaxServerInFlightBytes bounds the same over all connections.
+	// Default 512 MiB; raised to MaxPayload if smaller.
+	MaxServerInFlightBytes int64
 	// Workers is the number of requests one connection runs concurrently.
 	// Default 16.
 	Workers int
@@ -43,12 +46,13 @@ type Options struct {
 }
 
 const (
-	defaultMaxPayload       = 32 << 20
-	maxMaxPayload           = 1 << 30
-	defaultMaxInFlightBytes = 64 << 20
-	defaultWorkers          = 16
-	defaultHandshakeTimeout = 30 * time.Second
-	defaultPreferredBlock   = 4096
+	defaultMaxPayload        = 32 << 20
+	maxMaxPayload            = 1 << 30
+	defaultMaxInFlightBytes  = 64 << 20
+	defaultMaxServerInFlight = 512 << 20
+	defaultWorkers           = 16
+	defaultHandshakeTimeout  = 30 * time.Second
+	defaultPreferredBlock    = 4096
 )
 
 func (o Options) withDefaults() Options {
@@ -61,6 +65,12 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxInFlightBytes < int64(o.MaxPayload) {
 		o.MaxInFlightBytes = int64(o.MaxPayload)
+	}
+	if o.MaxServerInFlightBytes <= 0 {
+		o.MaxServerInFlightBytes = defaultMaxServerInFlight
+	}
+	if o.MaxServerInFlightBytes < int64(o.MaxPayload) {
+		o.MaxServerInFlightBytes = int64(o.MaxPayload)
 	}
 	if o.Workers <= 0 {
 		o.Workers = defaultWorkers
@@ -85,9 +95,10 @@ type export struct {
 // devices with AddExport, run Serve on one or more listeners, and stop it with
 // Close.
 type Server struct {
-	opts Options
-	bufs bufferPool // payload buffers shared by all connections
-	reqs sync.Pool  // *request
+	opts   Options
+	bufs   bufferPool  // payload buffers shared by all connections
+	reqs   sync.Pool   // *request
+	budget *byteBudget // payload bytes in flight over all connections
 
 	mu        sync.Mutex
 	closed    bool
@@ -99,8 +110,10 @@ type Server struct {
 
 // NewServer returns a server with no exports.
 func NewServer(opts Options) *Server {
+	opts = opts.withDefaults()
 	return &Server{
-		opts:      opts.withDefaults(),
+		opts:      opts,
+		budget:    newByteBudget(opts.MaxServerInFlightBytes),
 		exports:   make(map[string]*export),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),

@@ -196,7 +196,7 @@ func (c *conn) readRequest(p *pipeline) (*request, error) {
 		}
 		r := c.newRequest(h)
 		r.held = int64(h.length)
-		p.budget.acquire(r.held)
+		c.acquire(p.budget, r.held)
 		r.buf = c.srv.bufs.get(int(h.length))
 		if _, err := io.ReadFull(c.br, *r.buf); err != nil {
 			c.release(r, p.budget)
@@ -210,7 +210,7 @@ func (c *conn) readRequest(p *pipeline) (*request, error) {
 		}
 		r := c.newRequest(h)
 		r.held = int64(h.length)
-		p.budget.acquire(r.held)
+		c.acquire(p.budget, r.held)
 		return r, nil
 	default:
 		return c.newRequest(h), nil
@@ -226,11 +226,20 @@ func (c *conn) newRequest(h requestHeader) *request {
 	return r
 }
 
+// acquire takes n bytes from the connection's budget, then from the
+// server-wide one. Holders never wait for anything but the device and the
+// client, so the waits end.
+func (c *conn) acquire(budget *byteBudget, n int64) {
+	budget.acquire(n)
+	c.srv.budget.acquire(n)
+}
+
 func (c *conn) release(r *request, budget *byteBudget) {
 	if r.buf != nil {
 		c.srv.bufs.put(r.buf)
 		r.buf = nil
 	}
+	c.srv.budget.release(r.held)
 	budget.release(r.held)
 	r.held = 0
 	c.srv.reqs.Put(r)

@@ -539,3 +539,52 @@ func TestCloseStopsEverything(t *testing.T) {
 	}
 	s.Close() // idempotent
 }
+
+func TestServerWideInFlightBudget(t *testing.T) {
+	const (
+		serverBudget = 64 << 10
+		reqSize      = 16 << 10
+		conns        = 4
+		perConn      = 40
+	)
+	s, addr := startServer(t, Options{MaxServerInFlightBytes: serverBudget, MaxPayload: 32 << 10})
+	dev := &gateDevice{Device: newMem(t, 4<<20, 4096), delay: time.Millisecond}
+	if err := s.AddExport("d", "", dev); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, conns)
+	for i := range conns {
+		c := dialExport(t, addr, "d", false)
+		go func() {
+			var b []byte
+			for j := range perConn {
+				b = append(b, requestBytes(0, cmdWrite, uint64(j), uint64(i*perConn+j)*reqSize, reqSize, pattern(reqSize, byte(j)))...)
+			}
+			go c.nc.Write(b)
+			for range perConn {
+				r, err := c.reply()
+				if err == nil && r.errno != 0 {
+					err = fmt.Errorf("errno %d", r.errno)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range conns {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	calls, peak := dev.peaks()
+	if peak > serverBudget {
+		t.Fatalf("%d payload bytes in the device at once over %d connections, budget %d", peak, conns, serverBudget)
+	}
+	if calls < 2 {
+		t.Fatalf("peak %d device calls: connections did not run concurrently", calls)
+	}
+	t.Logf("peak %d device calls, %d bytes", calls, peak)
+}
