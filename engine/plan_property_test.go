@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"math/rand/v2"
 	"testing"
 )
@@ -39,43 +40,74 @@ func TestPlanRecoveryInvariants(t *testing.T) {
 		if err != nil {
 			t.Fatalf("valid input refused: %v\nview %+v\nreport %+v", err, v, r)
 		}
-		fail := func(why string) { t.Fatalf("%s: plan %+v\nview %+v\nreport %+v prior %v", why, p, v, r, prior) }
-		if p.Reason == "" || p.Epoch != v.Epoch || p.Target != v.Committed {
-			fail("reason, epoch or target")
-		}
-		if (r.Untrusted || prior == NeedsRebuild) && p.Kind != Rebuild {
-			fail("untrusted or escalated replica not rebuilt")
-		}
-		agree := min(r.Durable, v.lastOfEpoch(r.Epoch))
-		switch p.Kind {
-		case ZeroGap:
-			if r.Durable < v.Committed || agree != r.Durable || (r.Durable > v.Committed && r.Durable > v.Durable) {
-				fail("zero gap with missing or unvouched records")
-			}
-		case CatchUp:
-			if p.From != r.Durable || p.From >= p.Target || p.From+1 < v.Tail || agree != r.Durable {
-				fail("catch-up precondition")
-			}
-		case Truncate:
-			if p.TruncateTo >= r.Durable || r.Checkpoint > p.TruncateTo || p.TruncateTo > agree || p.From != p.TruncateTo {
-				fail("truncate precondition")
-			}
-			if p.TruncateTo < p.Target && p.TruncateTo+1 < v.Tail {
-				fail("truncate + catch-up with records not retained")
-			}
-		case Rebuild:
-			switch p.Source {
-			case Snapshot:
-				b := v.Base
-				if b == nil || !b.Trusted || b.LSN != p.BaseLSN || p.BaseLSN > v.Committed || p.BaseLSN+1 < v.Tail || p.From != p.BaseLSN {
-					fail("snapshot source precondition")
-				}
-			case Full:
-			default:
-				fail("rebuild without a source")
-			}
-		default:
-			fail("unknown kind")
-		}
+		checkPlan(t, v, r, prior, p)
 	}
+}
+
+// checkPlan fails t unless p keeps the planner's promises for (v, r, prior).
+func checkPlan(t *testing.T, v PrimaryView, r ReplicaReport, prior State, p Plan) {
+	t.Helper()
+	fail := func(why string) { t.Fatalf("%s: plan %+v\nview %+v\nreport %+v prior %v", why, p, v, r, prior) }
+	if p.Reason == "" || p.Epoch != v.Epoch || p.Target != v.Committed {
+		fail("reason, epoch or target")
+	}
+	if (r.Untrusted || prior == NeedsRebuild) && p.Kind != Rebuild {
+		fail("untrusted or escalated replica not rebuilt")
+	}
+	agree := min(r.Durable, v.lastOfEpoch(r.Epoch))
+	switch p.Kind {
+	case ZeroGap:
+		if r.Durable < v.Committed || agree != r.Durable || (r.Durable > v.Committed && r.Durable > v.Durable) {
+			fail("zero gap with missing or unvouched records")
+		}
+	case CatchUp:
+		if p.From != r.Durable || p.From >= p.Target || p.From+1 < v.Tail || agree != r.Durable {
+			fail("catch-up precondition")
+		}
+	case Truncate:
+		if p.TruncateTo >= r.Durable || r.Checkpoint > p.TruncateTo || p.TruncateTo > agree || p.From != p.TruncateTo {
+			fail("truncate precondition")
+		}
+		if p.TruncateTo < p.Target && p.TruncateTo+1 < v.Tail {
+			fail("truncate + catch-up with records not retained")
+		}
+	case Rebuild:
+		switch p.Source {
+		case Snapshot:
+			b := v.Base
+			if b == nil || !b.Trusted || b.LSN != p.BaseLSN || p.BaseLSN > v.Committed || p.BaseLSN+1 < v.Tail || p.From != p.BaseLSN {
+				fail("snapshot source precondition")
+			}
+		case Full:
+		default:
+			fail("rebuild without a source")
+		}
+	default:
+		fail("unknown kind")
+	}
+}
+
+// FuzzPlanRecovery: any input either is refused with an error or gets a
+// plan that keeps the invariants; nothing panics.
+func FuzzPlanRecovery(f *testing.F) {
+	f.Add(uint64(5), uint64(100), uint64(0), uint64(110), uint64(50), uint64(49), uint64(40), uint64(5), false, uint64(0), false, 0)
+	f.Add(uint64(5), uint64(100), uint64(105), uint64(110), uint64(50), uint64(106), uint64(101), uint64(5), false, uint64(60), true, 0)
+	f.Add(uint64(2), uint64(10), uint64(0), uint64(10), uint64(11), uint64(9), uint64(9), uint64(1), true, uint64(10), true, 3)
+	f.Fuzz(func(t *testing.T, epoch, committed, durable, head, tail, rDurable, rCheckpoint, rEpoch uint64, untrusted bool, baseLSN uint64, baseTrusted bool, prior int) {
+		v := PrimaryView{Epoch: epoch, Committed: committed, Durable: durable, Head: head, Tail: tail,
+			Base: &BaseSnapshot{LSN: baseLSN, Trusted: baseTrusted}}
+		if epoch > 1 {
+			v.Terms = []Term{{Epoch: 1, First: 1}, {Epoch: epoch, First: committed/2 + 1}}
+		}
+		r := ReplicaReport{Durable: rDurable, Checkpoint: rCheckpoint, Epoch: rEpoch, Untrusted: untrusted}
+		st := State(((prior % 5) + 5) % 5)
+		p, err := PlanRecovery(v, r, st)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidInput) && !errors.Is(err, ErrReplicaEpochNewer) {
+				t.Fatalf("unexpected error %v", err)
+			}
+			return
+		}
+		checkPlan(t, v, r, st, p)
+	})
 }
