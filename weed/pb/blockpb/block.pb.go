@@ -380,8 +380,11 @@ type EpochConfig struct {
 	Durability      Durability             `protobuf:"varint,4,opt,name=durability,proto3,enum=weedblock.Durability" json:"durability,omitempty"`
 	CreatedUnixMs   int64                  `protobuf:"varint,5,opt,name=created_unix_ms,json=createdUnixMs,proto3" json:"created_unix_ms,omitempty"`
 	Reason          string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"` // why this epoch exists (create, failover, member removed, ...)
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Set on an epoch made by an async failover (or a forced promote): the
+	// old primary's writes that had not reached the new primary are lost.
+	MayHaveLostWrites bool `protobuf:"varint,7,opt,name=may_have_lost_writes,json=mayHaveLostWrites,proto3" json:"may_have_lost_writes,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *EpochConfig) Reset() {
@@ -454,6 +457,13 @@ func (x *EpochConfig) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *EpochConfig) GetMayHaveLostWrites() bool {
+	if x != nil {
+		return x.MayHaveLostWrites
+	}
+	return false
 }
 
 // Recovery progress of a replica (filled by the recovery issue).
@@ -927,7 +937,11 @@ type BlockHeartbeatResponse struct {
 	// Local volumes the server must delete (the registry no longer has them).
 	Deletes []string `protobuf:"bytes,4,rep,name=deletes,proto3" json:"deletes,omitempty"`
 	// Set when this master is not the leader: reconnect there.
-	Leader        string `protobuf:"bytes,5,opt,name=leader,proto3" json:"leader,omitempty"`
+	Leader string `protobuf:"bytes,5,opt,name=leader,proto3" json:"leader,omitempty"`
+	// For volumes this server is primary of (at the listed epoch): servers
+	// that hold a copy but are not members. The primary brings each to the
+	// live stream and then calls ReportCaughtUp. Sent on every heartbeat.
+	CatchUp       []*CatchUpTarget `protobuf:"bytes,6,rep,name=catch_up,json=catchUp,proto3" json:"catch_up,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -997,27 +1011,106 @@ func (x *BlockHeartbeatResponse) GetLeader() string {
 	return ""
 }
 
+func (x *BlockHeartbeatResponse) GetCatchUp() []*CatchUpTarget {
+	if x != nil {
+		return x.CatchUp
+	}
+	return nil
+}
+
+// A non-member copy the primary of name (at epoch) should bring back.
+type CatchUpTarget struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Server        *ServerEndpoints       `protobuf:"bytes,3,opt,name=server,proto3" json:"server,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CatchUpTarget) Reset() {
+	*x = CatchUpTarget{}
+	mi := &file_block_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CatchUpTarget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CatchUpTarget) ProtoMessage() {}
+
+func (x *CatchUpTarget) ProtoReflect() protoreflect.Message {
+	mi := &file_block_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CatchUpTarget.ProtoReflect.Descriptor instead.
+func (*CatchUpTarget) Descriptor() ([]byte, []int) {
+	return file_block_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *CatchUpTarget) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CatchUpTarget) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *CatchUpTarget) GetServer() *ServerEndpoints {
+	if x != nil {
+		return x.Server
+	}
+	return nil
+}
+
 // Master's full view of one volume.
 type VolumeInfo struct {
-	state              protoimpl.MessageState `protogen:"open.v1"`
-	Spec               *VolumeSpec            `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
-	Config             *EpochConfig           `protobuf:"bytes,2,opt,name=config,proto3" json:"config,omitempty"`
-	History            []*EpochConfig         `protobuf:"bytes,3,rep,name=history,proto3" json:"history,omitempty"`                                                      // older epochs, oldest first (bounded)
-	Reports            []*VolumeReport        `protobuf:"bytes,4,rep,name=reports,proto3" json:"reports,omitempty"`                                                      // latest report from each member (server_id in members order)
-	Alive              []bool                 `protobuf:"varint,5,rep,packed,name=alive,proto3" json:"alive,omitempty"`                                                  // per member: heartbeat stream up
-	LeaseExpiresUnixMs int64                  `protobuf:"varint,6,opt,name=lease_expires_unix_ms,json=leaseExpiresUnixMs,proto3" json:"lease_expires_unix_ms,omitempty"` // master's (conservative) view of the primary's lease
-	CreatedUnixMs      int64                  `protobuf:"varint,7,opt,name=created_unix_ms,json=createdUnixMs,proto3" json:"created_unix_ms,omitempty"`
-	NbdUri             string                 `protobuf:"bytes,8,opt,name=nbd_uri,json=nbdUri,proto3" json:"nbd_uri,omitempty"`                // nbd://host:port/name on the primary
-	IscsiPortal        string                 `protobuf:"bytes,9,opt,name=iscsi_portal,json=iscsiPortal,proto3" json:"iscsi_portal,omitempty"` // host:port of the primary's portal
-	IscsiIqn           string                 `protobuf:"bytes,10,opt,name=iscsi_iqn,json=iscsiIqn,proto3" json:"iscsi_iqn,omitempty"`
-	State              string                 `protobuf:"bytes,11,opt,name=state,proto3" json:"state,omitempty"` // "creating", "ok", "degraded", "no-primary", ...
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	Spec                *VolumeSpec            `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	Config              *EpochConfig           `protobuf:"bytes,2,opt,name=config,proto3" json:"config,omitempty"`
+	History             []*EpochConfig         `protobuf:"bytes,3,rep,name=history,proto3" json:"history,omitempty"`                                                      // older epochs, oldest first (bounded)
+	Reports             []*VolumeReport        `protobuf:"bytes,4,rep,name=reports,proto3" json:"reports,omitempty"`                                                      // latest report from each member (server_id in members order)
+	Alive               []bool                 `protobuf:"varint,5,rep,packed,name=alive,proto3" json:"alive,omitempty"`                                                  // per member: heartbeat stream up
+	LeaseExpiresUnixMs  int64                  `protobuf:"varint,6,opt,name=lease_expires_unix_ms,json=leaseExpiresUnixMs,proto3" json:"lease_expires_unix_ms,omitempty"` // master's (conservative) view of the primary's lease
+	CreatedUnixMs       int64                  `protobuf:"varint,7,opt,name=created_unix_ms,json=createdUnixMs,proto3" json:"created_unix_ms,omitempty"`
+	NbdUri              string                 `protobuf:"bytes,8,opt,name=nbd_uri,json=nbdUri,proto3" json:"nbd_uri,omitempty"`                // nbd://host:port/name on the primary
+	IscsiPortal         string                 `protobuf:"bytes,9,opt,name=iscsi_portal,json=iscsiPortal,proto3" json:"iscsi_portal,omitempty"` // host:port of the primary's portal
+	IscsiIqn            string                 `protobuf:"bytes,10,opt,name=iscsi_iqn,json=iscsiIqn,proto3" json:"iscsi_iqn,omitempty"`
+	State               string                 `protobuf:"bytes,11,opt,name=state,proto3" json:"state,omitempty"`                                                             // "creating", "ok", "degraded", "no-primary", ...
+	Failovers           uint64                 `protobuf:"varint,12,opt,name=failovers,proto3" json:"failovers,omitempty"`                                                    // automatic + manual promotions of this volume
+	LastFailoverPauseMs int64                  `protobuf:"varint,13,opt,name=last_failover_pause_ms,json=lastFailoverPauseMs,proto3" json:"last_failover_pause_ms,omitempty"` // primary lost -> new primary's first report in its epoch
+	// Per member (members order): the primary's view of that replica (lag);
+	// empty server_id for the primary itself or when not reported.
+	MemberLag []*ReplicaState `protobuf:"bytes,14,rep,name=member_lag,json=memberLag,proto3" json:"member_lag,omitempty"`
+	// Latest epoch (0: none) made by a failover that may have lost writes
+	// (async, or forced promote); warning says so in words.
+	LossyEpoch uint64 `protobuf:"varint,15,opt,name=lossy_epoch,json=lossyEpoch,proto3" json:"lossy_epoch,omitempty"`
+	Warning    string `protobuf:"bytes,16,opt,name=warning,proto3" json:"warning,omitempty"`
+	// Why the master could not promote (state "unavailable"), "" otherwise.
+	FailoverBlocked string `protobuf:"bytes,17,opt,name=failover_blocked,json=failoverBlocked,proto3" json:"failover_blocked,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *VolumeInfo) Reset() {
 	*x = VolumeInfo{}
-	mi := &file_block_proto_msgTypes[10]
+	mi := &file_block_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1029,7 +1122,7 @@ func (x *VolumeInfo) String() string {
 func (*VolumeInfo) ProtoMessage() {}
 
 func (x *VolumeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_block_proto_msgTypes[10]
+	mi := &file_block_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1042,7 +1135,7 @@ func (x *VolumeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeInfo.ProtoReflect.Descriptor instead.
 func (*VolumeInfo) Descriptor() ([]byte, []int) {
-	return file_block_proto_rawDescGZIP(), []int{10}
+	return file_block_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *VolumeInfo) GetSpec() *VolumeSpec {
@@ -1122,6 +1215,48 @@ func (x *VolumeInfo) GetState() string {
 	return ""
 }
 
+func (x *VolumeInfo) GetFailovers() uint64 {
+	if x != nil {
+		return x.Failovers
+	}
+	return 0
+}
+
+func (x *VolumeInfo) GetLastFailoverPauseMs() int64 {
+	if x != nil {
+		return x.LastFailoverPauseMs
+	}
+	return 0
+}
+
+func (x *VolumeInfo) GetMemberLag() []*ReplicaState {
+	if x != nil {
+		return x.MemberLag
+	}
+	return nil
+}
+
+func (x *VolumeInfo) GetLossyEpoch() uint64 {
+	if x != nil {
+		return x.LossyEpoch
+	}
+	return 0
+}
+
+func (x *VolumeInfo) GetWarning() string {
+	if x != nil {
+		return x.Warning
+	}
+	return ""
+}
+
+func (x *VolumeInfo) GetFailoverBlocked() string {
+	if x != nil {
+		return x.FailoverBlocked
+	}
+	return ""
+}
+
 type CreateVolumeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Spec          *VolumeSpec            `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -1131,7 +1266,7 @@ type CreateVolumeRequest struct {
 
 func (x *CreateVolumeRequest) Reset() {
 	*x = CreateVolumeRequest{}
-	mi := &file_block_proto_msgTypes[11]
+	mi := &file_block_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1143,7 +1278,7 @@ func (x *CreateVolumeRequest) String() string {
 func (*CreateVolumeRequest) ProtoMessage() {}
 
 func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_block_proto_msgTypes[11]
+	mi := &file_block_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1156,7 +1291,7 @@ func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeRequest.ProtoReflect.Descriptor instead.
 func (*CreateVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_block_proto_rawDescGZIP(), []int{11}
+	return file_block_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateVolumeRequest) GetSpec() *VolumeSpec {
@@ -1175,7 +1310,7 @@ type CreateVolumeResponse struct {
 
 func (x *CreateVolumeResponse) Reset() {
 	*x = CreateVolumeResponse{}
-	mi := &file_block_proto_msgTypes[12]
+	mi := &file_block_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1187,7 +1322,7 @@ func (x *CreateVolumeResponse) String() string {
 func (*CreateVolumeResponse) ProtoMessage() {}
 
 func (x *CreateVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_block_proto_msgTypes[12]
+	mi := &file_block_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1200,7 +1335,7 @@ func (x *CreateVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeResponse.ProtoReflect.Descriptor instead.
 func (*CreateVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_block_proto_rawDescGZIP(), []int{12}
+	return file_block_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateVolumeResponse) GetVolume() *VolumeInfo {
@@ -1220,7 +1355,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_block_proto_msgTypes[13]
+	mi := &file_block_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1232,7 +1367,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_block_proto_msgTypes[13]
+	mi := &file_block_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1245,7 +1380,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_block_proto_rawDescGZIP(), []int{13}
+	return file_block_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeleteVolumeRequest) GetName() string {
@@ -1270,7 +1405,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_block_proto_msgTypes[14]
+	mi := &file_block_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1282,7 +1417,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_block_proto_msgTypes[14]
+	mi := &file_block_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1295,7 +1430,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_block_proto_rawDescGZIP(), []int{14}
+	return file_block_proto_rawDescGZIP(), []int{15}
 }
 
 type LookupVolumeRequest struct {
@@ -1307,7 +1442,7 @@ type LookupVolumeRequest struct {
 
 func (x *LookupVolumeRequest) Reset() {
 	*x = LookupVolumeRequest{}
-	mi := &file_block_proto_msgTypes[15]
+	mi := &file_block_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1319,7 +1454,7 @@ func (x *LookupVolumeRequest) String() string {
 func (*LookupVolumeRequest) ProtoMessage() {}
 
 func (x *LookupVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_block_proto_msgTypes[15]
+	mi := &file_block_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1332,7 +1467,7 @@ func (x *LookupVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupVolumeRequest.ProtoReflect.Descriptor instead.
 func (*LookupVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_block_proto_rawDescGZIP(), []int{15}
+	return file_block_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *LookupVolumeRequest) GetName() string {
@@ -1351,7 +1486,7 @@ type LookupVolumeResponse struct {
 
 func (x *LookupVolumeResponse) Reset() {
 	*x = LookupVolumeResponse{}
-	mi := &file_block_proto_msgTypes[16]
+	mi := &file_block_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1363,7 +1498,7 @@ func (x *LookupVolumeResponse) String() string {
 func (*LookupVolumeResponse) ProtoMessage() {}
 
 func (x *LookupVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_block_proto_msgTypes[16]
+	mi := &file_block_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1376,7 +1511,7 @@ func (x *LookupVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupVolumeResponse.ProtoReflect.Descriptor instead.
 func (*LookupVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_block_proto_rawDescGZIP(), []int{16}
+	return file_block_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *LookupVolumeResponse) GetVolume() *VolumeInfo {
@@ -1394,7 +1529,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_block_proto_msgTypes[17]
+	mi := &file_block_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1406,7 +1541,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_block_proto_msgTypes[17]
+	mi := &file_block_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1419,7 +1554,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_block_proto_rawDescGZIP(), []int{17}
+	return file_block_proto_rawDescGZIP(), []int{18}
 }
 
 type ListVolumesResponse struct {
@@ -1431,7 +1566,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_block_proto_msgTypes[18]
+	mi := &file_block_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1443,7 +1578,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_block_proto_msgTypes[18]
+	mi := &file_block_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1456,12 +1591,355 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_block_proto_rawDescGZIP(), []int{18}
+	return file_block_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*VolumeInfo {
 	if x != nil {
 		return x.Volumes
+	}
+	return nil
+}
+
+// Called by the current primary: stop counting server_id (it stopped
+// answering). The master persists a new epoch without it.
+type RemoveMemberRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Name           string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Epoch          uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`                      // the caller's epoch; must be the current one
+	ServerId       string                 `protobuf:"bytes,3,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"` // the member to remove
+	Reason         string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	CallerServerId string                 `protobuf:"bytes,5,opt,name=caller_server_id,json=callerServerId,proto3" json:"caller_server_id,omitempty"` // must be the current primary
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RemoveMemberRequest) Reset() {
+	*x = RemoveMemberRequest{}
+	mi := &file_block_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveMemberRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveMemberRequest) ProtoMessage() {}
+
+func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_block_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
+func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
+	return file_block_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RemoveMemberRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RemoveMemberRequest) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *RemoveMemberRequest) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+func (x *RemoveMemberRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RemoveMemberRequest) GetCallerServerId() string {
+	if x != nil {
+		return x.CallerServerId
+	}
+	return ""
+}
+
+type RemoveMemberResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Config        *EpochConfig           `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveMemberResponse) Reset() {
+	*x = RemoveMemberResponse{}
+	mi := &file_block_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveMemberResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveMemberResponse) ProtoMessage() {}
+
+func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_block_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
+func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
+	return file_block_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RemoveMemberResponse) GetConfig() *EpochConfig {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+// Called by the current primary once server_id follows the live stream:
+// the master persists a new epoch that includes it as a replica.
+type ReportCaughtUpRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Name           string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Epoch          uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	ServerId       string                 `protobuf:"bytes,3,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	CallerServerId string                 `protobuf:"bytes,4,opt,name=caller_server_id,json=callerServerId,proto3" json:"caller_server_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ReportCaughtUpRequest) Reset() {
+	*x = ReportCaughtUpRequest{}
+	mi := &file_block_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportCaughtUpRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportCaughtUpRequest) ProtoMessage() {}
+
+func (x *ReportCaughtUpRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_block_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportCaughtUpRequest.ProtoReflect.Descriptor instead.
+func (*ReportCaughtUpRequest) Descriptor() ([]byte, []int) {
+	return file_block_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ReportCaughtUpRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ReportCaughtUpRequest) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *ReportCaughtUpRequest) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+func (x *ReportCaughtUpRequest) GetCallerServerId() string {
+	if x != nil {
+		return x.CallerServerId
+	}
+	return ""
+}
+
+type ReportCaughtUpResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Config        *EpochConfig           `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportCaughtUpResponse) Reset() {
+	*x = ReportCaughtUpResponse{}
+	mi := &file_block_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportCaughtUpResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportCaughtUpResponse) ProtoMessage() {}
+
+func (x *ReportCaughtUpResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_block_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportCaughtUpResponse.ProtoReflect.Descriptor instead.
+func (*ReportCaughtUpResponse) Descriptor() ([]byte, []int) {
+	return file_block_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ReportCaughtUpResponse) GetConfig() *EpochConfig {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+// Operator: make to_server_id the primary (a new epoch). Without force the
+// same checks as an automatic failover apply; force skips them but never
+// picks a server that holds no copy.
+type PromoteVolumeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	ToServerId    string                 `protobuf:"bytes,2,opt,name=to_server_id,json=toServerId,proto3" json:"to_server_id,omitempty"`
+	Force         bool                   `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromoteVolumeRequest) Reset() {
+	*x = PromoteVolumeRequest{}
+	mi := &file_block_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromoteVolumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromoteVolumeRequest) ProtoMessage() {}
+
+func (x *PromoteVolumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_block_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromoteVolumeRequest.ProtoReflect.Descriptor instead.
+func (*PromoteVolumeRequest) Descriptor() ([]byte, []int) {
+	return file_block_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PromoteVolumeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PromoteVolumeRequest) GetToServerId() string {
+	if x != nil {
+		return x.ToServerId
+	}
+	return ""
+}
+
+func (x *PromoteVolumeRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type PromoteVolumeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Volume        *VolumeInfo            `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromoteVolumeResponse) Reset() {
+	*x = PromoteVolumeResponse{}
+	mi := &file_block_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromoteVolumeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromoteVolumeResponse) ProtoMessage() {}
+
+func (x *PromoteVolumeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_block_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromoteVolumeResponse.ProtoReflect.Descriptor instead.
+func (*PromoteVolumeResponse) Descriptor() ([]byte, []int) {
+	return file_block_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *PromoteVolumeResponse) GetVolume() *VolumeInfo {
+	if x != nil {
+		return x.Volume
 	}
 	return nil
 }
@@ -1476,7 +1954,7 @@ type AllocateVolumeRequest struct {
 
 func (x *AllocateVolumeRequest) Reset() {
 	*x = AllocateVolumeRequest{}
-	mi := &file_block_proto_msgTypes[19]
+	mi := &file_block_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1488,7 +1966,7 @@ func (x *AllocateVolumeRequest) String() string {
 func (*AllocateVolumeRequest) ProtoMessage() {}
 
 func (x *AllocateVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_block_proto_msgTypes[19]
+	mi := &file_block_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1501,7 +1979,7 @@ func (x *AllocateVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateVolumeRequest.ProtoReflect.Descriptor instead.
 func (*AllocateVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_block_proto_rawDescGZIP(), []int{19}
+	return file_block_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *AllocateVolumeRequest) GetSpec() *VolumeSpec {
@@ -1527,7 +2005,7 @@ type AllocateVolumeResponse struct {
 
 func (x *AllocateVolumeResponse) Reset() {
 	*x = AllocateVolumeResponse{}
-	mi := &file_block_proto_msgTypes[20]
+	mi := &file_block_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1539,7 +2017,7 @@ func (x *AllocateVolumeResponse) String() string {
 func (*AllocateVolumeResponse) ProtoMessage() {}
 
 func (x *AllocateVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_block_proto_msgTypes[20]
+	mi := &file_block_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1552,7 +2030,7 @@ func (x *AllocateVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateVolumeResponse.ProtoReflect.Descriptor instead.
 func (*AllocateVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_block_proto_rawDescGZIP(), []int{20}
+	return file_block_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AllocateVolumeResponse) GetVolume() *VolumeReport {
@@ -1573,7 +2051,7 @@ type DeleteLocalVolumeRequest struct {
 
 func (x *DeleteLocalVolumeRequest) Reset() {
 	*x = DeleteLocalVolumeRequest{}
-	mi := &file_block_proto_msgTypes[21]
+	mi := &file_block_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1585,7 +2063,7 @@ func (x *DeleteLocalVolumeRequest) String() string {
 func (*DeleteLocalVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteLocalVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_block_proto_msgTypes[21]
+	mi := &file_block_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1598,7 +2076,7 @@ func (x *DeleteLocalVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteLocalVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteLocalVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_block_proto_rawDescGZIP(), []int{21}
+	return file_block_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteLocalVolumeRequest) GetName() string {
@@ -1630,7 +2108,7 @@ type DeleteLocalVolumeResponse struct {
 
 func (x *DeleteLocalVolumeResponse) Reset() {
 	*x = DeleteLocalVolumeResponse{}
-	mi := &file_block_proto_msgTypes[22]
+	mi := &file_block_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1642,7 +2120,7 @@ func (x *DeleteLocalVolumeResponse) String() string {
 func (*DeleteLocalVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteLocalVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_block_proto_msgTypes[22]
+	mi := &file_block_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1655,7 +2133,7 @@ func (x *DeleteLocalVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteLocalVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteLocalVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_block_proto_rawDescGZIP(), []int{22}
+	return file_block_proto_rawDescGZIP(), []int{29}
 }
 
 type LocalVolumeStatusRequest struct {
@@ -1667,7 +2145,7 @@ type LocalVolumeStatusRequest struct {
 
 func (x *LocalVolumeStatusRequest) Reset() {
 	*x = LocalVolumeStatusRequest{}
-	mi := &file_block_proto_msgTypes[23]
+	mi := &file_block_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1679,7 +2157,7 @@ func (x *LocalVolumeStatusRequest) String() string {
 func (*LocalVolumeStatusRequest) ProtoMessage() {}
 
 func (x *LocalVolumeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_block_proto_msgTypes[23]
+	mi := &file_block_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1692,7 +2170,7 @@ func (x *LocalVolumeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalVolumeStatusRequest.ProtoReflect.Descriptor instead.
 func (*LocalVolumeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_block_proto_rawDescGZIP(), []int{23}
+	return file_block_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *LocalVolumeStatusRequest) GetName() string {
@@ -1711,7 +2189,7 @@ type LocalVolumeStatusResponse struct {
 
 func (x *LocalVolumeStatusResponse) Reset() {
 	*x = LocalVolumeStatusResponse{}
-	mi := &file_block_proto_msgTypes[24]
+	mi := &file_block_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1723,7 +2201,7 @@ func (x *LocalVolumeStatusResponse) String() string {
 func (*LocalVolumeStatusResponse) ProtoMessage() {}
 
 func (x *LocalVolumeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_block_proto_msgTypes[24]
+	mi := &file_block_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1736,7 +2214,7 @@ func (x *LocalVolumeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalVolumeStatusResponse.ProtoReflect.Descriptor instead.
 func (*LocalVolumeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_block_proto_rawDescGZIP(), []int{24}
+	return file_block_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LocalVolumeStatusResponse) GetVolumes() []*VolumeReport {
@@ -1776,7 +2254,7 @@ const file_block_proto_rawDesc = "" +
 	"\x04rack\x18\b \x01(\tR\x04rack\"a\n" +
 	"\x06Member\x122\n" +
 	"\x06server\x18\x01 \x01(\v2\x1a.weedblock.ServerEndpointsR\x06server\x12#\n" +
-	"\x04role\x18\x02 \x01(\x0e2\x0f.weedblock.RoleR\x04role\"\xf3\x01\n" +
+	"\x04role\x18\x02 \x01(\x0e2\x0f.weedblock.RoleR\x04role\"\xa4\x02\n" +
 	"\vEpochConfig\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12*\n" +
 	"\x11primary_server_id\x18\x02 \x01(\tR\x0fprimaryServerId\x12+\n" +
@@ -1785,7 +2263,8 @@ const file_block_proto_rawDesc = "" +
 	"durability\x18\x04 \x01(\x0e2\x15.weedblock.DurabilityR\n" +
 	"durability\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x05 \x01(\x03R\rcreatedUnixMs\x12\x16\n" +
-	"\x06reason\x18\x06 \x01(\tR\x06reason\"\x7f\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x12/\n" +
+	"\x14may_have_lost_writes\x18\a \x01(\bR\x11mayHaveLostWrites\"\x7f\n" +
 	"\x10RecoveryProgress\x12\x14\n" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x1d\n" +
 	"\n" +
@@ -1831,13 +2310,18 @@ const file_block_proto_rawDesc = "" +
 	"Assignment\x12)\n" +
 	"\x04spec\x18\x01 \x01(\v2\x15.weedblock.VolumeSpecR\x04spec\x12.\n" +
 	"\x06config\x18\x02 \x01(\v2\x16.weedblock.EpochConfigR\x06config\x12#\n" +
-	"\x04role\x18\x03 \x01(\x0e2\x0f.weedblock.RoleR\x04role\"\xc3\x01\n" +
+	"\x04role\x18\x03 \x01(\x0e2\x0f.weedblock.RoleR\x04role\"\xf8\x01\n" +
 	"\x16BlockHeartbeatResponse\x12#\n" +
 	"\rheartbeat_seq\x18\x01 \x01(\x04R\fheartbeatSeq\x12\x19\n" +
 	"\blease_ms\x18\x02 \x01(\x03R\aleaseMs\x127\n" +
 	"\vassignments\x18\x03 \x03(\v2\x15.weedblock.AssignmentR\vassignments\x12\x18\n" +
 	"\adeletes\x18\x04 \x03(\tR\adeletes\x12\x16\n" +
-	"\x06leader\x18\x05 \x01(\tR\x06leader\"\xac\x03\n" +
+	"\x06leader\x18\x05 \x01(\tR\x06leader\x123\n" +
+	"\bcatch_up\x18\x06 \x03(\v2\x18.weedblock.CatchUpTargetR\acatchUp\"m\n" +
+	"\rCatchUpTarget\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x122\n" +
+	"\x06server\x18\x03 \x01(\v2\x1a.weedblock.ServerEndpointsR\x06server\"\x9d\x05\n" +
 	"\n" +
 	"VolumeInfo\x12)\n" +
 	"\x04spec\x18\x01 \x01(\v2\x15.weedblock.VolumeSpecR\x04spec\x12.\n" +
@@ -1851,7 +2335,15 @@ const file_block_proto_rawDesc = "" +
 	"\fiscsi_portal\x18\t \x01(\tR\viscsiPortal\x12\x1b\n" +
 	"\tiscsi_iqn\x18\n" +
 	" \x01(\tR\biscsiIqn\x12\x14\n" +
-	"\x05state\x18\v \x01(\tR\x05state\"@\n" +
+	"\x05state\x18\v \x01(\tR\x05state\x12\x1c\n" +
+	"\tfailovers\x18\f \x01(\x04R\tfailovers\x123\n" +
+	"\x16last_failover_pause_ms\x18\r \x01(\x03R\x13lastFailoverPauseMs\x126\n" +
+	"\n" +
+	"member_lag\x18\x0e \x03(\v2\x17.weedblock.ReplicaStateR\tmemberLag\x12\x1f\n" +
+	"\vlossy_epoch\x18\x0f \x01(\x04R\n" +
+	"lossyEpoch\x12\x18\n" +
+	"\awarning\x18\x10 \x01(\tR\awarning\x12)\n" +
+	"\x10failover_blocked\x18\x11 \x01(\tR\x0ffailoverBlocked\"@\n" +
 	"\x13CreateVolumeRequest\x12)\n" +
 	"\x04spec\x18\x01 \x01(\v2\x15.weedblock.VolumeSpecR\x04spec\"E\n" +
 	"\x14CreateVolumeResponse\x12-\n" +
@@ -1866,7 +2358,29 @@ const file_block_proto_rawDesc = "" +
 	"\x06volume\x18\x01 \x01(\v2\x15.weedblock.VolumeInfoR\x06volume\"\x14\n" +
 	"\x12ListVolumesRequest\"F\n" +
 	"\x13ListVolumesResponse\x12/\n" +
-	"\avolumes\x18\x01 \x03(\v2\x15.weedblock.VolumeInfoR\avolumes\"r\n" +
+	"\avolumes\x18\x01 \x03(\v2\x15.weedblock.VolumeInfoR\avolumes\"\x9e\x01\n" +
+	"\x13RemoveMemberRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x1b\n" +
+	"\tserver_id\x18\x03 \x01(\tR\bserverId\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12(\n" +
+	"\x10caller_server_id\x18\x05 \x01(\tR\x0ecallerServerId\"F\n" +
+	"\x14RemoveMemberResponse\x12.\n" +
+	"\x06config\x18\x01 \x01(\v2\x16.weedblock.EpochConfigR\x06config\"\x88\x01\n" +
+	"\x15ReportCaughtUpRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x1b\n" +
+	"\tserver_id\x18\x03 \x01(\tR\bserverId\x12(\n" +
+	"\x10caller_server_id\x18\x04 \x01(\tR\x0ecallerServerId\"H\n" +
+	"\x16ReportCaughtUpResponse\x12.\n" +
+	"\x06config\x18\x01 \x01(\v2\x16.weedblock.EpochConfigR\x06config\"b\n" +
+	"\x14PromoteVolumeRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\fto_server_id\x18\x02 \x01(\tR\n" +
+	"toServerId\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\"F\n" +
+	"\x15PromoteVolumeResponse\x12-\n" +
+	"\x06volume\x18\x01 \x01(\v2\x15.weedblock.VolumeInfoR\x06volume\"r\n" +
 	"\x15AllocateVolumeRequest\x12)\n" +
 	"\x04spec\x18\x01 \x01(\v2\x15.weedblock.VolumeSpecR\x04spec\x12.\n" +
 	"\x06config\x18\x02 \x01(\v2\x16.weedblock.EpochConfigR\x06config\"I\n" +
@@ -1891,13 +2405,16 @@ const file_block_proto_rawDesc = "" +
 	"\x16DURABILITY_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fDURABILITY_SYNC\x10\x01\x12\x15\n" +
 	"\x11DURABILITY_QUORUM\x10\x02\x12\x14\n" +
-	"\x10DURABILITY_ASYNC\x10\x032\x9d\x03\n" +
+	"\x10DURABILITY_ASYNC\x10\x032\x99\x05\n" +
 	"\vBlockMaster\x12M\n" +
 	"\tHeartbeat\x12\x19.weedblock.BlockHeartbeat\x1a!.weedblock.BlockHeartbeatResponse(\x010\x01\x12O\n" +
 	"\fCreateVolume\x12\x1e.weedblock.CreateVolumeRequest\x1a\x1f.weedblock.CreateVolumeResponse\x12O\n" +
 	"\fDeleteVolume\x12\x1e.weedblock.DeleteVolumeRequest\x1a\x1f.weedblock.DeleteVolumeResponse\x12O\n" +
 	"\fLookupVolume\x12\x1e.weedblock.LookupVolumeRequest\x1a\x1f.weedblock.LookupVolumeResponse\x12L\n" +
-	"\vListVolumes\x12\x1d.weedblock.ListVolumesRequest\x1a\x1e.weedblock.ListVolumesResponse2\x9a\x02\n" +
+	"\vListVolumes\x12\x1d.weedblock.ListVolumesRequest\x1a\x1e.weedblock.ListVolumesResponse\x12O\n" +
+	"\fRemoveMember\x12\x1e.weedblock.RemoveMemberRequest\x1a\x1f.weedblock.RemoveMemberResponse\x12U\n" +
+	"\x0eReportCaughtUp\x12 .weedblock.ReportCaughtUpRequest\x1a!.weedblock.ReportCaughtUpResponse\x12R\n" +
+	"\rPromoteVolume\x12\x1f.weedblock.PromoteVolumeRequest\x1a .weedblock.PromoteVolumeResponse2\x9a\x02\n" +
 	"\vBlockVolume\x12U\n" +
 	"\x0eAllocateVolume\x12 .weedblock.AllocateVolumeRequest\x1a!.weedblock.AllocateVolumeResponse\x12Y\n" +
 	"\fDeleteVolume\x12#.weedblock.DeleteLocalVolumeRequest\x1a$.weedblock.DeleteLocalVolumeResponse\x12Y\n" +
@@ -1916,7 +2433,7 @@ func file_block_proto_rawDescGZIP() []byte {
 }
 
 var file_block_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_block_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_block_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_block_proto_goTypes = []any{
 	(Role)(0),                         // 0: weedblock.Role
 	(Durability)(0),                   // 1: weedblock.Durability
@@ -1930,21 +2447,28 @@ var file_block_proto_goTypes = []any{
 	(*BlockHeartbeat)(nil),            // 9: weedblock.BlockHeartbeat
 	(*Assignment)(nil),                // 10: weedblock.Assignment
 	(*BlockHeartbeatResponse)(nil),    // 11: weedblock.BlockHeartbeatResponse
-	(*VolumeInfo)(nil),                // 12: weedblock.VolumeInfo
-	(*CreateVolumeRequest)(nil),       // 13: weedblock.CreateVolumeRequest
-	(*CreateVolumeResponse)(nil),      // 14: weedblock.CreateVolumeResponse
-	(*DeleteVolumeRequest)(nil),       // 15: weedblock.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),      // 16: weedblock.DeleteVolumeResponse
-	(*LookupVolumeRequest)(nil),       // 17: weedblock.LookupVolumeRequest
-	(*LookupVolumeResponse)(nil),      // 18: weedblock.LookupVolumeResponse
-	(*ListVolumesRequest)(nil),        // 19: weedblock.ListVolumesRequest
-	(*ListVolumesResponse)(nil),       // 20: weedblock.ListVolumesResponse
-	(*AllocateVolumeRequest)(nil),     // 21: weedblock.AllocateVolumeRequest
-	(*AllocateVolumeResponse)(nil),    // 22: weedblock.AllocateVolumeResponse
-	(*DeleteLocalVolumeRequest)(nil),  // 23: weedblock.DeleteLocalVolumeRequest
-	(*DeleteLocalVolumeResponse)(nil), // 24: weedblock.DeleteLocalVolumeResponse
-	(*LocalVolumeStatusRequest)(nil),  // 25: weedblock.LocalVolumeStatusRequest
-	(*LocalVolumeStatusResponse)(nil), // 26: weedblock.LocalVolumeStatusResponse
+	(*CatchUpTarget)(nil),             // 12: weedblock.CatchUpTarget
+	(*VolumeInfo)(nil),                // 13: weedblock.VolumeInfo
+	(*CreateVolumeRequest)(nil),       // 14: weedblock.CreateVolumeRequest
+	(*CreateVolumeResponse)(nil),      // 15: weedblock.CreateVolumeResponse
+	(*DeleteVolumeRequest)(nil),       // 16: weedblock.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),      // 17: weedblock.DeleteVolumeResponse
+	(*LookupVolumeRequest)(nil),       // 18: weedblock.LookupVolumeRequest
+	(*LookupVolumeResponse)(nil),      // 19: weedblock.LookupVolumeResponse
+	(*ListVolumesRequest)(nil),        // 20: weedblock.ListVolumesRequest
+	(*ListVolumesResponse)(nil),       // 21: weedblock.ListVolumesResponse
+	(*RemoveMemberRequest)(nil),       // 22: weedblock.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),      // 23: weedblock.RemoveMemberResponse
+	(*ReportCaughtUpRequest)(nil),     // 24: weedblock.ReportCaughtUpRequest
+	(*ReportCaughtUpResponse)(nil),    // 25: weedblock.ReportCaughtUpResponse
+	(*PromoteVolumeRequest)(nil),      // 26: weedblock.PromoteVolumeRequest
+	(*PromoteVolumeResponse)(nil),     // 27: weedblock.PromoteVolumeResponse
+	(*AllocateVolumeRequest)(nil),     // 28: weedblock.AllocateVolumeRequest
+	(*AllocateVolumeResponse)(nil),    // 29: weedblock.AllocateVolumeResponse
+	(*DeleteLocalVolumeRequest)(nil),  // 30: weedblock.DeleteLocalVolumeRequest
+	(*DeleteLocalVolumeResponse)(nil), // 31: weedblock.DeleteLocalVolumeResponse
+	(*LocalVolumeStatusRequest)(nil),  // 32: weedblock.LocalVolumeStatusRequest
+	(*LocalVolumeStatusResponse)(nil), // 33: weedblock.LocalVolumeStatusResponse
 }
 var file_block_proto_depIdxs = []int32{
 	1,  // 0: weedblock.VolumeSpec.durability:type_name -> weedblock.Durability
@@ -1961,39 +2485,51 @@ var file_block_proto_depIdxs = []int32{
 	5,  // 11: weedblock.Assignment.config:type_name -> weedblock.EpochConfig
 	0,  // 12: weedblock.Assignment.role:type_name -> weedblock.Role
 	10, // 13: weedblock.BlockHeartbeatResponse.assignments:type_name -> weedblock.Assignment
-	2,  // 14: weedblock.VolumeInfo.spec:type_name -> weedblock.VolumeSpec
-	5,  // 15: weedblock.VolumeInfo.config:type_name -> weedblock.EpochConfig
-	5,  // 16: weedblock.VolumeInfo.history:type_name -> weedblock.EpochConfig
-	8,  // 17: weedblock.VolumeInfo.reports:type_name -> weedblock.VolumeReport
-	2,  // 18: weedblock.CreateVolumeRequest.spec:type_name -> weedblock.VolumeSpec
-	12, // 19: weedblock.CreateVolumeResponse.volume:type_name -> weedblock.VolumeInfo
-	12, // 20: weedblock.LookupVolumeResponse.volume:type_name -> weedblock.VolumeInfo
-	12, // 21: weedblock.ListVolumesResponse.volumes:type_name -> weedblock.VolumeInfo
-	2,  // 22: weedblock.AllocateVolumeRequest.spec:type_name -> weedblock.VolumeSpec
-	5,  // 23: weedblock.AllocateVolumeRequest.config:type_name -> weedblock.EpochConfig
-	8,  // 24: weedblock.AllocateVolumeResponse.volume:type_name -> weedblock.VolumeReport
-	8,  // 25: weedblock.LocalVolumeStatusResponse.volumes:type_name -> weedblock.VolumeReport
-	9,  // 26: weedblock.BlockMaster.Heartbeat:input_type -> weedblock.BlockHeartbeat
-	13, // 27: weedblock.BlockMaster.CreateVolume:input_type -> weedblock.CreateVolumeRequest
-	15, // 28: weedblock.BlockMaster.DeleteVolume:input_type -> weedblock.DeleteVolumeRequest
-	17, // 29: weedblock.BlockMaster.LookupVolume:input_type -> weedblock.LookupVolumeRequest
-	19, // 30: weedblock.BlockMaster.ListVolumes:input_type -> weedblock.ListVolumesRequest
-	21, // 31: weedblock.BlockVolume.AllocateVolume:input_type -> weedblock.AllocateVolumeRequest
-	23, // 32: weedblock.BlockVolume.DeleteVolume:input_type -> weedblock.DeleteLocalVolumeRequest
-	25, // 33: weedblock.BlockVolume.VolumeStatus:input_type -> weedblock.LocalVolumeStatusRequest
-	11, // 34: weedblock.BlockMaster.Heartbeat:output_type -> weedblock.BlockHeartbeatResponse
-	14, // 35: weedblock.BlockMaster.CreateVolume:output_type -> weedblock.CreateVolumeResponse
-	16, // 36: weedblock.BlockMaster.DeleteVolume:output_type -> weedblock.DeleteVolumeResponse
-	18, // 37: weedblock.BlockMaster.LookupVolume:output_type -> weedblock.LookupVolumeResponse
-	20, // 38: weedblock.BlockMaster.ListVolumes:output_type -> weedblock.ListVolumesResponse
-	22, // 39: weedblock.BlockVolume.AllocateVolume:output_type -> weedblock.AllocateVolumeResponse
-	24, // 40: weedblock.BlockVolume.DeleteVolume:output_type -> weedblock.DeleteLocalVolumeResponse
-	26, // 41: weedblock.BlockVolume.VolumeStatus:output_type -> weedblock.LocalVolumeStatusResponse
-	34, // [34:42] is the sub-list for method output_type
-	26, // [26:34] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	12, // 14: weedblock.BlockHeartbeatResponse.catch_up:type_name -> weedblock.CatchUpTarget
+	3,  // 15: weedblock.CatchUpTarget.server:type_name -> weedblock.ServerEndpoints
+	2,  // 16: weedblock.VolumeInfo.spec:type_name -> weedblock.VolumeSpec
+	5,  // 17: weedblock.VolumeInfo.config:type_name -> weedblock.EpochConfig
+	5,  // 18: weedblock.VolumeInfo.history:type_name -> weedblock.EpochConfig
+	8,  // 19: weedblock.VolumeInfo.reports:type_name -> weedblock.VolumeReport
+	7,  // 20: weedblock.VolumeInfo.member_lag:type_name -> weedblock.ReplicaState
+	2,  // 21: weedblock.CreateVolumeRequest.spec:type_name -> weedblock.VolumeSpec
+	13, // 22: weedblock.CreateVolumeResponse.volume:type_name -> weedblock.VolumeInfo
+	13, // 23: weedblock.LookupVolumeResponse.volume:type_name -> weedblock.VolumeInfo
+	13, // 24: weedblock.ListVolumesResponse.volumes:type_name -> weedblock.VolumeInfo
+	5,  // 25: weedblock.RemoveMemberResponse.config:type_name -> weedblock.EpochConfig
+	5,  // 26: weedblock.ReportCaughtUpResponse.config:type_name -> weedblock.EpochConfig
+	13, // 27: weedblock.PromoteVolumeResponse.volume:type_name -> weedblock.VolumeInfo
+	2,  // 28: weedblock.AllocateVolumeRequest.spec:type_name -> weedblock.VolumeSpec
+	5,  // 29: weedblock.AllocateVolumeRequest.config:type_name -> weedblock.EpochConfig
+	8,  // 30: weedblock.AllocateVolumeResponse.volume:type_name -> weedblock.VolumeReport
+	8,  // 31: weedblock.LocalVolumeStatusResponse.volumes:type_name -> weedblock.VolumeReport
+	9,  // 32: weedblock.BlockMaster.Heartbeat:input_type -> weedblock.BlockHeartbeat
+	14, // 33: weedblock.BlockMaster.CreateVolume:input_type -> weedblock.CreateVolumeRequest
+	16, // 34: weedblock.BlockMaster.DeleteVolume:input_type -> weedblock.DeleteVolumeRequest
+	18, // 35: weedblock.BlockMaster.LookupVolume:input_type -> weedblock.LookupVolumeRequest
+	20, // 36: weedblock.BlockMaster.ListVolumes:input_type -> weedblock.ListVolumesRequest
+	22, // 37: weedblock.BlockMaster.RemoveMember:input_type -> weedblock.RemoveMemberRequest
+	24, // 38: weedblock.BlockMaster.ReportCaughtUp:input_type -> weedblock.ReportCaughtUpRequest
+	26, // 39: weedblock.BlockMaster.PromoteVolume:input_type -> weedblock.PromoteVolumeRequest
+	28, // 40: weedblock.BlockVolume.AllocateVolume:input_type -> weedblock.AllocateVolumeRequest
+	30, // 41: weedblock.BlockVolume.DeleteVolume:input_type -> weedblock.DeleteLocalVolumeRequest
+	32, // 42: weedblock.BlockVolume.VolumeStatus:input_type -> weedblock.LocalVolumeStatusRequest
+	11, // 43: weedblock.BlockMaster.Heartbeat:output_type -> weedblock.BlockHeartbeatResponse
+	15, // 44: weedblock.BlockMaster.CreateVolume:output_type -> weedblock.CreateVolumeResponse
+	17, // 45: weedblock.BlockMaster.DeleteVolume:output_type -> weedblock.DeleteVolumeResponse
+	19, // 46: weedblock.BlockMaster.LookupVolume:output_type -> weedblock.LookupVolumeResponse
+	21, // 47: weedblock.BlockMaster.ListVolumes:output_type -> weedblock.ListVolumesResponse
+	23, // 48: weedblock.BlockMaster.RemoveMember:output_type -> weedblock.RemoveMemberResponse
+	25, // 49: weedblock.BlockMaster.ReportCaughtUp:output_type -> weedblock.ReportCaughtUpResponse
+	27, // 50: weedblock.BlockMaster.PromoteVolume:output_type -> weedblock.PromoteVolumeResponse
+	29, // 51: weedblock.BlockVolume.AllocateVolume:output_type -> weedblock.AllocateVolumeResponse
+	31, // 52: weedblock.BlockVolume.DeleteVolume:output_type -> weedblock.DeleteLocalVolumeResponse
+	33, // 53: weedblock.BlockVolume.VolumeStatus:output_type -> weedblock.LocalVolumeStatusResponse
+	43, // [43:54] is the sub-list for method output_type
+	32, // [32:43] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_block_proto_init() }
@@ -2007,7 +2543,7 @@ func file_block_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_block_proto_rawDesc), len(file_block_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   25,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

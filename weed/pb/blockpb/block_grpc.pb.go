@@ -23,11 +23,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	BlockMaster_Heartbeat_FullMethodName    = "/weedblock.BlockMaster/Heartbeat"
-	BlockMaster_CreateVolume_FullMethodName = "/weedblock.BlockMaster/CreateVolume"
-	BlockMaster_DeleteVolume_FullMethodName = "/weedblock.BlockMaster/DeleteVolume"
-	BlockMaster_LookupVolume_FullMethodName = "/weedblock.BlockMaster/LookupVolume"
-	BlockMaster_ListVolumes_FullMethodName  = "/weedblock.BlockMaster/ListVolumes"
+	BlockMaster_Heartbeat_FullMethodName      = "/weedblock.BlockMaster/Heartbeat"
+	BlockMaster_CreateVolume_FullMethodName   = "/weedblock.BlockMaster/CreateVolume"
+	BlockMaster_DeleteVolume_FullMethodName   = "/weedblock.BlockMaster/DeleteVolume"
+	BlockMaster_LookupVolume_FullMethodName   = "/weedblock.BlockMaster/LookupVolume"
+	BlockMaster_ListVolumes_FullMethodName    = "/weedblock.BlockMaster/ListVolumes"
+	BlockMaster_RemoveMember_FullMethodName   = "/weedblock.BlockMaster/RemoveMember"
+	BlockMaster_ReportCaughtUp_FullMethodName = "/weedblock.BlockMaster/ReportCaughtUp"
+	BlockMaster_PromoteVolume_FullMethodName  = "/weedblock.BlockMaster/PromoteVolume"
 )
 
 // BlockMasterClient is the client API for BlockMaster service.
@@ -42,6 +45,9 @@ type BlockMasterClient interface {
 	DeleteVolume(ctx context.Context, in *DeleteVolumeRequest, opts ...grpc.CallOption) (*DeleteVolumeResponse, error)
 	LookupVolume(ctx context.Context, in *LookupVolumeRequest, opts ...grpc.CallOption) (*LookupVolumeResponse, error)
 	ListVolumes(ctx context.Context, in *ListVolumesRequest, opts ...grpc.CallOption) (*ListVolumesResponse, error)
+	RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error)
+	ReportCaughtUp(ctx context.Context, in *ReportCaughtUpRequest, opts ...grpc.CallOption) (*ReportCaughtUpResponse, error)
+	PromoteVolume(ctx context.Context, in *PromoteVolumeRequest, opts ...grpc.CallOption) (*PromoteVolumeResponse, error)
 }
 
 type blockMasterClient struct {
@@ -105,6 +111,36 @@ func (c *blockMasterClient) ListVolumes(ctx context.Context, in *ListVolumesRequ
 	return out, nil
 }
 
+func (c *blockMasterClient) RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveMemberResponse)
+	err := c.cc.Invoke(ctx, BlockMaster_RemoveMember_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *blockMasterClient) ReportCaughtUp(ctx context.Context, in *ReportCaughtUpRequest, opts ...grpc.CallOption) (*ReportCaughtUpResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportCaughtUpResponse)
+	err := c.cc.Invoke(ctx, BlockMaster_ReportCaughtUp_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *blockMasterClient) PromoteVolume(ctx context.Context, in *PromoteVolumeRequest, opts ...grpc.CallOption) (*PromoteVolumeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PromoteVolumeResponse)
+	err := c.cc.Invoke(ctx, BlockMaster_PromoteVolume_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BlockMasterServer is the server API for BlockMaster service.
 // All implementations must embed UnimplementedBlockMasterServer
 // for forward compatibility.
@@ -117,6 +153,9 @@ type BlockMasterServer interface {
 	DeleteVolume(context.Context, *DeleteVolumeRequest) (*DeleteVolumeResponse, error)
 	LookupVolume(context.Context, *LookupVolumeRequest) (*LookupVolumeResponse, error)
 	ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error)
+	RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error)
+	ReportCaughtUp(context.Context, *ReportCaughtUpRequest) (*ReportCaughtUpResponse, error)
+	PromoteVolume(context.Context, *PromoteVolumeRequest) (*PromoteVolumeResponse, error)
 	mustEmbedUnimplementedBlockMasterServer()
 }
 
@@ -141,6 +180,15 @@ func (UnimplementedBlockMasterServer) LookupVolume(context.Context, *LookupVolum
 }
 func (UnimplementedBlockMasterServer) ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListVolumes not implemented")
+}
+func (UnimplementedBlockMasterServer) RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveMember not implemented")
+}
+func (UnimplementedBlockMasterServer) ReportCaughtUp(context.Context, *ReportCaughtUpRequest) (*ReportCaughtUpResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportCaughtUp not implemented")
+}
+func (UnimplementedBlockMasterServer) PromoteVolume(context.Context, *PromoteVolumeRequest) (*PromoteVolumeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PromoteVolume not implemented")
 }
 func (UnimplementedBlockMasterServer) mustEmbedUnimplementedBlockMasterServer() {}
 func (UnimplementedBlockMasterServer) testEmbeddedByValue()                     {}
@@ -242,6 +290,60 @@ func _BlockMaster_ListVolumes_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BlockMaster_RemoveMember_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveMemberRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BlockMasterServer).RemoveMember(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BlockMaster_RemoveMember_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BlockMasterServer).RemoveMember(ctx, req.(*RemoveMemberRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BlockMaster_ReportCaughtUp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportCaughtUpRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BlockMasterServer).ReportCaughtUp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BlockMaster_ReportCaughtUp_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BlockMasterServer).ReportCaughtUp(ctx, req.(*ReportCaughtUpRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BlockMaster_PromoteVolume_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PromoteVolumeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BlockMasterServer).PromoteVolume(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BlockMaster_PromoteVolume_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BlockMasterServer).PromoteVolume(ctx, req.(*PromoteVolumeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // BlockMaster_ServiceDesc is the grpc.ServiceDesc for BlockMaster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -264,6 +366,18 @@ var BlockMaster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListVolumes",
 			Handler:    _BlockMaster_ListVolumes_Handler,
+		},
+		{
+			MethodName: "RemoveMember",
+			Handler:    _BlockMaster_RemoveMember_Handler,
+		},
+		{
+			MethodName: "ReportCaughtUp",
+			Handler:    _BlockMaster_ReportCaughtUp_Handler,
+		},
+		{
+			MethodName: "PromoteVolume",
+			Handler:    _BlockMaster_PromoteVolume_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
