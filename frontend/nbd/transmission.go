@@ -86,13 +86,18 @@ func (c *conn) serve() {
 	}
 	glog.V(1).Infof("nbd: %s: serving export %q (structured replies: %v)", remote, e.name, c.structured)
 	if err := c.transmit(e.dev); err != nil {
-		glog.Warningf("nbd: %s: export %q: %v", remote, e.name, err)
+		if errors.Is(err, net.ErrClosed) {
+			// Closed by this side: Server.Close or RemoveExport.
+			glog.V(1).Infof("nbd: %s: export %q: connection closed", remote, e.name)
+		} else {
+			glog.Warningf("nbd: %s: export %q: %v", remote, e.name, err)
+		}
 		return
 	}
 	glog.V(1).Infof("nbd: %s: export %q: client disconnected", remote, e.name)
 }
 
-// request is one decoded command travelling from the reader to a worker.
+// request is one decoded command, from the read of its header to its reply.
 type request struct {
 	requestHeader
 	buf  *[]byte // payload (WRITE) or data to send (READ); nil otherwise
@@ -102,8 +107,7 @@ type request struct {
 
 // pipeline is the transmission state a connection's workers share.
 type pipeline struct {
-	dev    blockdev.Device
-	budget *byteBudget
+	budget *byteBudget // payload bytes in flight on this connection
 
 	rmu  sync.Mutex // held by the worker reading the next request
 	stop bool       // no more requests will be read; guarded by rmu
@@ -122,7 +126,7 @@ var errEnd = errors.New("nbd: end of session")
 // on NBD_CMD_DISC or a clean hang-up between requests, once every accepted
 // request was answered.
 func (c *conn) transmit(dev blockdev.Device) error {
-	p := &pipeline{dev: dev, budget: newByteBudget(c.srv.opts.MaxInFlightBytes)}
+	p := &pipeline{budget: newByteBudget(c.srv.opts.MaxInFlightBytes)}
 	var workers sync.WaitGroup
 	for range c.srv.opts.Workers {
 		workers.Add(1)
