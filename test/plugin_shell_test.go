@@ -133,6 +133,32 @@ func TestPluginShellBlockCommands(t *testing.T) {
 		io.WriteString(stdin, "quit\n")
 	})
 
+	t.Run("rf=2 placement", func(t *testing.T) {
+		name2 := uniqueName("pair")
+		var cv volumeView
+		if err := json.Unmarshal([]byte(c.mustShell("block.create -json -name="+name2+" -size=16MiB -rf=2")), &cv); err != nil {
+			t.Fatalf("block.create -json: %v", err)
+		}
+		defer c.shell("block.delete -force -name=" + name2)
+		if cv.Name != name2 || cv.Epoch != 1 || cv.ReplicationFactor != 2 || len(cv.Replicas) != 2 {
+			t.Fatalf("block.create -json: %+v", cv)
+		}
+		r0, r1 := cv.Replicas[0], cv.Replicas[1]
+		if r0.ServerID == r1.ServerID || r0.Role != "primary" || r1.Role != "replica" || cv.Primary != r0.ServerID {
+			t.Fatalf("rf=2 placement: %+v", cv.Replicas)
+		}
+		if !c.external {
+			// Two servers on two racks: one copy on each.
+			if out := c.mustShell("block.status -name=" + name2); !strings.Contains(out, "rack1") || !strings.Contains(out, "rack2") {
+				t.Fatalf("copies not on distinct racks:\n%s", out)
+			}
+		}
+		c.waitServing(name2, time.Minute)
+		if out := c.mustShell("block.delete -json -name=" + name2); strings.TrimSpace(out) != "{\n  \"deleted\": \""+name2+"\"\n}" {
+			t.Fatalf("block.delete -json: %q", out)
+		}
+	})
+
 	t.Run("upstream files", func(t *testing.T) { checkUpstreamFiles(t, c.masterHTTP) })
 
 	t.Run("delete", func(t *testing.T) {
