@@ -116,7 +116,9 @@ type Plan struct {
 	Kind  Kind
 	Epoch uint64 // the primary's epoch when planned
 	// From is the replica's last LSN known to match the primary (after a
-	// truncation: TruncateTo). Catch-up ships (From, Target]. A ZeroGap
+	// truncation: TruncateTo; for a snapshot rebuild: BaseLSN; for a full
+	// rebuild: the primary's Tail-1, where the WAL hold starts).
+	// Catch-up ships (From, Target]. A ZeroGap
 	// (or a Truncate) may leave From beyond Target when the replica holds
 	// the primary's own durable records beyond committed.
 	From       uint64
@@ -235,8 +237,11 @@ func (v PrimaryView) lastOfEpoch(e uint64) uint64 {
 
 // rebuild picks the source: a trusted base snapshot at or below committed
 // whose WAL tail (LSN, committed] is still retained, otherwise a full base.
+// A full base's From is Tail-1: the executor holds the WAL from there
+// before pinning the base, whose LSN (the primary's checkpoint) can then
+// be no lower, so the records after the base stay readable.
 func (v PrimaryView) rebuild(p Plan, why string) Plan {
-	p.Kind, p.Reason = Rebuild, why
+	p.Kind, p.Reason, p.From = Rebuild, why, v.Tail-1
 	b := v.Base
 	switch {
 	case b == nil:

@@ -79,6 +79,9 @@ func checkPlan(t *testing.T, v PrimaryView, r ReplicaReport, prior State, p Plan
 				fail("snapshot source precondition")
 			}
 		case Full:
+			if p.From+1 != v.Tail {
+				fail("full rebuild must hold the WAL from the tail")
+			}
 		default:
 			fail("rebuild without a source")
 		}

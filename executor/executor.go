@@ -77,9 +77,10 @@ func New(slots *engine.Slots, cfg Config) *Executor {
 }
 
 type heldPin struct {
-	what string
-	lsn  uint64
-	pin  Pin
+	what     string
+	lsn      uint64
+	pin      Pin
+	released bool
 }
 
 type run struct {
@@ -149,17 +150,26 @@ func (r *run) hold(what string, lsn uint64, p Pin) {
 	r.record(engine.EventPinned, lsn, what)
 }
 
-// releasePins releases every pin once, newest first.
+// releasePins releases every pin not yet released, newest first.
 func (r *run) releasePins() {
 	for i := len(r.pins) - 1; i >= 0; i-- {
-		h := r.pins[i]
-		detail := h.what + " released"
-		if err := h.pin.Release(); err != nil {
-			detail = fmt.Sprintf("%s release: %v", h.what, err)
-		}
-		r.record(engine.EventReleased, h.lsn, detail)
+		r.releasePin(i)
 	}
 	r.pins = nil
+}
+
+// releasePin releases pin i unless it already was.
+func (r *run) releasePin(i int) {
+	h := &r.pins[i]
+	if h.released {
+		return
+	}
+	h.released = true
+	detail := h.what + " released"
+	if err := h.pin.Release(); err != nil {
+		detail = fmt.Sprintf("%s release: %v", h.what, err)
+	}
+	r.record(engine.EventReleased, h.lsn, detail)
 }
 
 func (r *run) aborted(reason string) *engine.Outcome {
@@ -362,14 +372,27 @@ func (r *run) rebuild(io RebuildIO) engine.Outcome {
 			return *r.escalate(fmt.Sprintf("bound base is snapshot %d but the primary offered %s %d: refusing another base", p.BaseLSN, base.Source, base.LSN))
 		}
 	} else {
+		// Hold the WAL from the planning-time tail, so the checkpoint the
+		// base is taken at cannot fall below it; then narrow the hold to
+		// the records after the base.
+		if o := r.pinWAL(io, p.From, PhaseTransfer); o != nil {
+			return *o
+		}
+		wide := len(r.pins) - 1
 		if o := r.pinBase(io, &base); o != nil {
 			return *o
 		}
 		if base.Source != engine.Full {
 			return *r.escalate(fmt.Sprintf("full base planned but the primary offered %s %d: refusing another base", base.Source, base.LSN))
 		}
-		if o := r.pinWAL(io, base.LSN, PhaseTransfer); o != nil {
-			return *o
+		if base.LSN < p.From {
+			return *r.escalate(fmt.Sprintf("full base at %d is below the WAL hold (%d, ∞): records after it are not retained", base.LSN, p.From))
+		}
+		if base.LSN > p.From {
+			if o := r.pinWAL(io, base.LSN, PhaseTransfer); o != nil {
+				return *o
+			}
+			r.releasePin(wide)
 		}
 	}
 	stalled := 0

@@ -463,10 +463,23 @@ func TestRebuildSources(t *testing.T) {
 			if plan.Kind != engine.Rebuild || plan.Source != wantSrc {
 				t.Fatalf("plan %v", plan)
 			}
-			out := e.run(t, e.cfg(), plan)
+			var heldAtTransfer int
+			cfg := e.cfg()
+			cfg.OnStep = func(s Step) error {
+				if s.Phase == PhaseTransfer && s.Batch == 1 {
+					pins, rel, _, _ := e.f.counts()
+					heldAtTransfer = pins - rel
+				}
+				return nil
+			}
+			out := e.run(t, cfg, plan)
 			e.checkConverged(t, out, 120)
-			if pins, rel, _, _ := e.f.counts(); pins != 2 || rel != 2 {
-				t.Fatalf("pins %d releases %d", pins, rel)
+			// Full: a WAL hold from the tail, the base, then the narrowed
+			// hold from the base (the wide one released before the
+			// transfer). Snapshot: the hold after the base, and the base.
+			wantPins := map[bool]int{false: 3, true: 2}[snap]
+			if pins, rel, _, _ := e.f.counts(); pins != wantPins || rel != wantPins || heldAtTransfer != 2 {
+				t.Fatalf("pins %d releases %d (want %d), held during transfer %d (want 2)", pins, rel, wantPins, heldAtTransfer)
 			}
 		})
 	}
@@ -643,5 +656,24 @@ func TestCancelReachesIOInFlight(t *testing.T) {
 	wantOutcome(t, out, engine.OutcomeAborted, "epoch 9")
 	if !strings.Contains(out.Reason, "cancelled") || out.Achieved != 20 {
 		t.Fatalf("outcome %v", out)
+	}
+}
+
+// TestFullBaseBelowHoldEscalates: a full base older than the WAL hold the
+// plan bound would leave a gap; the executor refuses it.
+func TestFullBaseBelowHoldEscalates(t *testing.T) {
+	e := newEnv(100, 5, 5)
+	e.p.recycle(50)
+	plan := e.plan(t, engine.Unknown)
+	if plan.Source != engine.Full || plan.From != 49 {
+		t.Fatalf("plan %v", plan)
+	}
+	e.p.mu.Lock()
+	e.p.checkpoint = 30 // a misbehaving primary
+	e.p.mu.Unlock()
+	out := e.run(t, e.cfg(), plan)
+	wantOutcome(t, out, engine.OutcomeNeedsRebuild, "below the WAL hold (49, ∞)")
+	if e.f.transferred != 0 {
+		t.Fatal("transferred a base that leaves a gap")
 	}
 }

@@ -86,6 +86,7 @@ func (p *primary) recycle(lsn uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.tail = lsn
+	p.checkpoint = max(p.checkpoint, lsn-1) // the flusher frees only what it checkpointed
 	for _, h := range p.pins {
 		if h.wal && h.from < lsn {
 			h.revoked = true
