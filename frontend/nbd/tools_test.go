@@ -6,7 +6,9 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -128,6 +130,29 @@ func TestNbdinfoList(t *testing.T) {
 	out = run(t, 30*time.Second, "nbdinfo", "--list", fmt.Sprintf("nbd://%s", addr))
 	if bytes.Contains(out, []byte("beta")) || !bytes.Contains(out, []byte("gamma")) {
 		t.Fatalf("after RemoveExport(beta), nbdinfo --list:\n%s", out)
+	}
+}
+
+// TestUnixSocket serves over a Unix socket listener (nbd+unix URI).
+func TestUnixSocket(t *testing.T) {
+	s := NewServer(Options{})
+	if err := s.AddExport("u", "", newMem(t, 4<<20, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "nbd.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(l) }()
+	out := run(t, 30*time.Second, "nbdinfo", "--size", "nbd+unix:///u?socket="+sock)
+	if strings.TrimSpace(string(out)) != fmt.Sprint(4<<20) {
+		t.Fatalf("nbdinfo --size over a Unix socket: %q", out)
+	}
+	s.Close()
+	if err := <-served; !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Serve returned %v", err)
 	}
 }
 
