@@ -106,6 +106,9 @@ func (e *Executor) Run(ctx context.Context, tok engine.Token, plan engine.Plan, 
 	ctx, cancel := context.WithCancelCause(ctx)
 	stop := context.AfterFunc(tok.Context(), func() { cancel(context.Cause(tok.Context())) })
 	r := &run{cfg: e.cfg, slots: e.slots, tok: tok, plan: plan, ctx: ctx, start: e.cfg.Now(), achieved: plan.From}
+	if plan.Kind == engine.Rebuild {
+		r.achieved = 0 // a replica being rebuilt holds nothing trusted
+	}
 	r.record(engine.EventPlanned, plan.From, plan.String())
 	defer func() {
 		if out.Kind == engine.OutcomeNeedsRebuild {
@@ -122,7 +125,7 @@ func (e *Executor) Run(ctx context.Context, tok engine.Token, plan engine.Plan, 
 		r.record(engine.EventDone, out.Achieved, out.String())
 	}()
 	if plan.Epoch != tok.Epoch {
-		return engine.AbortedBecause(plan.From, fmt.Sprintf("plan of epoch %d run under token of epoch %d", plan.Epoch, tok.Epoch))
+		return *r.aborted(fmt.Sprintf("plan of epoch %d run under token of epoch %d", plan.Epoch, tok.Epoch))
 	}
 	if o := r.gate(); o != nil {
 		return *o
@@ -137,7 +140,7 @@ func (e *Executor) Run(ctx context.Context, tok engine.Token, plan engine.Plan, 
 	case engine.Rebuild:
 		return r.rebuild(io.Rebuild)
 	}
-	return engine.AbortedBecause(plan.From, fmt.Sprintf("unknown plan kind %v", plan.Kind))
+	return *r.aborted(fmt.Sprintf("unknown plan kind %v", plan.Kind))
 }
 
 func (r *run) record(kind engine.EventKind, lsn uint64, detail string) {
@@ -351,7 +354,6 @@ func (r *run) rebuild(io RebuildIO) engine.Outcome {
 	if p.Source == engine.Snapshot && p.BaseLSN > p.Target {
 		return *r.aborted(fmt.Sprintf("malformed plan: base %d beyond target %d", p.BaseLSN, p.Target))
 	}
-	r.achieved = 0
 	if o := r.gate(); o != nil {
 		return *o
 	}
