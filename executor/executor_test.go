@@ -677,3 +677,37 @@ func TestFullBaseBelowHoldEscalates(t *testing.T) {
 		t.Fatal("transferred a base that leaves a gap")
 	}
 }
+
+func TestMalformedPlansAndMissingIOAbort(t *testing.T) {
+	cases := []struct {
+		name   string
+		plan   engine.Plan
+		io     func(f *fakeIO) IO
+		reason string
+	}{
+		{"no catch-up I/O", engine.Plan{Kind: engine.CatchUp, Epoch: 3, From: 10, Target: 100}, func(f *fakeIO) IO { return IO{Rebuild: f, Truncate: f} }, "no catch-up I/O"},
+		{"no rebuild I/O", engine.Plan{Kind: engine.Rebuild, Source: engine.Full, Epoch: 3, Target: 100}, func(f *fakeIO) IO { return IO{CatchUp: f} }, "no rebuild I/O"},
+		{"no truncate I/O", engine.Plan{Kind: engine.Truncate, Epoch: 3, TruncateTo: 5, From: 5, Target: 100}, func(f *fakeIO) IO { return IO{CatchUp: f} }, "no truncate I/O"},
+		{"truncate without catch-up I/O", engine.Plan{Kind: engine.Truncate, Epoch: 3, TruncateTo: 5, From: 5, Target: 100}, func(f *fakeIO) IO { return IO{Truncate: f} }, "no catch-up I/O"},
+		{"truncate with from elsewhere", engine.Plan{Kind: engine.Truncate, Epoch: 3, TruncateTo: 5, From: 7, Target: 100}, (*fakeIO).io, "malformed plan"},
+		{"rebuild without source", engine.Plan{Kind: engine.Rebuild, Epoch: 3, Target: 100}, (*fakeIO).io, "malformed plan"},
+		{"snapshot beyond target", engine.Plan{Kind: engine.Rebuild, Source: engine.Snapshot, BaseLSN: 101, From: 101, Epoch: 3, Target: 100}, (*fakeIO).io, "malformed plan"},
+		{"unknown kind", engine.Plan{Kind: 42, Epoch: 3}, (*fakeIO).io, "unknown plan kind"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(100, 10, 10)
+			tok, err := e.slots.Acquire(e.id, 3, "a")
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.tok = tok
+			out := New(e.slots, e.cfg()).Run(context.Background(), tok, tc.plan, tc.io(e.f))
+			e.checkReleased(t)
+			wantOutcome(t, out, engine.OutcomeAborted, tc.reason)
+			if _, _, side, _ := e.f.counts(); side != 0 {
+				t.Fatalf("%d side effects for a plan that cannot run", side)
+			}
+		})
+	}
+}
