@@ -138,6 +138,7 @@ func (m *Master) applyHeartbeat(id string, streamID uint64, hb *blockpb.BlockHea
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.heartbeats++
+	now := m.clock.Now()
 	s := m.servers[id]
 	if s.stream == streamID {
 		// The heartbeat is a fresh message from Recv that nobody else
@@ -145,7 +146,7 @@ func (m *Master) applyHeartbeat(id string, streamID uint64, hb *blockpb.BlockHea
 		// readers clone what they hand out).
 		s.endpoints = hb.GetServer()
 		s.freeBytes = hb.GetFreeBytes()
-		s.lastSeen = m.clock.Now()
+		s.lastSeen = now
 		s.reports = make(map[string]*blockpb.VolumeReport, len(hb.GetVolumes()))
 		for _, v := range hb.GetVolumes() {
 			s.reports[v.GetName()] = v
@@ -209,6 +210,15 @@ func (m *Master) applyHeartbeat(id string, streamID uint64, hb *blockpb.BlockHea
 				resp.Deletes = append(resp.Deletes, name)
 				continue
 			}
+		}
+		if role == blockpb.Role_ROLE_PRIMARY && rep != nil {
+			m.notePrimaryReportLocked(id, rep, now)
+			resp.CatchUp = append(resp.CatchUp, m.catchUpTargetsLocked(rec, rep)...)
+		}
+		if role == blockpb.Role_ROLE_PRIMARY && now.Before(m.primaryGateLocked(rec, id, rep)) {
+			// The old primary's lease may still run: the new one must
+			// not serve yet.
+			continue
 		}
 		if needsAssignment(rep, rec.config, role) {
 			resp.Assignments = append(resp.Assignments, &blockpb.Assignment{

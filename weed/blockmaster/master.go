@@ -119,10 +119,19 @@ type Master struct {
 	started time.Time
 	// orphans: server -> volumes it reports that the registry never had
 	// (name -> reported epoch); left alone, counted in the metrics.
-	orphans    map[string]map[string]uint64
-	nextStream uint64
-	heartbeats uint64
-	closed     bool
+	orphans map[string]map[string]uint64
+	// Failover state (failover.go): volumes whose primary is lost, the
+	// earliest time a new primary may be assigned, failover pauses.
+	lost       map[string]*lossState
+	fenceUntil map[string]time.Time
+	pauseFrom  map[string]pauseMark
+	lastPause  map[string]time.Duration
+	// Counters for the metrics (this process).
+	failoversTotal uint64
+	epochChanges   uint64
+	nextStream     uint64
+	heartbeats     uint64
+	closed         bool
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -176,7 +185,7 @@ func New(opts Options) (*Master, error) {
 		return nil, fmt.Errorf("blockmaster: %w", err)
 	}
 	glog.Infof("blockmaster: loaded %d volumes from %s", len(reg.volumes), reg.dir)
-	return &Master{
+	m := &Master{
 		opts:         opts,
 		clock:        clock,
 		reg:          reg,
@@ -186,8 +195,15 @@ func New(opts Options) (*Master, error) {
 		leases:       map[string]time.Time{},
 		started:      clock.Now(),
 		orphans:      map[string]map[string]uint64{},
+		lost:         map[string]*lossState{},
+		fenceUntil:   map[string]time.Time{},
+		pauseFrom:    map[string]pauseMark{},
+		lastPause:    map[string]time.Duration{},
 		done:         make(chan struct{}),
-	}, nil
+	}
+	m.wg.Add(1)
+	go m.failoverLoop()
+	return m, nil
 }
 
 // Register adds the BlockMaster service to a gRPC server.
@@ -207,7 +223,8 @@ func (m *Master) dial(ctx context.Context, addr string) (blockpb.BlockVolumeClie
 	return blockpb.NewBlockVolumeClient(cc), func() { cc.Close() }, nil
 }
 
-// Close ends every heartbeat stream and waits for their goroutines. Calls
+// Close ends every heartbeat stream and the failover loop and waits for
+// their goroutines. Calls
 // in progress finish; new ones fail with Unavailable. Idempotent.
 func (m *Master) Close() error {
 	m.closeOnce.Do(func() {

@@ -15,6 +15,10 @@ import (
 //	weedblock_master_servers{alive}                     block servers known, alive or not
 //	weedblock_master_heartbeats_total                   block heartbeats received
 //	weedblock_master_orphan_volumes                     copies of names the registry never had
+//	weedblock_master_failovers_total                    promotions (automatic + manual) by this process
+//	weedblock_master_epoch_changes_total                epochs made after create by this process
+//	weedblock_master_volume_failovers{volume}           promotions of a volume (persisted)
+//	weedblock_master_last_failover_pause_seconds{volume} primary lost -> new primary serving
 func (m *Master) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{&collector{m: m}}
 }
@@ -34,12 +38,20 @@ var (
 		"Block heartbeats received.", nil, nil)
 	descOrphans = prometheus.NewDesc("weedblock_master_orphan_volumes",
 		"Volume copies servers report that the registry never had (left alone).", nil, nil)
+	descFailovers = prometheus.NewDesc("weedblock_master_failovers_total",
+		"Primary promotions (automatic failover and PromoteVolume) made by this master.", nil, nil)
+	descEpochChanges = prometheus.NewDesc("weedblock_master_epoch_changes_total",
+		"New epochs of existing volumes (failover, promote, member removed, member caught up) made by this master.", nil, nil)
+	descVolumeFailovers = prometheus.NewDesc("weedblock_master_volume_failovers",
+		"Primary promotions of a block volume since it was created.", []string{"volume"}, nil)
+	descPause = prometheus.NewDesc("weedblock_master_last_failover_pause_seconds",
+		"Time from losing the primary to the new primary's first serving report, last failover of the volume.", []string{"volume"}, nil)
 )
 
 type collector struct{ m *Master }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descLeader, descVolumes, descEpoch, descLease, descServers, descHeartbeats, descOrphans} {
+	for _, d := range []*prometheus.Desc{descLeader, descVolumes, descEpoch, descLease, descServers, descHeartbeats, descOrphans, descFailovers, descEpochChanges, descVolumeFailovers, descPause} {
 		ch <- d
 	}
 }
@@ -63,6 +75,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descEpoch, prometheus.GaugeValue, float64(rec.config.GetEpoch()), name)
 		exp, _ := m.leaseExpiryLocked(name)
 		ch <- prometheus.MustNewConstMetric(descLease, prometheus.GaugeValue, exp.Sub(now).Seconds(), name)
+		ch <- prometheus.MustNewConstMetric(descVolumeFailovers, prometheus.GaugeValue, float64(rec.failovers), name)
+		if p, ok := m.lastPause[name]; ok {
+			ch <- prometheus.MustNewConstMetric(descPause, prometheus.GaugeValue, p.Seconds(), name)
+		}
 	}
 	for _, st := range []string{StateOK, StateAssigning, StateUnhealthy, StateDegraded, StateUnavailable, StateCreating, StateDeleting} {
 		ch <- prometheus.MustNewConstMetric(descVolumes, prometheus.GaugeValue, float64(states[st]), st)
@@ -78,6 +94,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descServers, prometheus.GaugeValue, float64(alive), "true")
 	ch <- prometheus.MustNewConstMetric(descServers, prometheus.GaugeValue, float64(dead), "false")
 	ch <- prometheus.MustNewConstMetric(descHeartbeats, prometheus.CounterValue, float64(m.heartbeats))
+	ch <- prometheus.MustNewConstMetric(descFailovers, prometheus.CounterValue, float64(m.failoversTotal))
+	ch <- prometheus.MustNewConstMetric(descEpochChanges, prometheus.CounterValue, float64(m.epochChanges))
 	orphans := 0
 	for _, o := range m.orphans {
 		orphans += len(o)

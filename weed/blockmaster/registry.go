@@ -47,6 +47,9 @@ type volumeRecord struct {
 	// deleted incarnation.
 	firstEpoch    uint64
 	createdUnixMs int64
+	// failovers counts the epochs made by promoting another server
+	// (automatic failover or PromoteVolume).
+	failovers uint64
 }
 
 func (r *volumeRecord) clone() *volumeRecord {
@@ -55,6 +58,7 @@ func (r *volumeRecord) clone() *volumeRecord {
 		config:        proto.Clone(r.config).(*blockpb.EpochConfig),
 		firstEpoch:    r.firstEpoch,
 		createdUnixMs: r.createdUnixMs,
+		failovers:     r.failovers,
 	}
 	for _, h := range r.history {
 		c.history = append(c.history, proto.Clone(h).(*blockpb.EpochConfig))
@@ -125,6 +129,7 @@ type diskVolume struct {
 	History       []json.RawMessage `json:"history,omitempty"`
 	FirstEpoch    uint64            `json:"first_epoch"`
 	CreatedUnixMs int64             `json:"created_unix_ms"`
+	Failovers     uint64            `json:"failovers,omitempty"`
 }
 
 // loadRegistry opens the registry under dir (creating dir if needed),
@@ -183,7 +188,7 @@ func (r *registry) decode(data []byte) error {
 		r.tombstones[name] = e
 	}
 	for i, dv := range d.Volumes {
-		rec := &volumeRecord{firstEpoch: dv.FirstEpoch, createdUnixMs: dv.CreatedUnixMs}
+		rec := &volumeRecord{firstEpoch: dv.FirstEpoch, createdUnixMs: dv.CreatedUnixMs, failovers: dv.Failovers}
 		rec.spec = &blockpb.VolumeSpec{}
 		if err := protojson.Unmarshal(dv.Spec, rec.spec); err != nil {
 			return fmt.Errorf("%w: volume %d spec: %v", ErrCorruptRegistry, i, err)
@@ -223,7 +228,7 @@ func (r *registry) encode() ([]byte, error) {
 	}
 	for _, name := range r.names() {
 		rec := r.volumes[name]
-		dv := diskVolume{FirstEpoch: rec.firstEpoch, CreatedUnixMs: rec.createdUnixMs}
+		dv := diskVolume{FirstEpoch: rec.firstEpoch, CreatedUnixMs: rec.createdUnixMs, Failovers: rec.failovers}
 		var err error
 		if dv.Spec, err = protojson.Marshal(rec.spec); err != nil {
 			return nil, fmt.Errorf("encode %q spec: %w", name, err)
@@ -280,6 +285,12 @@ func (r *registry) add(rec *volumeRecord) error {
 // setConfig persists a new epoch of an existing volume; the epoch must be
 // higher than the current one. The old config moves to the history.
 func (r *registry) setConfig(name string, cfg *blockpb.EpochConfig) error {
+	return r.advance(name, cfg, false)
+}
+
+// advance is setConfig that also counts a failover when failover is set
+// (in the same durable write).
+func (r *registry) advance(name string, cfg *blockpb.EpochConfig, failover bool) error {
 	old := r.volumes[name]
 	if old == nil {
 		return fmt.Errorf("volume %q not registered", name)
@@ -293,6 +304,9 @@ func (r *registry) setConfig(name string, cfg *blockpb.EpochConfig) error {
 		next.history = next.history[len(next.history)-maxHistory:]
 	}
 	next.config = proto.Clone(cfg).(*blockpb.EpochConfig)
+	if failover {
+		next.failovers++
+	}
 	r.volumes[name] = next
 	if err := r.save(); err != nil {
 		r.volumes[name] = old

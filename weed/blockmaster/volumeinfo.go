@@ -1,6 +1,7 @@
 package blockmaster
 
 import (
+	"fmt"
 	"net"
 	"time"
 
@@ -31,7 +32,19 @@ func (m *Master) volumeInfoLocked(rec *volumeRecord, now time.Time) *blockpb.Vol
 		Config:        proto.Clone(rec.config).(*blockpb.EpochConfig),
 		CreatedUnixMs: rec.createdUnixMs,
 		IscsiIqn:      IQNPrefix + name,
+		Failovers:     rec.failovers,
 	}
+	if p, ok := m.lastPause[name]; ok {
+		info.LastFailoverPauseMs = p.Milliseconds()
+	}
+	if e, why := lossyEpochLocked(rec); e != 0 {
+		info.LossyEpoch = e
+		info.Warning = fmt.Sprintf("epoch %d may have lost acknowledged writes: %s", e, why)
+	}
+	if ls := m.lost[name]; ls != nil {
+		info.FailoverBlocked = ls.blocked
+	}
+	primaryRep := m.reportLocked(rec.config.GetPrimaryServerId(), name)
 	for _, h := range rec.history {
 		info.History = append(info.History, proto.Clone(h).(*blockpb.EpochConfig))
 	}
@@ -51,6 +64,13 @@ func (m *Master) volumeInfoLocked(rec *volumeRecord, now time.Time) *blockpb.Vol
 			rep = proto.Clone(rep).(*blockpb.VolumeReport)
 		}
 		info.Reports = append(info.Reports, rep)
+		lag := &blockpb.ReplicaState{}
+		for _, rs := range primaryRep.GetReplicas() {
+			if rs.GetServerId() == id && id != rec.config.GetPrimaryServerId() {
+				lag = proto.Clone(rs).(*blockpb.ReplicaState)
+			}
+		}
+		info.MemberLag = append(info.MemberLag, lag)
 		if id == rec.config.GetPrimaryServerId() {
 			primaryAlive = alive
 			primaryServing = alive && rep.GetEpoch() == rec.config.GetEpoch() && !rep.GetFenced()

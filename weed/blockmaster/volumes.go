@@ -171,6 +171,10 @@ func (m *Master) DeleteVolume(ctx context.Context, req *blockpb.DeleteVolumeRequ
 		return nil, status.Errorf(codes.Internal, "delete %q: %v", name, err)
 	}
 	delete(m.leases, name)
+	delete(m.lost, name)
+	delete(m.fenceUntil, name)
+	delete(m.pauseFrom, name)
+	delete(m.lastPause, name)
 	glog.Infof("blockmaster: deleted %q (last epoch %d)", name, cfg.Epoch)
 	return &blockpb.DeleteVolumeResponse{}, nil
 }
