@@ -1,0 +1,316 @@
+package replication
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/weedblock/weedblock/blockvol"
+)
+
+// ErrConnClosed: the connection was closed locally.
+var ErrConnClosed = errors.New("replication: connection closed")
+
+// Progress is what a replica has reported on one connection.
+type Progress struct {
+	Applied   uint64    // highest LSN the replica appended (ack)
+	Durable   uint64    // highest LSN the replica reported durable (barrier ack)
+	Barrier   uint64    // LSN of the latest barrier answered
+	LastHeard time.Time // when the replica last sent a frame
+}
+
+// Conn is the sending side of one replication connection for one volume
+// at one epoch. Records and barriers go out in order through a buffered
+// writer (call Flush to push them); one goroutine reads the replica's
+// acks, barrier answers and refusals. Safe for concurrent use.
+type Conn struct {
+	c     net.Conn
+	epoch uint64
+	hello helloOKMsg
+
+	wmu  sync.Mutex
+	bw   *bufio.Writer
+	rhdr [recordFixed]byte
+
+	mu       sync.Mutex
+	prog     Progress
+	err      error         // sticky: first failure
+	changed  chan struct{} // closed and replaced on every progress or failure
+	done     chan struct{} // closed when the reader exits
+	onChange func(*Conn)
+}
+
+// DialOptions tune Dial.
+type DialOptions struct {
+	// Dialer opens the TCP connection; nil means a net.Dialer.
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+	// HelloTimeout bounds the hello exchange; 0 means 10 s.
+	HelloTimeout time.Duration
+	// OnChange, if set, is called (from the reader goroutine, with no lock
+	// held) after every progress report and after the connection fails.
+	OnChange func(*Conn)
+}
+
+// Dial connects to a replica server, says hello for volume at epoch and
+// returns the connection with the replica's head and durable LSN. A
+// refusal is a *RemoteError (errors.Is ErrStaleEpoch, ErrEpochAhead, ...).
+func Dial(ctx context.Context, addr, volume string, epoch uint64, o DialOptions) (*Conn, error) {
+	if o.HelloTimeout <= 0 {
+		o.HelloTimeout = helloTimeout
+	}
+	dial := o.Dialer
+	if dial == nil {
+		var d net.Dialer
+		dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	}
+	c, err := dial(ctx, addr)
+	if err != nil {
+		return nil, fmt.Errorf("replication: dial %s for %s: %w", addr, volume, err)
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	deadline := time.Now().Add(o.HelloTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	c.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	fail := func(err error) (*Conn, error) {
+		stop()
+		c.Close()
+		return nil, fmt.Errorf("replication: hello %s at %s epoch %d: %w", volume, addr, epoch, err)
+	}
+	if err := writeFrame(c, typeHello, encodeHello(helloMsg{Epoch: epoch, Volume: volume})); err != nil {
+		return fail(err)
+	}
+	br := bufio.NewReaderSize(c, 64<<10)
+	fr := newFrameReader(br)
+	t, p, err := fr.next()
+	if err != nil {
+		return fail(err)
+	}
+	var ok helloOKMsg
+	switch t {
+	case typeHelloOK:
+		if ok, err = decodeHelloOK(p); err != nil {
+			return fail(err)
+		}
+	case typeError:
+		m, err := decodeError(p)
+		if err != nil {
+			return fail(err)
+		}
+		return fail(&RemoteError{Code: m.Code, Msg: m.Msg})
+	default:
+		return fail(fmt.Errorf("%w: expected hello-ok, got %v", ErrBadFrame, t))
+	}
+	if !stop() {
+		return fail(ctx.Err())
+	}
+	c.SetDeadline(time.Time{})
+	cn := &Conn{
+		c: c, epoch: epoch, hello: ok,
+		bw:       bufio.NewWriterSize(c, 256<<10),
+		changed:  make(chan struct{}),
+		done:     make(chan struct{}),
+		onChange: o.OnChange,
+	}
+	cn.prog.Applied = ok.Head
+	cn.prog.Durable = ok.Durable
+	cn.prog.LastHeard = time.Now()
+	go cn.read(fr)
+	return cn, nil
+}
+
+// Epoch is the epoch the connection sends with.
+func (cn *Conn) Epoch() uint64 { return cn.epoch }
+
+// ReplicaHead and ReplicaDurable are the replica's position at hello.
+func (cn *Conn) ReplicaHead() uint64 { return cn.hello.Head }
+
+// ReplicaDurable is the replica's durable LSN at hello.
+func (cn *Conn) ReplicaDurable() uint64 { return cn.hello.Durable }
+
+func (cn *Conn) read(fr *frameReader) {
+	defer close(cn.done)
+	for {
+		t, p, err := fr.next()
+		if err == nil {
+			err = cn.handle(t, p)
+		}
+		if err != nil {
+			cn.fail(err)
+			return
+		}
+		if cn.onChange != nil {
+			cn.onChange(cn)
+		}
+	}
+}
+
+func (cn *Conn) handle(t frameType, p []byte) error {
+	switch t {
+	case typeAck:
+		a, err := decodeAck(p)
+		if err != nil {
+			return err
+		}
+		cn.update(func(pr *Progress) {
+			if a > pr.Applied {
+				pr.Applied = a
+			}
+		})
+	case typeBarrierAck:
+		m, err := decodeBarrierAck(p)
+		if err != nil {
+			return err
+		}
+		cn.update(func(pr *Progress) {
+			if m.Durable > pr.Durable {
+				pr.Durable = m.Durable
+			}
+			if m.Durable > pr.Applied {
+				pr.Applied = m.Durable
+			}
+			if m.LSN > pr.Barrier {
+				pr.Barrier = m.LSN
+			}
+		})
+	case typeError:
+		m, err := decodeError(p)
+		if err != nil {
+			return err
+		}
+		return &RemoteError{Code: m.Code, Msg: m.Msg}
+	default:
+		return fmt.Errorf("%w: unexpected %v from replica", ErrBadFrame, t)
+	}
+	return nil
+}
+
+func (cn *Conn) update(f func(*Progress)) {
+	cn.mu.Lock()
+	f(&cn.prog)
+	cn.prog.LastHeard = time.Now()
+	close(cn.changed)
+	cn.changed = make(chan struct{})
+	cn.mu.Unlock()
+}
+
+func (cn *Conn) fail(err error) {
+	cn.mu.Lock()
+	first := cn.err == nil
+	if first {
+		cn.err = err
+		close(cn.changed)
+		cn.changed = make(chan struct{})
+	}
+	cn.mu.Unlock()
+	cn.c.Close()
+	if first && cn.onChange != nil {
+		cn.onChange(cn)
+	}
+}
+
+// Err is the error that ended the connection, nil while it is up.
+func (cn *Conn) Err() error {
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	return cn.err
+}
+
+// Progress is the replica's latest report.
+func (cn *Conn) Progress() Progress {
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	return cn.prog
+}
+
+// Send queues one record. It may block on the network (TCP back-pressure).
+func (cn *Conn) Send(r blockvol.Record) error {
+	cn.wmu.Lock()
+	defer cn.wmu.Unlock()
+	if err := cn.Err(); err != nil {
+		return err
+	}
+	hdr := encodeRecordHeader(cn.rhdr[:], cn.epoch, &r)
+	if err := writeFrame(cn.bw, typeRecord, hdr, r.Data); err != nil {
+		cn.fail(err)
+		return cn.Err()
+	}
+	return nil
+}
+
+// Barrier queues a barrier for lsn and pushes everything buffered.
+func (cn *Conn) Barrier(lsn uint64) error {
+	cn.wmu.Lock()
+	defer cn.wmu.Unlock()
+	if err := cn.Err(); err != nil {
+		return err
+	}
+	if err := writeFrame(cn.bw, typeBarrier, encodeBarrier(barrierMsg{Epoch: cn.epoch, LSN: lsn})); err != nil {
+		cn.fail(err)
+		return cn.Err()
+	}
+	return cn.flushLocked()
+}
+
+// Flush pushes buffered records to the network.
+func (cn *Conn) Flush() error {
+	cn.wmu.Lock()
+	defer cn.wmu.Unlock()
+	if err := cn.Err(); err != nil {
+		return err
+	}
+	return cn.flushLocked()
+}
+
+func (cn *Conn) flushLocked() error {
+	if err := cn.bw.Flush(); err != nil {
+		cn.fail(err)
+		return cn.Err()
+	}
+	return nil
+}
+
+// Wait blocks until cond(progress) holds, the connection fails or ctx
+// ends.
+func (cn *Conn) Wait(ctx context.Context, cond func(Progress) bool) error {
+	for {
+		cn.mu.Lock()
+		ok, err, ch := cond(cn.prog), cn.err, cn.changed
+		cn.mu.Unlock()
+		if ok {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// WaitDurable sends nothing; it waits until the replica reported lsn
+// durable (after a Barrier covering it).
+func (cn *Conn) WaitDurable(ctx context.Context, lsn uint64) error {
+	return cn.Wait(ctx, func(p Progress) bool { return p.Durable >= lsn })
+}
+
+// abort closes the socket without waiting (it unblocks a stuck Send).
+func (cn *Conn) abort() { cn.fail(ErrConnClosed) }
+
+// Close closes the connection and waits for its reader. Idempotent.
+func (cn *Conn) Close() error {
+	cn.fail(ErrConnClosed)
+	<-cn.done
+	return nil
+}

@@ -1,0 +1,410 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/golang/glog"
+
+	"github.com/weedblock/weedblock/blockvol"
+)
+
+// ReplicaState is where one member's cursor is.
+type ReplicaState uint8
+
+const (
+	// StateConnecting: no connection (dialing, or backing off after a
+	// failure).
+	StateConnecting ReplicaState = iota + 1
+	// StateCatchingUp: connected, shipping records the replica lacks from
+	// the WAL.
+	StateCatchingUp
+	// StateInSync: connected and every record appended so far was shipped.
+	StateInSync
+	// StateLagging: connected but held back by the in-flight byte bound.
+	StateLagging
+	// StateNeedsRebuild: the replica cannot be caught up from the WAL
+	// (its next record left the WAL, its hold was revoked, or it holds
+	// records the primary does not). Streaming to it stopped.
+	StateNeedsRebuild
+	// StateRemoved: no longer a member.
+	StateRemoved
+)
+
+func (s ReplicaState) String() string {
+	switch s {
+	case StateConnecting:
+		return "connecting"
+	case StateCatchingUp:
+		return "catching-up"
+	case StateInSync:
+		return "in-sync"
+	case StateLagging:
+		return "lagging"
+	case StateNeedsRebuild:
+		return "needs-rebuild"
+	case StateRemoved:
+		return "removed"
+	}
+	return fmt.Sprintf("state(%d)", uint8(s))
+}
+
+// errNeedsRebuild marks a session end that reconnecting cannot fix.
+var errNeedsRebuild = errors.New("replica needs rebuild")
+
+// replica is one member's cursor. Fields below mu are guarded by p.mu.
+type replica struct {
+	p     *Primary
+	m     Member
+	epoch uint64
+
+	wake   chan struct{} // cap 1: new appends, barrier wanted, progress
+	// hold keeps the WAL from the replica's durable+1 on, across
+	// reconnects (and across epochs: SetMembers hands it to the next
+	// cursor). Owned by run while it runs; released by whoever drops the
+	// replica.
+	hold *blockvol.Hold
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	// guarded by p.mu
+	state       ReplicaState
+	applied     uint64
+	durable     uint64
+	lastAck     time.Time
+	lastErr     error
+	barrierWant uint64
+	stuckSince  time.Time
+	removeAsked bool
+	shipped     uint64 // highest LSN sent on the current connection
+	inflight    int64  // bytes sent and not yet acknowledged
+}
+
+func (p *Primary) startLocked(m Member, epoch uint64, hold *blockvol.Hold) *replica {
+	r := &replica{p: p, m: m, epoch: epoch, hold: hold, wake: make(chan struct{}, 1), done: make(chan struct{}), state: StateConnecting}
+	r.ctx, r.cancel = context.WithCancel(p.ctx)
+	go r.run()
+	return r
+}
+
+func (r *replica) kick() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (r *replica) stopAndWait() {
+	r.cancel()
+	<-r.done
+}
+
+func (r *replica) stateName() ReplicaState {
+	return r.state
+}
+
+func (r *replica) set(f func(r *replica)) {
+	r.p.mu.Lock()
+	f(r)
+	r.p.mu.Unlock()
+}
+
+// holdFrom returns the replica's hold, moved to from (a hold never moves
+// back: one that is past from is replaced if from is still in the WAL).
+func (r *replica) holdFrom(from uint64) (*blockvol.Hold, error) {
+	if h := r.hold; h != nil {
+		if err := h.Err(); err != nil {
+			return nil, fmt.Errorf("%w: %v", errNeedsRebuild, err)
+		}
+		if h.LSN() <= from {
+			if err := h.Advance(from); err != nil {
+				return nil, fmt.Errorf("%w: %v", errNeedsRebuild, err)
+			}
+			return h, nil
+		}
+	}
+	h, err := r.p.vol.Hold(from, r.p.o.HoldBudget)
+	if err != nil {
+		if errors.Is(err, blockvol.ErrNotRetained) {
+			return nil, fmt.Errorf("%w: hold from %d: %v", errNeedsRebuild, from, err)
+		}
+		return nil, fmt.Errorf("hold from %d: %w", from, err)
+	}
+	if r.hold != nil {
+		r.hold.Release()
+	}
+	r.hold = h
+	return h, nil
+}
+
+// releaseHold drops the hold (after run has returned).
+func (r *replica) releaseHold() {
+	if r.hold != nil {
+		r.hold.Release()
+		r.hold = nil
+	}
+}
+
+// run reconnects until stopped or the replica needs a rebuild.
+func (r *replica) run() {
+	defer close(r.done)
+	if r.hold == nil {
+		// Until the replica says where it is, keep everything still in
+		// the WAL: a member of the epoch may need any of it.
+		for i := 0; i < 10 && r.hold == nil; i++ {
+			if h, err := r.p.vol.Hold(r.p.vol.Status().Tail, r.p.o.HoldBudget); err == nil {
+				r.hold = h
+			}
+		}
+	}
+	backoff := 20 * time.Millisecond
+	for r.ctx.Err() == nil {
+		shipped, err := r.session()
+		if r.ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, errNeedsRebuild) {
+			glog.Warningf("replication: %s: member %s needs a rebuild: %v", r.p.o.Name, r.m.ServerID, err)
+			r.set(func(r *replica) { r.state, r.lastErr, r.inflight = StateNeedsRebuild, err, 0 })
+			r.releaseHold()
+			return
+		}
+		glog.V(1).Infof("replication: %s: member %s: %v", r.p.o.Name, r.m.ServerID, err)
+		r.set(func(r *replica) { r.state, r.lastErr, r.inflight = StateConnecting, err, 0 })
+		if shipped {
+			backoff = 20 * time.Millisecond
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-r.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		if backoff *= 2; backoff > time.Second {
+			backoff = time.Second
+		}
+	}
+}
+
+// onProgress takes a replica's report from its connection.
+func (r *replica) onProgress(cn *Conn) {
+	pr := cn.Progress()
+	p := r.p
+	p.mu.Lock()
+	moved := false
+	if pr.Applied > r.applied {
+		r.applied = pr.Applied
+	}
+	if pr.Durable > r.durable {
+		r.durable = pr.Durable
+		moved = true
+	}
+	r.lastAck = pr.LastHeard
+	if moved {
+		if r.durable >= r.barrierWant {
+			r.stuckSince = time.Time{}
+		} else {
+			r.stuckSince = time.Now()
+		}
+		p.broadcastLocked()
+	}
+	p.mu.Unlock()
+	r.kick()
+}
+
+type sentRec struct {
+	lsn  uint64
+	size int64
+}
+
+// session runs one connection: hello, hold, then the cursor loop. It
+// reports whether anything was shipped.
+func (r *replica) session() (bool, error) {
+	p := r.p
+	ctx, cancel := context.WithCancel(r.ctx)
+	defer cancel()
+	if err := p.canShip(r.epoch); err != nil {
+		return false, r.waitShippable(ctx, err)
+	}
+	cn, err := Dial(ctx, r.m.Addr, p.o.Name, r.epoch, DialOptions{
+		Dialer:       p.o.Dialer,
+		HelloTimeout: p.o.MemberTimeout,
+		OnChange:     r.onProgress,
+	})
+	if err != nil {
+		var re *RemoteError
+		if errors.As(err, &re) && re.Code == codeApply {
+			return false, fmt.Errorf("%w: %v", errNeedsRebuild, err)
+		}
+		return false, err
+	}
+	defer cn.Close()
+	stop := context.AfterFunc(ctx, cn.abort)
+	defer stop()
+	st := p.vol.Status()
+	rd := cn.ReplicaDurable()
+	if rd > st.Head {
+		return false, fmt.Errorf("%w: replica durable %d is ahead of primary head %d", errNeedsRebuild, rd, st.Head)
+	}
+	from := rd + 1
+	if from < st.Tail {
+		return false, fmt.Errorf("%w: replica's next lsn %d is below the WAL tail %d", errNeedsRebuild, from, st.Tail)
+	}
+	hold, err := r.holdFrom(from)
+	if err != nil {
+		return false, err
+	}
+	var watch sync.WaitGroup
+	watch.Add(1)
+	go func() {
+		defer watch.Done()
+		select {
+		case <-hold.Revoked():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	defer func() { cancel(); watch.Wait() }()
+	r.set(func(r *replica) {
+		r.state, r.lastErr = StateCatchingUp, nil
+		r.applied, r.durable = cn.ReplicaHead(), rd
+		r.lastAck = time.Now()
+		r.shipped, r.inflight = rd, 0
+	})
+
+	next := from
+	var queue []sentRec // shipped, not yet acknowledged, in LSN order
+	var inflight int64
+	var barrierSent uint64
+	var sinceBarrier int64 // bytes shipped since the last barrier
+	shipped := false
+	ended := func(err error) (bool, error) {
+		if herr := hold.Err(); herr != nil {
+			return shipped, fmt.Errorf("%w: %v", errNeedsRebuild, herr)
+		}
+		if errors.Is(err, blockvol.ErrNotRetained) {
+			return shipped, fmt.Errorf("%w: %v", errNeedsRebuild, err)
+		}
+		var re *RemoteError
+		if errors.As(err, &re) && re.Code == codeApply {
+			return shipped, fmt.Errorf("%w: %v", errNeedsRebuild, err)
+		}
+		if cerr := cn.Err(); cerr != nil && !errors.Is(cerr, ErrConnClosed) {
+			return shipped, cerr
+		}
+		return shipped, err
+	}
+	// settle drops acknowledged records from the in-flight queue and
+	// advances the hold to the replica's durable point.
+	settle := func() {
+		pr := cn.Progress()
+		i := 0
+		for i < len(queue) && queue[i].lsn <= pr.Applied {
+			inflight -= queue[i].size
+			i++
+		}
+		queue = queue[i:]
+		if pr.Durable+1 > hold.LSN() {
+			hold.Advance(pr.Durable + 1)
+		}
+		r.set(func(r *replica) { r.inflight = inflight; r.shipped = next - 1 })
+	}
+	// barrier sends one barrier when a flush wants one (or, idle, to
+	// learn the replica's durable point), one at a time.
+	barrier := func(idle bool) error {
+		pr := cn.Progress()
+		if barrierSent > pr.Barrier || next-1 <= pr.Durable {
+			return nil
+		}
+		p.mu.Lock()
+		want := r.barrierWant
+		p.mu.Unlock()
+		if (want > pr.Durable && next-1 >= want) || idle {
+			barrierSent, sinceBarrier = next-1, 0
+			return cn.Barrier(barrierSent)
+		}
+		return nil
+	}
+	send := func(rec blockvol.Record) error {
+		size := int64(frameHeaderSize + recordFixed + len(rec.Data))
+		if inflight+size > p.o.MaxInFlightBytes && len(queue) > 0 {
+			r.set(func(r *replica) { r.state = StateLagging })
+			if err := cn.Flush(); err != nil {
+				return err
+			}
+			for inflight+size > p.o.MaxInFlightBytes && len(queue) > 0 {
+				oldest := queue[0].lsn
+				if err := cn.Wait(ctx, func(pr Progress) bool { return pr.Applied >= oldest }); err != nil {
+					return err
+				}
+				settle()
+			}
+			r.set(func(r *replica) { r.state = StateCatchingUp })
+		}
+		if err := cn.Send(rec); err != nil {
+			return err
+		}
+		shipped = true
+		queue = append(queue, sentRec{rec.LSN, size})
+		inflight += size
+		sinceBarrier += size
+		next = rec.LSN + 1
+		if len(queue)%32 == 0 {
+			settle()
+		}
+		// Keep the replica's durable point (and so the hold) moving even
+		// when no flush asks for it.
+		return barrier(sinceBarrier > p.o.HoldBudget/4)
+	}
+	tick := time.NewTicker(idleTick)
+	defer tick.Stop()
+	for {
+		if err := ctx.Err(); err != nil {
+			return ended(err)
+		}
+		if err := p.canShip(r.epoch); err != nil {
+			return ended(err)
+		}
+		if err := p.vol.ScanWAL(next, send); err != nil {
+			return ended(err)
+		}
+		if err := cn.Flush(); err != nil {
+			return ended(err)
+		}
+		settle()
+		if err := barrier(false); err != nil {
+			return ended(err)
+		}
+		r.set(func(r *replica) {
+			if r.state == StateCatchingUp || r.state == StateLagging {
+				r.state = StateInSync
+			}
+		})
+		select {
+		case <-ctx.Done():
+		case <-r.wake:
+		case <-tick.C:
+			settle()
+			if err := barrier(true); err != nil {
+				return ended(err)
+			}
+		}
+	}
+}
+
+// waitShippable waits a little while the primary may not ship, so the
+// reconnect loop does not spin.
+func (r *replica) waitShippable(ctx context.Context, why error) error {
+	t := time.NewTimer(idleTick)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	return why
+}

@@ -1,0 +1,26 @@
+// Package replication ships a primary volume's write-ahead log to its
+// replicas in steady state (DESIGN §5).
+//
+// It owns: the data-plane wire format (frame.go, message.go), the replica
+// side listener that serves every replicated volume of one server,
+// multiplexed by volume name (Server), the client side of one replication
+// connection (Conn), the per-volume primary that runs one shipping cursor
+// per member (Primary), the durability modes (sync, quorum, async) and
+// the blockdev.Device wrapper whose Flush and FUA writes wait for the
+// mode's commit (Volume).
+//
+// Epoch rule: every request carries the sender's epoch. A replica accepts a
+// request only if that epoch equals the epoch its volume was last unfenced
+// or fenced with (Status().Epoch). A lower epoch is refused with
+// ErrStaleEpoch (the sender is an old primary); a higher one is refused
+// with ErrEpochAhead: the master assigns epochs, so a replica must be
+// assigned (Unfence(epoch, RoleReplica, lease)) before it follows a primary
+// of that epoch, never the other way round.
+//
+// It must never: import upstream SeaweedFS or anything under weed/, import
+// another weedblock package except blockvol and blockdev, renumber a record
+// (replicas keep the primary's LSN and epoch), acknowledge a FLUSH before
+// the mode's commit, buffer an unbounded amount per replica, let a dead
+// replica wedge the primary's WAL (holds have a byte budget), or panic on
+// bytes from the network.
+package replication

@@ -1,0 +1,409 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/golang/glog"
+
+	"github.com/weedblock/weedblock/blockdev"
+	"github.com/weedblock/weedblock/blockvol"
+)
+
+// Member is one replica of the current epoch: its server ID (what the
+// master names it by) and its replication address (host:port).
+type Member struct {
+	ServerID string
+	Addr     string
+}
+
+// Errors of the primary side.
+var (
+	// ErrCommitTimeout: a FLUSH waited CommitTimeout for the members the
+	// mode requires and gave up (an I/O error for the initiator).
+	ErrCommitTimeout = errors.New("replication: timed out waiting for replicas to commit")
+	// ErrNotShipping: the primary volume is fenced, its lease lapsed, or
+	// its epoch is not the replication epoch.
+	ErrNotShipping = errors.New("replication: primary may not accept writes")
+)
+
+// Defaults for PrimaryOptions.
+const (
+	DefaultCommitTimeout    = 10 * time.Second
+	DefaultMemberTimeout    = 5 * time.Second
+	DefaultMaxInFlightBytes = 8 << 20
+	// idleTick: how often an idle cursor looks for appends nobody
+	// announced and sends a barrier so replicas report durable progress.
+	idleTick = 50 * time.Millisecond
+)
+
+// PrimaryOptions configure NewPrimary.
+type PrimaryOptions struct {
+	// Name is the volume name replicas are registered under.
+	Name string
+	// Mode is the durability mode (required).
+	Mode Mode
+	// Epoch and Members: the current epoch and its replicas (the primary
+	// itself not included). The volume must be unfenced as primary of
+	// Epoch for records to be shipped.
+	Epoch   uint64
+	Members []Member
+	// RemoveMember asks the master to drop a member that stopped
+	// answering (or needs a rebuild) from the next epoch. It is called at
+	// most once per member per epoch (again after an error), from the
+	// primary's monitor goroutine. FLUSH keeps waiting (bounded by
+	// CommitTimeout) until SetMembers brings the epoch without it.
+	RemoveMember func(serverID string) error
+	// CommitTimeout bounds how long a FLUSH waits for the mode's commit;
+	// 0 means DefaultCommitTimeout.
+	CommitTimeout time.Duration
+	// MemberTimeout: a member that a FLUSH waits for and that makes no
+	// progress for this long is reported to RemoveMember; it also bounds
+	// the hello exchange. 0 means DefaultMemberTimeout.
+	MemberTimeout time.Duration
+	// MaxInFlightBytes bounds the bytes shipped to one replica and not yet
+	// acknowledged; 0 means DefaultMaxInFlightBytes. It is capped at 1/8
+	// of the WAL.
+	MaxInFlightBytes int64
+	// HoldBudget is the WAL byte budget of each replica's retention hold
+	// (bytes it keeps beyond what the checkpoint needs); 0 means 3/4 of
+	// the WAL. A hold is also revoked when it alone keeps writers from
+	// WAL room.
+	HoldBudget int64
+	// Dialer opens connections (tests put a fault proxy here); nil means
+	// plain TCP.
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+}
+
+// Primary ships one primary volume's WAL to the members of the current
+// epoch, one cursor goroutine per member, and decides when an LSN is
+// committed for the durability mode.
+type Primary struct {
+	vol *blockvol.Volume
+	o   PrimaryOptions
+
+	cfgMu sync.Mutex // serializes SetMembers and Close
+
+	mu       sync.Mutex
+	epoch    uint64
+	members  []*replica // current epoch's members, in the order given
+	removed  []*replica // members dropped by SetMembers (for Stats), bounded
+	changed  chan struct{}
+	closed   bool
+	shipList atomic.Pointer[[]*replica]
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// NewPrimary starts shipping vol's WAL to o.Members.
+func NewPrimary(vol *blockvol.Volume, o PrimaryOptions) (*Primary, error) {
+	if o.Name == "" {
+		return nil, errors.New("replication: new primary: no volume name")
+	}
+	if o.Mode != ModeSync && o.Mode != ModeQuorum && o.Mode != ModeAsync {
+		return nil, fmt.Errorf("replication: new primary %s: bad mode %v", o.Name, o.Mode)
+	}
+	if err := checkMembers(o.Mode, o.Members); err != nil {
+		return nil, fmt.Errorf("replication: new primary %s: %w", o.Name, err)
+	}
+	if o.CommitTimeout <= 0 {
+		o.CommitTimeout = DefaultCommitTimeout
+	}
+	if o.MemberTimeout <= 0 {
+		o.MemberTimeout = DefaultMemberTimeout
+	}
+	if o.MaxInFlightBytes <= 0 {
+		o.MaxInFlightBytes = DefaultMaxInFlightBytes
+	}
+	if o.HoldBudget <= 0 {
+		o.HoldBudget = vol.Status().WALSize / 4 * 3
+	}
+	if w := vol.Status().WALSize / 8; o.MaxInFlightBytes > w {
+		o.MaxInFlightBytes = w
+	}
+	p := &Primary{vol: vol, o: o, epoch: o.Epoch, changed: make(chan struct{})}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.mu.Lock()
+	for _, m := range o.Members {
+		p.members = append(p.members, p.startLocked(m, o.Epoch, nil))
+	}
+	p.publishLocked()
+	p.mu.Unlock()
+	p.wg.Add(1)
+	go p.monitor()
+	return p, nil
+}
+
+func checkMembers(mode Mode, ms []Member) error {
+	seen := make(map[string]bool)
+	for _, m := range ms {
+		if m.ServerID == "" || m.Addr == "" {
+			return fmt.Errorf("member %+v: server ID and address required", m)
+		}
+		if seen[m.ServerID] {
+			return fmt.Errorf("member %s listed twice", m.ServerID)
+		}
+		seen[m.ServerID] = true
+	}
+	if mode == ModeQuorum && len(ms)+1 < 3 {
+		return fmt.Errorf("quorum mode needs RF ≥ 3, have %d", len(ms)+1)
+	}
+	return nil
+}
+
+// publishLocked refreshes the lock-free list Notify walks.
+func (p *Primary) publishLocked() {
+	l := append([]*replica(nil), p.members...)
+	p.shipList.Store(&l)
+}
+
+// broadcastLocked wakes every commit waiter.
+func (p *Primary) broadcastLocked() {
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
+// Notify tells the cursors that records were appended. Writes through
+// Volume call it; a cursor also polls, so a missed call only adds delay.
+func (p *Primary) Notify() {
+	if l := p.shipList.Load(); l != nil {
+		for _, r := range *l {
+			r.kick()
+		}
+	}
+}
+
+// Epoch is the current replication epoch.
+func (p *Primary) Epoch() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.epoch
+}
+
+// SetMembers installs a new epoch's member list. Members no longer listed
+// stop (state removed); on a new epoch every cursor reconnects with it.
+// An older epoch than the current one is refused with ErrStaleEpoch.
+func (p *Primary) SetMembers(epoch uint64, members []Member) error {
+	if err := checkMembers(p.o.Mode, members); err != nil {
+		return fmt.Errorf("replication: %s: set members at epoch %d: %w", p.o.Name, epoch, err)
+	}
+	p.cfgMu.Lock()
+	defer p.cfgMu.Unlock()
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return fmt.Errorf("replication: %s: set members: %w", p.o.Name, blockdev.ErrClosed)
+	}
+	if epoch < p.epoch {
+		cur := p.epoch
+		p.mu.Unlock()
+		return fmt.Errorf("replication: %s: set members at epoch %d, current %d: %w", p.o.Name, epoch, cur, ErrStaleEpoch)
+	}
+	want := make(map[string]Member)
+	for _, m := range members {
+		want[m.ServerID] = m
+	}
+	var stop []*replica
+	keep := make(map[string]*replica)
+	for _, r := range p.members {
+		if m, ok := want[r.m.ServerID]; ok && m == r.m && epoch == p.epoch {
+			keep[r.m.ServerID] = r
+			continue
+		}
+		stop = append(stop, r)
+	}
+	p.mu.Unlock()
+	for _, r := range stop {
+		r.stopAndWait()
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	holds := make(map[string]*blockvol.Hold)
+	for _, r := range stop {
+		if m, ok := want[r.m.ServerID]; ok && m == r.m && r.state != StateNeedsRebuild {
+			holds[r.m.ServerID] = r.hold // the next epoch's cursor keeps it
+		} else {
+			r.releaseHold()
+		}
+		if _, ok := want[r.m.ServerID]; !ok {
+			r.state = StateRemoved
+			p.removed = append(p.removed, r)
+			if len(p.removed) > 16 {
+				p.removed = p.removed[len(p.removed)-16:]
+			}
+		}
+	}
+	p.epoch = epoch
+	p.members = p.members[:0:0]
+	for _, m := range members {
+		if r, ok := keep[m.ServerID]; ok {
+			p.members = append(p.members, r)
+		} else {
+			p.members = append(p.members, p.startLocked(m, epoch, holds[m.ServerID]))
+		}
+	}
+	p.publishLocked()
+	p.broadcastLocked()
+	return nil
+}
+
+// canShip says whether the primary volume may send records at epoch now.
+func (p *Primary) canShip(epoch uint64) error {
+	st := p.vol.Status()
+	switch {
+	case !st.Healthy:
+		return fmt.Errorf("%w: volume unhealthy: %v", ErrNotShipping, st.Err)
+	case st.Fenced:
+		return fmt.Errorf("%w: volume fenced", ErrNotShipping)
+	case st.Role != blockvol.RolePrimary:
+		return fmt.Errorf("%w: volume role %v", ErrNotShipping, st.Role)
+	case !st.LeaseUntil.IsZero() && !time.Now().Before(st.LeaseUntil):
+		return fmt.Errorf("%w: lease lapsed", ErrNotShipping)
+	case st.Epoch != epoch:
+		return fmt.Errorf("%w: volume epoch %d, replication epoch %d", ErrNotShipping, st.Epoch, epoch)
+	}
+	return nil
+}
+
+// committedLocked computes the committed LSN from the primary's durable LSN.
+func (p *Primary) committedLocked(primaryDurable uint64) uint64 {
+	ds := make([]uint64, len(p.members))
+	for i, r := range p.members {
+		ds[i] = r.durable
+	}
+	return committedLSN(p.o.Mode, primaryDurable, ds)
+}
+
+// Committed is the highest LSN committed for the durability mode now.
+func (p *Primary) Committed() uint64 {
+	d := p.vol.Status().Durable
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.committedLocked(d)
+}
+
+// WaitCommitted waits until lsn is committed for the mode: the primary
+// must already have flushed it locally (Volume.Flush does). It fails with
+// ErrCommitTimeout after CommitTimeout, and at once if the primary volume
+// is fenced or its lease lapses.
+func (p *Primary) WaitCommitted(lsn uint64) error {
+	deadline := time.NewTimer(p.o.CommitTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(idleTick)
+	defer tick.Stop()
+	for {
+		st := p.vol.Status()
+		if st.Fenced || (!st.LeaseUntil.IsZero() && !time.Now().Before(st.LeaseUntil)) {
+			return fmt.Errorf("replication: %s: commit lsn %d: %w: %w", p.o.Name, lsn, blockdev.ErrReadOnly, ErrNotShipping)
+		}
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return fmt.Errorf("replication: %s: commit lsn %d: %w", p.o.Name, lsn, blockdev.ErrClosed)
+		}
+		c := p.committedLocked(st.Durable)
+		ch := p.changed
+		var kick []*replica
+		if c < lsn && p.o.Mode != ModeAsync {
+			now := time.Now()
+			for _, r := range p.members {
+				if r.durable >= lsn {
+					continue
+				}
+				if r.barrierWant < lsn {
+					r.barrierWant = lsn
+					kick = append(kick, r)
+				}
+				if r.stuckSince.IsZero() {
+					r.stuckSince = now
+				}
+			}
+		}
+		p.mu.Unlock()
+		if c >= lsn {
+			return nil
+		}
+		for _, r := range kick {
+			r.kick()
+		}
+		select {
+		case <-ch:
+		case <-tick.C:
+		case <-deadline.C:
+			return fmt.Errorf("replication: %s: commit lsn %d (committed %d, mode %v) after %v: %w",
+				p.o.Name, lsn, c, p.o.Mode, p.o.CommitTimeout, ErrCommitTimeout)
+		}
+	}
+}
+
+// monitor asks the master to remove members that stopped answering or
+// need a rebuild.
+func (p *Primary) monitor() {
+	defer p.wg.Done()
+	every := p.o.MemberTimeout / 4
+	if every < 10*time.Millisecond {
+		every = 10 * time.Millisecond
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		var ask []*replica
+		p.mu.Lock()
+		epoch := p.epoch
+		for _, r := range p.members {
+			if r.removeAsked {
+				continue
+			}
+			stuck := !r.stuckSince.IsZero() && now.Sub(r.stuckSince) > p.o.MemberTimeout && p.o.Mode != ModeAsync
+			if stuck || r.state == StateNeedsRebuild {
+				r.removeAsked = true
+				ask = append(ask, r)
+			}
+		}
+		p.mu.Unlock()
+		for _, r := range ask {
+			glog.Warningf("replication: %s epoch %d: member %s (%s) is %v; asking the master to remove it", p.o.Name, epoch, r.m.ServerID, r.m.Addr, r.stateName())
+			if p.o.RemoveMember == nil {
+				continue
+			}
+			if err := p.o.RemoveMember(r.m.ServerID); err != nil {
+				glog.Errorf("replication: %s: remove member %s: %v", p.o.Name, r.m.ServerID, err)
+				p.mu.Lock()
+				r.removeAsked = false
+				p.mu.Unlock()
+			}
+		}
+	}
+}
+
+// Close stops every cursor and waits for them. Commit waiters fail with
+// ErrClosed. Idempotent.
+func (p *Primary) Close() error {
+	p.cfgMu.Lock()
+	defer p.cfgMu.Unlock()
+	p.mu.Lock()
+	p.closed = true
+	ms := p.members
+	p.broadcastLocked()
+	p.mu.Unlock()
+	p.cancel()
+	for _, r := range ms {
+		r.stopAndWait()
+		r.releaseHold()
+	}
+	p.wg.Wait()
+	return nil
+}

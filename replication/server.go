@@ -1,0 +1,296 @@
+package replication
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/golang/glog"
+
+	"github.com/weedblock/weedblock/blockdev"
+	"github.com/weedblock/weedblock/blockvol"
+)
+
+// Target is the replica volume a Server appends to; *blockvol.Volume is one.
+type Target interface {
+	ApplyReplicated(r blockvol.Record) error
+	Flush() error
+	Status() blockvol.Status
+}
+
+// helloTimeout bounds how long a new connection may take to say hello.
+const helloTimeout = 10 * time.Second
+
+// ackEvery bounds how many records the replica applies before it acks
+// even if more input is already buffered.
+const ackEvery = 64
+
+// Server is the replica side of the data plane: one listener (or more) per
+// volume server, connections multiplexed by the volume name in their hello.
+type Server struct {
+	mu        sync.Mutex
+	targets   map[string]Target
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]string // conn → volume ("" before hello)
+	closed    bool
+	wg        sync.WaitGroup
+}
+
+// NewServer returns a server with no volumes; call Serve to accept.
+func NewServer() *Server {
+	return &Server{
+		targets:   make(map[string]Target),
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[net.Conn]string),
+	}
+}
+
+// Register makes name served by t. A name registered twice is an error.
+func (s *Server) Register(name string, t Target) error {
+	if name == "" || len(name) > maxNameLen {
+		return fmt.Errorf("replication: register %q: bad volume name", name)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return fmt.Errorf("replication: register %s: %w", name, blockdev.ErrClosed)
+	}
+	if _, ok := s.targets[name]; ok {
+		return fmt.Errorf("replication: register %s: already registered", name)
+	}
+	s.targets[name] = t
+	return nil
+}
+
+// Unregister stops serving name and closes its connections. Connection
+// handlers may still be finishing one request when it returns; the target
+// must stay open until Close (or until its connections are gone).
+func (s *Server) Unregister(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.targets, name)
+	for c, v := range s.conns {
+		if v == name {
+			c.Close()
+		}
+	}
+}
+
+// Serve accepts connections on l until l fails or Close is called. It
+// returns nil after Close.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		l.Close()
+		return fmt.Errorf("replication: serve: %w", blockdev.ErrClosed)
+	}
+	s.listeners[l] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			delete(s.listeners, l)
+			s.mu.Unlock()
+			if closed {
+				return nil
+			}
+			return fmt.Errorf("replication: accept: %w", err)
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			c.Close()
+			continue
+		}
+		s.conns[c] = ""
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			s.handle(c)
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+			c.Close()
+		}()
+	}
+}
+
+// Close stops every listener and connection and waits for their
+// goroutines. Idempotent.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		for l := range s.listeners {
+			l.Close()
+		}
+		for c := range s.conns {
+			c.Close()
+		}
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+// checkEpoch applies the epoch rule (see the package doc).
+func checkEpoch(sender uint64, st blockvol.Status) *errorMsg {
+	switch {
+	case sender < st.Epoch:
+		return &errorMsg{codeStaleEpoch, fmt.Sprintf("sender epoch %d is below replica epoch %d", sender, st.Epoch)}
+	case sender > st.Epoch:
+		return &errorMsg{codeEpochAhead, fmt.Sprintf("sender epoch %d is above replica epoch %d (not yet assigned)", sender, st.Epoch)}
+	}
+	return nil
+}
+
+// replicaReady says whether st may take records now.
+func replicaReady(st blockvol.Status) *errorMsg {
+	if st.Role != blockvol.RoleReplica || st.Fenced {
+		return &errorMsg{codeNotReplica, fmt.Sprintf("volume is %v, fenced=%v", st.Role, st.Fenced)}
+	}
+	return nil
+}
+
+func applyCode(err error) uint16 {
+	switch {
+	case errors.Is(err, blockvol.ErrStaleEpoch):
+		return codeStaleEpoch
+	case errors.Is(err, blockvol.ErrFenced), errors.Is(err, blockvol.ErrWrongRole):
+		return codeNotReplica
+	}
+	return codeApply
+}
+
+// handle serves one connection: a hello, then records and barriers in
+// order. Any refusal is sent as an error frame and ends the connection.
+func (s *Server) handle(c net.Conn) {
+	br := bufio.NewReaderSize(c, 256<<10)
+	bw := bufio.NewWriterSize(c, 4096)
+	fr := newFrameReader(br)
+	refuse := func(m *errorMsg) {
+		glog.V(1).Infof("replication: %s: refusing: %s", c.RemoteAddr(), m.Msg)
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		if writeFrame(bw, typeError, encodeError(*m)) == nil {
+			bw.Flush()
+		}
+	}
+	c.SetReadDeadline(time.Now().Add(helloTimeout))
+	t, p, err := fr.next()
+	if err != nil {
+		if !errors.Is(err, io.EOF) {
+			refuse(&errorMsg{codeProtocol, fmt.Sprintf("reading hello: %v", err)})
+		}
+		return
+	}
+	if t != typeHello {
+		refuse(&errorMsg{codeProtocol, fmt.Sprintf("expected hello, got %v", t)})
+		return
+	}
+	h, err := decodeHello(p)
+	if err != nil {
+		refuse(&errorMsg{codeProtocol, err.Error()})
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	s.mu.Lock()
+	tgt, ok := s.targets[h.Volume]
+	if ok && !s.closed {
+		s.conns[c] = h.Volume
+	}
+	s.mu.Unlock()
+	if !ok {
+		refuse(&errorMsg{codeUnknownVolume, fmt.Sprintf("volume %q is not served here", h.Volume)})
+		return
+	}
+	st := tgt.Status()
+	if m := checkEpoch(h.Epoch, st); m != nil {
+		refuse(m)
+		return
+	}
+	if m := replicaReady(st); m != nil {
+		refuse(m)
+		return
+	}
+	if err := writeFrame(bw, typeHelloOK, encodeHelloOK(helloOKMsg{Epoch: st.Epoch, Head: st.Head, Durable: st.Durable})); err != nil {
+		return
+	}
+	if err := bw.Flush(); err != nil {
+		return
+	}
+	var applied uint64 // highest LSN applied on this connection, for acks
+	unacked := 0
+	for {
+		t, p, err := fr.next()
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				refuse(&errorMsg{codeProtocol, err.Error()})
+			}
+			return
+		}
+		switch t {
+		case typeRecord:
+			m, err := decodeRecord(p)
+			if err != nil {
+				refuse(&errorMsg{codeProtocol, err.Error()})
+				return
+			}
+			st := tgt.Status()
+			if e := checkEpoch(m.Epoch, st); e != nil {
+				refuse(e)
+				return
+			}
+			if err := tgt.ApplyReplicated(m.Rec); err != nil {
+				refuse(&errorMsg{applyCode(err), fmt.Sprintf("apply lsn %d: %v", m.Rec.LSN, err)})
+				return
+			}
+			if m.Rec.LSN > applied {
+				applied = m.Rec.LSN
+			}
+			unacked++
+			if br.Buffered() == 0 || unacked >= ackEvery {
+				unacked = 0
+				if err := writeFrame(bw, typeAck, encodeAck(applied)); err != nil {
+					return
+				}
+				if err := bw.Flush(); err != nil {
+					return
+				}
+			}
+		case typeBarrier:
+			m, err := decodeBarrier(p)
+			if err != nil {
+				refuse(&errorMsg{codeProtocol, err.Error()})
+				return
+			}
+			if e := checkEpoch(m.Epoch, tgt.Status()); e != nil {
+				refuse(e)
+				return
+			}
+			if err := tgt.Flush(); err != nil {
+				refuse(&errorMsg{applyCode(err), fmt.Sprintf("barrier %d: flush: %v", m.LSN, err)})
+				return
+			}
+			st := tgt.Status()
+			if err := writeFrame(bw, typeBarrierAck, encodeBarrierAck(barrierAckMsg{LSN: m.LSN, Durable: st.Durable})); err != nil {
+				return
+			}
+			if err := bw.Flush(); err != nil {
+				return
+			}
+		default:
+			refuse(&errorMsg{codeProtocol, fmt.Sprintf("unexpected %v", t)})
+			return
+		}
+	}
+}
