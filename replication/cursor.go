@@ -61,12 +61,12 @@ type replica struct {
 	m     Member
 	epoch uint64
 
-	wake   chan struct{} // cap 1: new appends, barrier wanted, progress
+	wake chan struct{} // cap 1: new appends, barrier wanted, progress
 	// hold keeps the WAL from the replica's durable+1 on, across
 	// reconnects (and across epochs: SetMembers hands it to the next
 	// cursor). Owned by run while it runs; released by whoever drops the
 	// replica.
-	hold *blockvol.Hold
+	hold   *blockvol.Hold
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
