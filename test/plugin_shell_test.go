@@ -184,6 +184,16 @@ func TestPluginShellBlockCommands(t *testing.T) {
 		if r.code == 0 {
 			t.Fatalf("nbdinfo still finds the deleted export:\n%s", r.stdout)
 		}
+		// The name can be used again, in a later epoch than the deleted
+		// volume's: epochs of a name never go backwards.
+		var again volumeView
+		if err := json.Unmarshal([]byte(c.mustShell("block.create -json -name="+name+" -size=8MiB")), &again); err != nil {
+			t.Fatal(err)
+		}
+		if again.Epoch <= v.Epoch || again.SizeBytes != 8<<20 {
+			t.Fatalf("re-created %s in epoch %d (%d bytes); the deleted one was in epoch %d", name, again.Epoch, again.SizeBytes, v.Epoch)
+		}
+		c.mustShell("block.delete -name=" + name)
 	})
 }
 
