@@ -17,6 +17,8 @@
 //	mux.Handle("/block/", m.HTTPHandler())      // GET /block/volumes, /block/volume/NAME
 //	registry.MustRegister(m.Collectors()...)
 //	m.ServerLeft(id) / m.ServerJoined(id)       // from upstream's heartbeat wrapper
+//	// RPCs for volume servers: RemoveMember, ReportCaughtUp (from the
+//	// primary); for operators: PromoteVolume. Failover runs by itself.
 //	m.Close()                                   // ends heartbeat streams, waits
 //
 // With DialVolume the dialer owns the volume-server connections (it may
@@ -85,17 +87,72 @@
 // was heard within 3 pulses and upstream has not reported it gone; a silent
 // stream is ended with Unavailable.
 //
+// # Failover and membership (DESIGN §5, §7)
+//
+// Every pulse the leader looks for volumes whose primary is not alive
+// (stream gone, or silent for 3 pulses, or upstream says it left). It waits
+// until the primary's lease must have run out in the master's view
+// (LeaseExpiry: last grant + Lease + Margin, never before this master's
+// start + Lease + Margin), then picks, among the members of the latest
+// epoch other than the lost primary, those alive and reporting a trusted,
+// healthy copy of this incarnation; the highest durable LSN wins (ties: the
+// lower server id). quorum needs such reports from a majority of the latest
+// epoch's members. The new epoch (epoch+1, the pick as primary, the other
+// alive members as replicas, with their latest endpoints) is persisted
+// before any heartbeat carries it; an async volume's epoch is marked
+// may_have_lost_writes with the old primary's last durable LSN in its
+// reason, and VolumeInfo.lossy_epoch / warning say so from then on (while
+// that epoch is in the bounded history). No candidate: the volume stays
+// "unavailable", VolumeInfo.failover_blocked says why, and it is tried again
+// next pulse. Members that were not alive are left out; they, and a
+// returning old primary, are not members of the new epoch: they get role
+// NONE and stay fenced until the primary has brought them to the live
+// stream and called ReportCaughtUp. The primary learns who to bring back
+// from BlockHeartbeatResponse.catch_up (alive non-members holding a copy of
+// this incarnation, while members < rf), sent on every heartbeat.
+//
+// A new primary (not the previous epoch's primary, not the volume's first)
+// is not assigned before the old primary's lease must have run out: the
+// fence recorded by PromoteVolume and, after a master restart, this
+// master's start + Lease + Margin. So a crash between persisting a
+// promotion and sending it is safe: the restarted master loads the new
+// epoch and assigns it once an earlier run's lease cannot be live.
+//
+// RemoveMember(name, epoch, server_id, reason, caller_server_id) and
+// ReportCaughtUp(name, epoch, server_id, caller_server_id) come from the
+// current primary: PermissionDenied when the caller is not the primary,
+// FailedPrecondition "stale epoch" when its epoch is not the current one,
+// NotFound for a server that is not a member (remove) or unknown (caught
+// up), InvalidArgument when the primary names itself. Both answer with the
+// new EpochConfig (persisted first); a retry after success (older epoch,
+// already removed / already a member) answers with the current config.
+// ReportCaughtUp needs the server alive with a trusted, healthy copy and
+// fewer members than rf. PromoteVolume(name, to, force): without force, to
+// must be a member the failover could pick (alive, trusted, healthy, the
+// highest durable LSN among the members other than the current primary,
+// quorum heard); a live old primary stays as a replica and is fenced at
+// once by its new assignment. force accepts any alive server that reports
+// a copy of this incarnation (never one without), drops the old primary
+// and marks the epoch may_have_lost_writes. Promotions count in
+// VolumeInfo.failovers (persisted); the pause from losing the primary to
+// the new primary's first unfenced report in its epoch is
+// last_failover_pause_ms (memory only); member_lag is the primary's
+// ReplicaState per member.
+//
 // Multi-master: each master keeps its own registry file (registry HA on a
 // consensus library comes later, DESIGN §7), so run one master for block
 // volumes; a follower answers heartbeats with the leader and sends nothing
 // else.
 //
 // It owns: the registry file under <Dir>/block, epochs, placement, the
-// master's lease view, server liveness for block traffic.
+// master's lease view, server liveness for block traffic, the choice of a
+// new primary and of the members of each epoch.
 //
 // It must never: import upstream SeaweedFS (so its tests build in seconds),
 // let an assignment or epoch leave before it is durable, issue an epoch
 // that is not above every earlier epoch of the name, start with an empty
 // registry when the file exists but cannot be read, send deletes from a
-// follower, or delete a copy of a volume it never had.
+// follower, delete a copy of a volume it never had, assign a new primary
+// before the old primary's lease must have run out, or promote a
+// non-member (except by force) or a copy it knows to be untrusted.
 package blockmaster

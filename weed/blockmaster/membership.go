@@ -3,6 +3,7 @@ package blockmaster
 import (
 	"context"
 	"fmt"
+	"sort"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -173,6 +174,7 @@ func (m *Master) catchUpTargetsLocked(rec *volumeRecord, rep *blockpb.VolumeRepo
 		}
 		out = append(out, &blockpb.CatchUpTarget{Name: name, Epoch: cfg.GetEpoch(), Server: proto.Clone(s.endpoints).(*blockpb.ServerEndpoints)})
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Server.GetServerId() < out[j].Server.GetServerId() })
 	return out
 }
 
