@@ -22,7 +22,7 @@ import (
 // restarts (registry intact, no epoch goes backwards, the volume keeps
 // serving).
 func TestPluginNBDWriteISCSIReadAcrossRestarts(t *testing.T) {
-	requireTools(t, "nbdcopy", "qemu-img", "qemu-io")
+	requireTools(t, "nbdcopy", "qemu-img", "qemu-io", "iscsi-ls")
 	const (
 		volSize   = 256 << 20
 		writeSize = 64 << 20
@@ -38,6 +38,11 @@ func TestPluginNBDWriteISCSIReadAcrossRestarts(t *testing.T) {
 	src := filepath.Join(dir, "src.img")
 	if err := os.WriteFile(src, data, 0o644); err != nil {
 		t.Fatal(err)
+	}
+	// The portal block.status names lists the volume's target.
+	ls := mustRun(t, time.Minute, "iscsi-ls", "-s", "iscsi://"+v.Attach.ISCSIPortal)
+	if err := contains(ls, "Target:"+v.Attach.ISCSIIQN, "Lun:0"); err != nil {
+		t.Fatalf("iscsi-ls %s: %v\n%s", v.Attach.ISCSIPortal, err, ls)
 	}
 	mustRun(t, 3*time.Minute, "nbdcopy", "--flush", src, v.Attach.NBDURI)
 	// want is the volume's expected content, as regions over zeros.

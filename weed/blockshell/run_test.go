@@ -142,7 +142,7 @@ func sampleInfo(name string) *blockpb.VolumeInfo {
 		History: []*blockpb.EpochConfig{{Epoch: 6, PrimaryServerId: "10.0.0.2:8080", Reason: "create"}},
 		Reports: []*blockpb.VolumeReport{
 			{Name: name, Epoch: 7, Role: blockpb.Role_ROLE_PRIMARY, HeadLsn: 1234, DurableLsn: 1200, CheckpointLsn: 1100,
-				TailLsn: 900, Healthy: true, LeaseRemainingMs: 2500, AttachedSessions: 2, SizeBytes: 256 << 20},
+				TailLsn: 900, WalUsedBytes: 3 << 20, Healthy: true, LeaseRemainingMs: 2500, AttachedSessions: 2, SizeBytes: 256 << 20},
 			{Name: name},
 		},
 		Alive:              []bool{true, false},
@@ -185,7 +185,7 @@ func TestRunCreateStatusListDelete(t *testing.T) {
 		t.Fatalf("status: %v", err)
 	}
 	if err := containsAll(out.String(), "block volume db1", "epoch:       7 (failover), primary 10.0.0.1:8080",
-		"lease:       valid for 3s more", "state:       degraded", "1234", "1200", "1100",
+		"lease:       valid for 3s more", "state:       degraded", "1234", "1200", "1100", " 900 ", "3 MiB", "TAIL",
 		"10.0.0.1:8080 (dc1/r1)", "primary", "replica", "not reported yet", " 2.5s ",
 		"sudo nbd-client -N db1 10.0.0.1 10809 /dev/nbd0",
 		"iscsiadm -m node -T iqn.2026-11.io.weedblock:db1 -p 10.0.0.1:3260 --login",

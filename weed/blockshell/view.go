@@ -257,14 +257,14 @@ func WriteStatus(out io.Writer, v VolumeView, now time.Time) error {
 	}
 	b.WriteString("  replicas:\n")
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "    SERVER\tROLE\tALIVE\tEPOCH\tHEAD\tDURABLE\tCHECKPOINT\tFENCED\tLEASE\tSESSIONS\tHEALTH")
+	fmt.Fprintln(tw, "    SERVER\tROLE\tALIVE\tEPOCH\tHEAD\tDURABLE\tCHECKPOINT\tTAIL\tWAL USED\tFENCED\tLEASE\tSESSIONS\tHEALTH")
 	for _, r := range v.Replicas {
 		place := r.ServerID
 		if r.Rack != "" {
 			place += " (" + strings.Trim(r.DataCenter+"/"+r.Rack, "/") + ")"
 		}
 		if !r.Reported {
-			fmt.Fprintf(tw, "    %s\t%s\t%s\t-\t-\t-\t-\t-\t-\t-\tnot reported yet\n", place, r.Role, yesNo(r.Alive))
+			fmt.Fprintf(tw, "    %s\t%s\t%s\t-\t-\t-\t-\t-\t-\t-\t-\t-\tnot reported yet\n", place, r.Role, yesNo(r.Alive))
 			continue
 		}
 		lease := "-"
@@ -281,8 +281,9 @@ func WriteStatus(out io.Writer, v VolumeView, now time.Time) error {
 		if r.Untrusted {
 			health += " (untrusted: rebuild in progress)"
 		}
-		fmt.Fprintf(tw, "    %s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%d\t%s\n", place, r.Role, yesNo(r.Alive), r.Epoch,
-			r.HeadLSN, r.DurableLSN, r.CheckpointLSN, yesNo(r.Fenced), lease, r.AttachedSessions, health)
+		fmt.Fprintf(tw, "    %s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%d\t%s\n", place, r.Role, yesNo(r.Alive), r.Epoch,
+			r.HeadLSN, r.DurableLSN, r.CheckpointLSN, r.TailLSN, FormatSize(r.WALUsedBytes), yesNo(r.Fenced), lease,
+			r.AttachedSessions, health)
 	}
 	tw.Flush()
 	b.WriteString("  attach:\n")
