@@ -93,7 +93,8 @@
 // (stream gone, or silent for 3 pulses, or upstream says it left). It waits
 // until the primary's lease must have run out in the master's view
 // (LeaseExpiry: last grant + Lease + Margin, never before this master's
-// start + Lease + Margin), then picks, among the members of the latest
+// start, or the moment it was seen to become the leader, + Lease +
+// Margin), then picks, among the members of the latest
 // epoch other than the lost primary, those alive and reporting a trusted,
 // healthy copy of this incarnation; the highest durable LSN wins (ties: the
 // lower server id). quorum needs such reports from a majority of the latest
@@ -113,8 +114,8 @@
 //
 // A new primary (not the previous epoch's primary, not the volume's first)
 // is not assigned before the old primary's lease must have run out: the
-// fence recorded by PromoteVolume and, after a master restart, this
-// master's start + Lease + Margin. So a crash between persisting a
+// fence recorded by PromoteVolume and, after a master restart or a change
+// of leader, this master's start (or leadership) + Lease + Margin. So a crash between persisting a
 // promotion and sending it is safe: the restarted master loads the new
 // epoch and assigns it once an earlier run's lease cannot be live.
 //

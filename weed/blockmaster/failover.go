@@ -37,9 +37,7 @@ func (m *Master) failoverLoop() {
 		case <-m.done:
 			return
 		case <-t.C:
-			if m.isLeader() {
-				m.checkFailovers()
-			}
+			m.checkFailovers()
 		}
 	}
 }
@@ -57,6 +55,11 @@ func (m *Master) checkFailovers() {
 		return
 	}
 	now := m.clock.Now()
+	leader := m.isLeader()
+	m.observeLeadershipLocked(leader, now)
+	if !leader {
+		return
+	}
 	for _, name := range m.reg.names() {
 		rec := m.reg.get(name)
 		if m.pending[name] != "" {
@@ -100,6 +103,18 @@ func (m *Master) checkFailovers() {
 		}
 		delete(m.lost, name)
 	}
+}
+
+// observeLeadershipLocked records a leadership observation: on becoming
+// the leader the lease floor restarts (the previous leader may have granted
+// leases until now) and what this master knew of lost primaries is dropped.
+func (m *Master) observeLeadershipLocked(leader bool, now time.Time) {
+	if leader && !m.wasLeader {
+		m.leaderSince = now
+		m.lost = map[string]*lossState{}
+		glog.Infof("blockmaster: became the block registry leader; new primaries wait until %v from now", m.opts.Lease+m.opts.Margin)
+	}
+	m.wasLeader = leader
 }
 
 func (m *Master) setBlockedLocked(name string, ls *lossState, why string) {
@@ -256,7 +271,7 @@ func (m *Master) primaryGateLocked(rec *volumeRecord, id string, rep *blockpb.Vo
 	if n := len(rec.history); n > 0 && rec.history[n-1].GetPrimaryServerId() == id {
 		return time.Time{}
 	}
-	gate := m.started.Add(m.opts.Lease + m.opts.Margin)
+	gate := m.leaderSince.Add(m.opts.Lease + m.opts.Margin)
 	if f := m.fenceUntil[rec.spec.GetName()]; f.After(gate) {
 		gate = f
 	}

@@ -636,3 +636,31 @@ func TestMemberLagInVolumeInfo(t *testing.T) {
 		}
 	}
 }
+
+// A master that becomes the leader cannot know the leases the previous
+// leader granted: it waits Lease + Margin from then before promoting.
+func TestLeadershipGainRestartsLeaseWait(t *testing.T) {
+	c := newCluster(t, 2, blockpb.Durability_DURABILITY_SYNC, "a", "b")
+	c.pass(4 * time.Second)
+	c.set("a", 1, primary, 10)
+	c.set("b", 1, replica, 10)
+	c.beatAll()
+	c.kill("a")
+	c.h.leader.Store(false)
+	c.h.m.checkFailovers()
+	c.h.clock.Advance(2 * time.Second) // another master leads meanwhile
+	c.h.m.checkFailovers()
+	c.h.leader.Store(true)
+	became := c.h.clock.Now()
+	floor := became.Add(c.h.opts.Lease + c.h.opts.Margin)
+	for c.h.clock.Now().Add(foPulse / 2).Before(floor) {
+		c.pass(foPulse / 2)
+		if info := c.info(); info.Config.Epoch != 1 {
+			t.Fatalf("promoted %v after becoming the leader (must wait %v)", c.h.clock.Now().Sub(became), floor.Sub(became))
+		}
+	}
+	c.pass(foPulse)
+	if info := c.info(); info.Config.Epoch != 2 || info.Config.PrimaryServerId != "b" {
+		t.Fatalf("after the floor: %v", info.Config)
+	}
+}

@@ -139,6 +139,7 @@ func (m *Master) applyHeartbeat(id string, streamID uint64, hb *blockpb.BlockHea
 	defer m.mu.Unlock()
 	m.heartbeats++
 	now := m.clock.Now()
+	m.observeLeadershipLocked(true, now)
 	s := m.servers[id]
 	if s.stream == streamID {
 		// The heartbeat is a fresh message from Recv that nobody else
@@ -292,9 +293,9 @@ func (m *Master) grantLeasesLocked(id string, names []string, at time.Time) {
 
 // LeaseExpiry is the master's view of when the primary of name may stop
 // believing it holds a lease: no primary write is acknowledged after it. It
-// is never earlier than this master's start + Lease + Margin, because a
-// previous master (or this one before a restart) may have granted a lease
-// just before it stopped. Zero for a volume the registry does not have.
+// is never earlier than this master's start (or the moment it was seen to
+// become the leader) + Lease + Margin, because a previous master (or this
+// one before a restart) may have granted a lease just before it stopped. Zero for a volume the registry does not have.
 func (m *Master) LeaseExpiry(name string) time.Time {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -307,7 +308,7 @@ func (m *Master) leaseExpiryLocked(name string) (time.Time, bool) {
 	if m.reg.get(name) == nil {
 		return time.Time{}, false
 	}
-	floor := m.started.Add(m.opts.Lease + m.opts.Margin)
+	floor := m.leaderSince.Add(m.opts.Lease + m.opts.Margin)
 	exp, granted := m.leases[name]
 	if exp.Before(floor) {
 		exp = floor

@@ -117,6 +117,11 @@ type Master struct {
 	// started: when this master was made; leases granted before it (by an
 	// earlier run) end by started + Lease + Margin at the latest.
 	started time.Time
+	// leaderSince: when this master was last seen to become the leader
+	// (started at first); a previous leader may have granted leases until
+	// then. wasLeader: leadership at the last observation.
+	leaderSince time.Time
+	wasLeader   bool
 	// orphans: server -> volumes it reports that the registry never had
 	// (name -> reported epoch); left alone, counted in the metrics.
 	orphans map[string]map[string]uint64
@@ -194,6 +199,7 @@ func New(opts Options) (*Master, error) {
 		upstreamDown: map[string]bool{},
 		leases:       map[string]time.Time{},
 		started:      clock.Now(),
+		wasLeader:    true,
 		orphans:      map[string]map[string]uint64{},
 		lost:         map[string]*lossState{},
 		fenceUntil:   map[string]time.Time{},
@@ -201,6 +207,7 @@ func New(opts Options) (*Master, error) {
 		lastPause:    map[string]time.Duration{},
 		done:         make(chan struct{}),
 	}
+	m.leaderSince = m.started
 	m.wg.Add(1)
 	go m.failoverLoop()
 	return m, nil
