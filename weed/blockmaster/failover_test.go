@@ -2,6 +2,9 @@ package blockmaster
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -322,6 +325,18 @@ func TestAsyncFailoverIsFlagged(t *testing.T) {
 	}
 	if info.LossyEpoch != 2 || !strings.Contains(info.Warning, "lost") {
 		t.Fatalf("lossy epoch %d warning %q", info.LossyEpoch, info.Warning)
+	}
+	// Status over HTTP says so too.
+	srv := httptest.NewServer(c.h.m.HTTPHandler())
+	defer srv.Close()
+	code, body := httpGet(t, http.MethodGet, srv.URL+"/block/volume/v")
+	var got struct {
+		Failovers  string `json:"failovers"`
+		LossyEpoch string `json:"lossyEpoch"`
+		Warning    string `json:"warning"`
+	}
+	if code != http.StatusOK || json.Unmarshal(body, &got) != nil || got.Failovers != "1" || got.LossyEpoch != "2" || !strings.Contains(got.Warning, "async") {
+		t.Fatalf("GET /block/volume/v: %d %s", code, body)
 	}
 	// Still surfaced after a later, ordinary epoch.
 	c.reconnect("a", "r-a")
