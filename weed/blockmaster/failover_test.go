@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -677,5 +678,75 @@ func TestLeadershipGainRestartsLeaseWait(t *testing.T) {
 	c.pass(foPulse)
 	if info := c.info(); info.Config.Epoch != 2 || info.Config.PrimaryServerId != "b" {
 		t.Fatalf("after the floor: %v", info.Config)
+	}
+}
+
+// Membership calls, promotions, failover checks and heartbeats racing: every
+// epoch the registry ends with is above the one before, names exactly one
+// primary (its primary_server_id) and lists each server once.
+func TestMembershipChangesUnderConcurrency(t *testing.T) {
+	c := newCluster(t, 3, blockpb.Durability_DURABILITY_SYNC, "a", "b", "c")
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 25; i++ {
+				info, err := c.h.lookup("v")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				cfg := info.Config
+				p := cfg.PrimaryServerId
+				other := []string{"a", "b", "c"}[(w+i/3)%3]
+				switch (w + i) % 3 {
+				case 0:
+					c.h.client.RemoveMember(ctx, &blockpb.RemoveMemberRequest{Name: "v", Epoch: cfg.Epoch, ServerId: other, CallerServerId: p})
+				case 1:
+					c.h.client.ReportCaughtUp(ctx, &blockpb.ReportCaughtUpRequest{Name: "v", Epoch: cfg.Epoch, ServerId: other, CallerServerId: p})
+				case 2:
+					c.h.client.PromoteVolume(ctx, &blockpb.PromoteVolumeRequest{Name: "v", ToServerId: other, Force: i%2 == 0})
+				}
+				c.h.m.checkFailovers()
+			}
+		}()
+	}
+	for i := 0; i < 25; i++ {
+		c.beatAll()
+	}
+	wg.Wait()
+	info := c.info()
+	all := append(info.History, info.Config)
+	for i, cfg := range all {
+		if i > 0 && cfg.Epoch <= all[i-1].Epoch {
+			t.Fatalf("epoch %d after %d", cfg.Epoch, all[i-1].Epoch)
+		}
+		seen := map[string]bool{}
+		primaries := 0
+		for _, mem := range cfg.Members {
+			id := mem.Server.ServerId
+			if seen[id] {
+				t.Fatalf("epoch %d lists %s twice", cfg.Epoch, id)
+			}
+			seen[id] = true
+			if mem.Role == primary {
+				primaries++
+				if id != cfg.PrimaryServerId {
+					t.Fatalf("epoch %d: primary member %s, primary_server_id %s", cfg.Epoch, id, cfg.PrimaryServerId)
+				}
+			}
+		}
+		if primaries != 1 {
+			t.Fatalf("epoch %d has %d primaries", cfg.Epoch, primaries)
+		}
+	}
+	if info.Config.Epoch < 3 {
+		t.Fatalf("only %d epochs: the calls did nothing", info.Config.Epoch)
+	}
+	reg, err := loadRegistry(filepath.Join(c.h.dir, "block"))
+	if err != nil || reg.get("v").config.Epoch != info.Config.Epoch {
+		t.Fatalf("registry on disk: %v", err)
 	}
 }
