@@ -750,3 +750,48 @@ func TestMembershipChangesUnderConcurrency(t *testing.T) {
 		t.Fatalf("registry on disk: %v", err)
 	}
 }
+
+func TestMembershipRPCsRefuseBadInputAndFollowers(t *testing.T) {
+	c := newCluster(t, 2, blockpb.Durability_DURABILITY_SYNC, "a", "b")
+	ctx := context.Background()
+	calls := map[string]func() error{
+		"remove": func() error {
+			_, err := c.h.client.RemoveMember(ctx, &blockpb.RemoveMemberRequest{})
+			return err
+		},
+		"caught-up": func() error {
+			_, err := c.h.client.ReportCaughtUp(ctx, &blockpb.ReportCaughtUpRequest{Name: "v"})
+			return err
+		},
+		"promote": func() error {
+			_, err := c.h.client.PromoteVolume(ctx, &blockpb.PromoteVolumeRequest{Name: "v"})
+			return err
+		},
+		"promote bad name": func() error {
+			_, err := c.h.client.PromoteVolume(ctx, &blockpb.PromoteVolumeRequest{Name: "Bad_Name", ToServerId: "b"})
+			return err
+		},
+	}
+	for what, call := range calls {
+		t.Run(what, func(t *testing.T) { wantCode(t, call(), codes.InvalidArgument) })
+	}
+	c.h.leader.Store(false)
+	_, err := c.h.client.PromoteVolume(ctx, &blockpb.PromoteVolumeRequest{Name: "v", ToServerId: "b"})
+	wantCode(t, err, codes.FailedPrecondition, "not leader; leader is m2:9333")
+	_, err = c.h.client.RemoveMember(ctx, &blockpb.RemoveMemberRequest{Name: "v", Epoch: 1, ServerId: "b", CallerServerId: "a"})
+	wantCode(t, err, codes.FailedPrecondition, "not leader")
+	_, err = c.h.client.ReportCaughtUp(ctx, &blockpb.ReportCaughtUpRequest{Name: "v", Epoch: 1, ServerId: "b", CallerServerId: "a"})
+	wantCode(t, err, codes.FailedPrecondition, "not leader")
+	// A follower never promotes, however long the primary is gone.
+	c.kill("a")
+	for i := 0; i < 10; i++ {
+		c.h.clock.Advance(time.Second)
+		c.h.m.checkFailovers()
+	}
+	c.h.m.mu.Lock()
+	epoch := c.h.m.reg.get("v").config.Epoch
+	c.h.m.mu.Unlock()
+	if epoch != 1 {
+		t.Fatalf("follower promoted: epoch %d", epoch)
+	}
+}
