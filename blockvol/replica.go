@@ -69,6 +69,63 @@ func (v *Volume) ApplyReplicated(r Record) error {
 		return err
 	}
 	defer v.ops.Done()
+	appended, err := v.applyLocked(&r, crc)
+	if err != nil || !appended {
+		return err
+	}
+	return v.waitWrittenLocked(r.LSN)
+}
+
+// ApplyReplicatedBatch applies rs in order exactly as ApplyReplicated
+// applies each one, but waits once, after the last append, so the records
+// share group-committed WAL batches. It stops at the first record that
+// fails and returns how many records from the front of rs were applied
+// (appended or duplicates) and are written, with that record's error.
+// Record.Data must stay valid until it returns.
+func (v *Volume) ApplyReplicatedBatch(rs []Record) (int, error) {
+	crcs := make([]uint32, len(rs))
+	var checkErr error
+	for i := range rs {
+		if err := v.checkRecord(&rs[i]); err != nil {
+			checkErr = fmt.Errorf("%s: apply replicated: %w", v.path, err)
+			rs = rs[:i]
+			break
+		}
+		if rs[i].Kind == KindWrite {
+			crcs[i] = crc32c(rs[i].Data)
+		}
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.beginOpLocked(); err != nil {
+		return 0, err
+	}
+	defer v.ops.Done()
+	var last uint64
+	n := 0
+	err := checkErr
+	for i := range rs {
+		appended, aerr := v.applyLocked(&rs[i], crcs[i])
+		if aerr != nil {
+			err = aerr
+			break
+		}
+		if appended {
+			last = rs[i].LSN
+		}
+		n++
+	}
+	if last > 0 {
+		if werr := v.waitWrittenLocked(last); werr != nil {
+			return 0, werr
+		}
+	}
+	return n, err
+}
+
+// applyLocked appends one checked record (crc is its data CRC) if it is
+// head+1; a duplicate of a local record returns (false, nil).
+func (v *Volume) applyLocked(r *Record, crc uint32) (bool, error) {
 	dup := func() (bool, error) {
 		if r.LSN > v.head {
 			return false, nil
@@ -79,28 +136,28 @@ func (v *Volume) ApplyReplicated(r Record) error {
 		return true, nil
 	}
 	if err := v.replicaWritableLocked(); err != nil {
-		return err
+		return false, err
 	}
 	if d, err := dup(); d {
-		return err
+		return false, err
 	}
 	if r.LSN != v.head+1 {
-		return fmt.Errorf("%s: apply lsn %d after head %d: %w", v.path, r.LSN, v.head, ErrLSNGap)
+		return false, fmt.Errorf("%s: apply lsn %d after head %d: %w", v.path, r.LSN, v.head, ErrLSNGap)
 	}
 	newBatch, wrap, err := v.reserveLocked(recordLen(len(r.Data)), v.replicaWritableLocked)
 	if err != nil {
-		return err
+		return false, err
 	}
 	// The head may have moved while we waited for room.
 	if d, err := dup(); d {
-		return err
+		return false, err
 	}
 	if r.LSN != v.head+1 {
-		return fmt.Errorf("%s: apply lsn %d after head %d: %w", v.path, r.LSN, v.head, ErrLSNGap)
+		return false, fmt.Errorf("%s: apply lsn %d after head %d: %w", v.path, r.LSN, v.head, ErrLSNGap)
 	}
 	h := recordHeader{kind: r.Kind, lsn: r.LSN, epoch: r.Epoch, lba: r.LBA, blocks: r.Blocks, dataLen: uint32(len(r.Data)), dataCRC: crc}
 	v.appendLocked(&h, r.Data, newBatch, wrap)
-	return v.waitWrittenLocked(r.LSN)
+	return true, nil
 }
 
 // ScanWAL calls fn for each record from fromLSN on, in LSN order, until it

@@ -20,6 +20,7 @@ const volName = "vol1"
 // loopback and a fault proxy in front of it.
 type node struct {
 	id    string
+	addr  string // the server's own address
 	vol   *blockvol.Volume
 	srv   *Server
 	proxy *faultproxy.Proxy
@@ -28,6 +29,7 @@ type node struct {
 
 type cluster struct {
 	t       *testing.T
+	direct  bool
 	pvol    *blockvol.Volume
 	p       *Primary
 	dev     *Volume
@@ -40,13 +42,18 @@ type clusterOpts struct {
 	mode    Mode
 	size    int64
 	walSize int64
+	direct  bool // members are dialed directly, not through the proxies
 	tune    func(*PrimaryOptions)
 }
 
 func (c *cluster) members() []Member {
 	var ms []Member
 	for _, n := range c.nodes {
-		ms = append(ms, Member{ServerID: n.id, Addr: n.proxy.Addr()})
+		addr := n.proxy.Addr()
+		if c.direct {
+			addr = n.addr
+		}
+		ms = append(ms, Member{ServerID: n.id, Addr: addr})
 	}
 	return ms
 }
@@ -64,7 +71,7 @@ func newReplicaNode(t testing.TB, dir, id string, size, walSize int64, epoch uin
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &node{id: id, vol: v, srv: NewServer(), done: make(chan error, 1)}
+	n := &node{id: id, addr: l.Addr().String(), vol: v, srv: NewServer(), done: make(chan error, 1)}
 	if err := n.srv.Register(volName, v); err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +110,7 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 	if err := pv.Unfence(1, blockvol.RolePrimary, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{pvol: pv, removed: make(chan string, 16)}
+	c := &cluster{pvol: pv, removed: make(chan string, 16), direct: o.direct}
 	if tt, ok := t.(*testing.T); ok {
 		c.t = tt
 	}

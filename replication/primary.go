@@ -289,11 +289,39 @@ func (p *Primary) Committed() uint64 {
 	return p.committedLocked(d)
 }
 
+// RequestBarrier asks every member to make lsn durable, without waiting.
+// In async mode it does nothing (replicas report durability on their own).
+func (p *Primary) RequestBarrier(lsn uint64) {
+	if p.o.Mode == ModeAsync {
+		return
+	}
+	var kick []*replica
+	p.mu.Lock()
+	for _, r := range p.members {
+		if r.barrierWant < lsn && r.durable < lsn {
+			r.barrierWant = lsn
+			kick = append(kick, r)
+		}
+	}
+	p.mu.Unlock()
+	for _, r := range kick {
+		r.kick()
+	}
+}
+
 // WaitCommitted waits until lsn is committed for the mode: the primary
 // must already have flushed it locally (Volume.Flush does). It fails with
 // ErrCommitTimeout after CommitTimeout, and at once if the primary volume
 // is fenced or its lease lapses.
 func (p *Primary) WaitCommitted(lsn uint64) error {
+	if st := p.vol.Status(); !st.Fenced && (st.LeaseUntil.IsZero() || time.Now().Before(st.LeaseUntil)) {
+		p.mu.Lock()
+		ok := !p.closed && p.committedLocked(st.Durable) >= lsn
+		p.mu.Unlock()
+		if ok {
+			return nil
+		}
+	}
 	deadline := time.NewTimer(p.o.CommitTimeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(idleTick)

@@ -17,7 +17,9 @@ import (
 
 // Target is the replica volume a Server appends to; *blockvol.Volume is one.
 type Target interface {
-	ApplyReplicated(r blockvol.Record) error
+	// ApplyReplicatedBatch appends records in order (see blockvol) and
+	// says how many were applied before an error.
+	ApplyReplicatedBatch(rs []blockvol.Record) (int, error)
 	Flush() error
 	Status() blockvol.Status
 }
@@ -25,9 +27,13 @@ type Target interface {
 // helloTimeout bounds how long a new connection may take to say hello.
 const helloTimeout = 10 * time.Second
 
-// ackEvery bounds how many records the replica applies before it acks
-// even if more input is already buffered.
-const ackEvery = 64
+// maxBatch and maxBatchBytes bound how many records (and data bytes) the
+// replica gathers from already-received input before applying them as one
+// batch and acking.
+const (
+	maxBatch      = 64
+	maxBatchBytes = 4 << 20
+)
 
 // Server is the replica side of the data plane: one listener (or more) per
 // volume server, connections multiplexed by the volume name in their hello.
@@ -228,13 +234,79 @@ func (s *Server) handle(c net.Conn) {
 	if err := bw.Flush(); err != nil {
 		return
 	}
-	var applied uint64 // highest LSN applied on this connection, for acks
-	unacked := 0
+	// Barriers are answered by a second goroutine so that records keep
+	// being applied while the replica fsyncs; Flush covers every record
+	// applied before the barrier was read.
+	var wmu sync.Mutex
+	bars := make(chan barrierMsg, 1)
+	barsDone := make(chan struct{})
+	go func() {
+		defer close(barsDone)
+		for m := range bars {
+			if err := tgt.Flush(); err != nil {
+				wmu.Lock()
+				refuse(&errorMsg{applyCode(err), fmt.Sprintf("barrier %d: flush: %v", m.LSN, err)})
+				wmu.Unlock()
+				c.Close()
+				return
+			}
+			st := tgt.Status()
+			wmu.Lock()
+			err := writeFrame(bw, typeBarrierAck, encodeBarrierAck(barrierAckMsg{LSN: m.LSN, Durable: st.Durable}))
+			if err == nil {
+				err = bw.Flush()
+			}
+			wmu.Unlock()
+			if err != nil {
+				c.Close()
+				return
+			}
+		}
+	}()
+	defer func() {
+		close(bars)
+		<-barsDone
+	}()
+	fail := func(m *errorMsg) {
+		wmu.Lock()
+		refuse(m)
+		wmu.Unlock()
+	}
+	// Records already received are applied as one batch (they share WAL
+	// writes), then acked.
+	batch := make([]blockvol.Record, 0, maxBatch)
+	arena := make([]byte, 0, maxBatchBytes)
+	apply := func() bool {
+		if len(batch) == 0 {
+			return true
+		}
+		n, err := tgt.ApplyReplicatedBatch(batch)
+		var ack uint64
+		if n > 0 {
+			ack = batch[n-1].LSN
+		}
+		if err != nil {
+			var at uint64
+			if n < len(batch) {
+				at = batch[n].LSN
+			}
+			fail(&errorMsg{applyCode(err), fmt.Sprintf("apply lsn %d: %v", at, err)})
+			return false
+		}
+		batch, arena = batch[:0], arena[:0]
+		wmu.Lock()
+		err = writeFrame(bw, typeAck, encodeAck(ack))
+		if err == nil {
+			err = bw.Flush()
+		}
+		wmu.Unlock()
+		return err == nil
+	}
 	for {
 		t, p, err := fr.next()
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-				refuse(&errorMsg{codeProtocol, err.Error()})
+				fail(&errorMsg{codeProtocol, err.Error()})
 			}
 			return
 		}
@@ -242,54 +314,54 @@ func (s *Server) handle(c net.Conn) {
 		case typeRecord:
 			m, err := decodeRecord(p)
 			if err != nil {
-				refuse(&errorMsg{codeProtocol, err.Error()})
+				fail(&errorMsg{codeProtocol, err.Error()})
 				return
 			}
-			st := tgt.Status()
-			if e := checkEpoch(m.Epoch, st); e != nil {
-				refuse(e)
+			if e := checkEpoch(m.Epoch, tgt.Status()); e != nil {
+				fail(e)
 				return
 			}
-			if err := tgt.ApplyReplicated(m.Rec); err != nil {
-				refuse(&errorMsg{applyCode(err), fmt.Sprintf("apply lsn %d: %v", m.Rec.LSN, err)})
+			if len(arena)+len(m.Rec.Data) > cap(arena) && !apply() {
 				return
 			}
-			if m.Rec.LSN > applied {
-				applied = m.Rec.LSN
-			}
-			unacked++
-			if br.Buffered() == 0 || unacked >= ackEvery {
-				unacked = 0
-				if err := writeFrame(bw, typeAck, encodeAck(applied)); err != nil {
+			if len(m.Rec.Data) > cap(arena) {
+				// Larger than the arena: apply it alone, from the frame.
+				batch = append(batch, m.Rec)
+				if !apply() {
 					return
 				}
-				if err := bw.Flush(); err != nil {
+				continue
+			}
+			off := len(arena)
+			arena = append(arena, m.Rec.Data...)
+			m.Rec.Data = arena[off:len(arena):len(arena)]
+			batch = append(batch, m.Rec)
+			if br.Buffered() < frameHeaderSize || len(batch) >= maxBatch {
+				if !apply() {
 					return
 				}
 			}
 		case typeBarrier:
+			if !apply() {
+				return
+			}
 			m, err := decodeBarrier(p)
 			if err != nil {
-				refuse(&errorMsg{codeProtocol, err.Error()})
+				fail(&errorMsg{codeProtocol, err.Error()})
 				return
 			}
 			if e := checkEpoch(m.Epoch, tgt.Status()); e != nil {
-				refuse(e)
+				fail(e)
 				return
 			}
-			if err := tgt.Flush(); err != nil {
-				refuse(&errorMsg{applyCode(err), fmt.Sprintf("barrier %d: flush: %v", m.LSN, err)})
-				return
-			}
-			st := tgt.Status()
-			if err := writeFrame(bw, typeBarrierAck, encodeBarrierAck(barrierAckMsg{LSN: m.LSN, Durable: st.Durable})); err != nil {
-				return
-			}
-			if err := bw.Flush(); err != nil {
+			select {
+			case bars <- m:
+			case <-barsDone:
 				return
 			}
 		default:
-			refuse(&errorMsg{codeProtocol, fmt.Sprintf("unexpected %v", t)})
+			apply()
+			fail(&errorMsg{codeProtocol, fmt.Sprintf("unexpected %v", t)})
 			return
 		}
 	}

@@ -69,6 +69,8 @@ func (v *Volume) WriteZeroes(off, length int64, fua bool) error {
 // the mode requires (bounded by CommitTimeout, ErrCommitTimeout after).
 func (v *Volume) Flush() error {
 	lsn := v.vol.Status().Head
+	// Ask the replicas first so their fsync overlaps the local one.
+	v.p.RequestBarrier(lsn)
 	if err := v.vol.Flush(); err != nil {
 		return err
 	}
