@@ -70,6 +70,11 @@ func Commands() []Command {
 		{Name: "block.status", Help: "show a block volume: block.status -name=NAME [-json]\n" +
 			"\n\tPlacement, epoch, role and LSNs (head, durable, checkpoint) of every replica,\n" +
 			"\tthe primary's lease, and how to attach it (NBD URI, iSCSI portal and IQN).\n"},
+		{Name: "block.promote", Help: "make a server the primary of a block volume: block.promote -name=NAME -to=SERVER [-force]\n" +
+			"\n\tThe master persists a new epoch with SERVER (a server id as block.status shows it) as primary.\n" +
+			"\tWithout -force the checks of an automatic failover apply (the old primary's lease has run out,\n" +
+			"\tSERVER is a trusted member of the latest epoch with the committed data). -force skips them:\n" +
+			"\twrites the old primary had not replicated to SERVER may be lost (block.status then warns).\n"},
 		{Name: "block.delete", Help: "delete a block volume: block.delete -name=NAME [-force]\n" +
 			"\n\tRefused while NBD/iSCSI clients are attached unless -force. The data is gone.\n"},
 	}
@@ -253,6 +258,40 @@ func parseNamed(cmd string, args []string, out io.Writer, withForce bool) (NameR
 	return r, false, nil
 }
 
+// PromoteRequest is a parsed block.promote.
+type PromoteRequest struct {
+	Name, To string
+	Force    bool
+	JSON     bool
+	Timeout  time.Duration
+}
+
+// ParsePromote parses block.promote's arguments.
+func ParsePromote(args []string, out io.Writer) (PromoteRequest, bool, error) {
+	const cmd = "block.promote"
+	var c common
+	fs := newFlagSet(cmd, &c)
+	name := fs.String("name", "", "volume name")
+	to := fs.String("to", "", "server id of the new primary (as block.status shows it)")
+	force := fs.Bool("force", false, "skip the failover checks; writes not yet on the new primary may be lost")
+	if err := parse(fs, helpOf(cmd), args, out); err != nil {
+		if err == errHelp {
+			return PromoteRequest{}, true, nil
+		}
+		return PromoteRequest{}, false, err
+	}
+	if fs.NArg() > 0 {
+		return PromoteRequest{}, false, usagef(cmd, "unexpected arguments %q", fs.Args())
+	}
+	if err := CheckName(cmd, *name); err != nil {
+		return PromoteRequest{}, false, err
+	}
+	if strings.TrimSpace(*to) == "" {
+		return PromoteRequest{}, false, usagef(cmd, "-to is required (a server id from block.status -name=%s)", *name)
+	}
+	return PromoteRequest{Name: *name, To: strings.TrimSpace(*to), Force: *force, JSON: c.json, Timeout: c.timeout}, false, nil
+}
+
 // ListRequest is a parsed block.list.
 type ListRequest struct {
 	JSON    bool
@@ -344,6 +383,26 @@ func Run(ctx context.Context, env Env, cmd string, args []string, out io.Writer)
 		if req.JSON {
 			return writeJSON(out, v)
 		}
+		return WriteStatus(out, v, now(env))
+	case "block.promote":
+		req, help, err := ParsePromote(args, out)
+		if help || err != nil {
+			return err
+		}
+		var info *blockpb.VolumeInfo
+		err = call(ctx, env, cmd, req.Name, req.Timeout, func(ctx context.Context, c blockpb.BlockMasterClient) error {
+			resp, err := c.PromoteVolume(ctx, &blockpb.PromoteVolumeRequest{Name: req.Name, ToServerId: req.To, Force: req.Force})
+			info = resp.GetVolume()
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		v := NewVolumeView(info)
+		if req.JSON {
+			return writeJSON(out, v)
+		}
+		fmt.Fprintf(out, "promoted %s to primary of %s in epoch %d\n", orNone(v.Primary), v.Name, v.Epoch)
 		return WriteStatus(out, v, now(env))
 	case "block.delete":
 		req, help, err := ParseDelete(args, out)

@@ -127,7 +127,7 @@ func TestCommandsHaveHelp(t *testing.T) {
 			t.Errorf("command %q: summary %q", c.Name, first)
 		}
 	}
-	for _, n := range []string{"block.create", "block.list", "block.status", "block.delete"} {
+	for _, n := range []string{"block.create", "block.list", "block.status", "block.delete", "block.promote"} {
 		if !names[n] {
 			t.Errorf("missing %s", n)
 		}

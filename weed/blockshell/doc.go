@@ -1,8 +1,9 @@
 // Package blockshell is the `weed shell` face of block volumes: the
-// commands block.create, block.list, block.status and block.delete — their
-// flags, size parsing, the calls to the master leader's BlockMaster gRPC
-// service, the text and JSON output, and the mapping of gRPC errors to
-// messages an operator can act on.
+// commands block.create, block.list, block.status, block.promote and
+// block.delete — their flags, size parsing, the calls to the master
+// leader's BlockMaster gRPC service, the text and JSON output (failover
+// count, loss warnings and replica lag included), and the mapping of gRPC
+// errors to messages an operator can act on.
 //
 // It does not import upstream SeaweedFS, so its tests build and run in
 // seconds. The connection to the master comes in through Env: package

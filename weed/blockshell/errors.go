@@ -54,6 +54,9 @@ func (e *Error) summary() string {
 	case codes.AlreadyExists:
 		return "already exists"
 	case codes.NotFound:
+		if isUnknownServer(e.Msg) {
+			return "unknown server"
+		}
 		return "no such block volume"
 	case codes.ResourceExhausted:
 		return "not enough space"
@@ -83,7 +86,8 @@ func isNotLeader(msg string) bool { return strings.HasPrefix(msg, "not leader") 
 func isNotEnoughServers(msg string) bool {
 	return strings.Contains(msg, "not enough") && strings.Contains(msg, "servers")
 }
-func isAttached(msg string) bool { return strings.Contains(msg, "attached") }
+func isAttached(msg string) bool      { return strings.Contains(msg, "attached") }
+func isUnknownServer(msg string) bool { return strings.HasPrefix(msg, "unknown server") }
 
 // leaderFrom extracts X from the master's "not leader; leader is X", or "".
 func leaderFrom(msg string) string {
@@ -114,6 +118,10 @@ func friendly(op, volume, master string, err error) error {
 		e.Msg = ""
 		e.Hint = fmt.Sprintf("block.status -name=%s shows it; pick another name or block.delete it first", volume)
 	case codes.NotFound:
+		if isUnknownServer(e.Msg) {
+			e.Hint = fmt.Sprintf("block.status -name=%s lists the servers holding copies", volume)
+			break
+		}
 		e.Msg = ""
 		e.Hint = "block.list shows the volumes"
 	case codes.ResourceExhausted:

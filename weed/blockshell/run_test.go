@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/weedblock/weedblock/weed/pb/blockpb"
 )
@@ -89,6 +90,32 @@ func (f *fakeMaster) ListVolumes(context.Context, *blockpb.ListVolumesRequest) (
 	return resp, nil
 }
 
+func (f *fakeMaster) PromoteVolume(_ context.Context, r *blockpb.PromoteVolumeRequest) (*blockpb.PromoteVolumeResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return nil, f.err
+	}
+	info, ok := f.vols[r.GetName()]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "volume %q not found", r.GetName())
+	}
+	if !strings.HasPrefix(r.GetToServerId(), "10.0.0.") {
+		return nil, status.Errorf(codes.NotFound, "unknown server %q", r.GetToServerId())
+	}
+	info = proto.Clone(info).(*blockpb.VolumeInfo)
+	info.History = append(info.History, info.Config)
+	info.Config = &blockpb.EpochConfig{Epoch: info.Config.GetEpoch() + 1, PrimaryServerId: r.GetToServerId(),
+		Reason: "promote", MayHaveLostWrites: r.GetForce(), Members: info.Config.GetMembers()}
+	info.Failovers++
+	if r.GetForce() {
+		info.LossyEpoch = info.Config.Epoch
+		info.Warning = "forced promote: writes the old primary had not replicated may be lost"
+	}
+	f.vols[r.GetName()] = info
+	return &blockpb.PromoteVolumeResponse{Volume: info}, nil
+}
+
 // startFake serves a fakeMaster on 127.0.0.1 until the test ends.
 func startFake(t *testing.T) *fakeMaster {
 	t.Helper()
@@ -145,13 +172,16 @@ func sampleInfo(name string) *blockpb.VolumeInfo {
 				TailLsn: 900, WalUsedBytes: 3 << 20, Healthy: true, LeaseRemainingMs: 2500, AttachedSessions: 2, SizeBytes: 256 << 20},
 			{Name: name},
 		},
-		Alive:              []bool{true, false},
-		LeaseExpiresUnixMs: 1_800_000_003_000,
-		CreatedUnixMs:      1_700_000_000_000,
-		NbdUri:             "nbd://10.0.0.1:10809/" + name,
-		IscsiPortal:        "10.0.0.1:3260",
-		IscsiIqn:           "iqn.2026-11.io.weedblock:" + name,
-		State:              "degraded",
+		Alive:               []bool{true, false},
+		MemberLag:           []*blockpb.ReplicaState{{}, {ServerId: "10.0.0.2:8080", State: "catching-up", LagLsn: 34, LagBytes: 136 << 10}},
+		Failovers:           1,
+		LastFailoverPauseMs: 4200,
+		LeaseExpiresUnixMs:  1_800_000_003_000,
+		CreatedUnixMs:       1_700_000_000_000,
+		NbdUri:              "nbd://10.0.0.1:10809/" + name,
+		IscsiPortal:         "10.0.0.1:3260",
+		IscsiIqn:            "iqn.2026-11.io.weedblock:" + name,
+		State:               "degraded",
 	}
 }
 
@@ -186,6 +216,7 @@ func TestRunCreateStatusListDelete(t *testing.T) {
 	}
 	if err := containsAll(out.String(), "block volume db1", "epoch:       7 (failover), primary 10.0.0.1:8080",
 		"lease:       valid for 3s more", "state:       degraded", "1234", "1200", "1100", " 900 ", "3 MiB", "TAIL",
+		"catching-up, lag 34 LSNs (136 KiB)", "failovers:   1 (last one: 4.2s without a serving primary)",
 		"10.0.0.1:8080 (dc1/r1)", "primary", "replica", "not reported yet", " 2.5s ",
 		"sudo nbd-client -N db1 10.0.0.1 10809 /dev/nbd0",
 		"iscsiadm -m node -T iqn.2026-11.io.weedblock:db1 -p 10.0.0.1:3260 --login",
@@ -379,16 +410,18 @@ func TestRunUnreachableMasterTimesOut(t *testing.T) {
 func TestViewOfMinimalInfo(t *testing.T) {
 	// A volume just created: no reports, no lease, no listeners.
 	info := &blockpb.VolumeInfo{
-		Spec:   &blockpb.VolumeSpec{Name: "v", SizeBytes: 4096, BlockSize: 4096, ReplicationFactor: 1, Durability: blockpb.Durability_DURABILITY_ASYNC},
-		Config: &blockpb.EpochConfig{Epoch: 1, PrimaryServerId: "s1", Members: []*blockpb.Member{{Server: &blockpb.ServerEndpoints{ServerId: "s1"}, Role: blockpb.Role_ROLE_PRIMARY}}},
-		State:  "assigning",
+		Spec:            &blockpb.VolumeSpec{Name: "v", SizeBytes: 4096, BlockSize: 4096, ReplicationFactor: 1, Durability: blockpb.Durability_DURABILITY_ASYNC},
+		Config:          &blockpb.EpochConfig{Epoch: 1, PrimaryServerId: "s1", Members: []*blockpb.Member{{Server: &blockpb.ServerEndpoints{ServerId: "s1"}, Role: blockpb.Role_ROLE_PRIMARY}}},
+		State:           "assigning",
+		FailoverBlocked: "no member of epoch 1 is alive",
 	}
 	v := NewVolumeView(info)
 	var out bytes.Buffer
 	if err := WriteStatus(&out, v, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if err := containsAll(out.String(), "none granted yet", "not reported yet", "no NBD or iSCSI listener", "async: a failover may lose"); err != nil {
+	if err := containsAll(out.String(), "none granted yet", "not reported yet", "no NBD or iSCSI listener", "async: a failover may lose",
+		"failover:    blocked: no member of epoch 1 is alive"); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
 	if len(v.Attach.Examples) != 0 || len(v.Replicas) != 1 || v.Replicas[0].Reported {
@@ -399,3 +432,52 @@ func TestViewOfMinimalInfo(t *testing.T) {
 		t.Fatalf("expired lease: %q", s)
 	}
 }
+
+func TestRunPromote(t *testing.T) {
+	f := startFake(t)
+	env := envFor(t, f.addr, nil)
+	ctx := context.Background()
+	if err := Run(ctx, env, "block.create", []string{"-name=db1", "-size=8MiB", "-rf=2"}, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := Run(ctx, env, "block.promote", []string{"-name=db1", "-to=10.0.0.2:8080"}, &out); err != nil {
+		t.Fatalf("promote: %v", err)
+	}
+	if err := containsAll(out.String(), "promoted 10.0.0.2:8080 to primary of db1 in epoch 8", "epoch:       8 (promote)"); err != nil {
+		t.Fatalf("promote output: %v\n%s", err, out.String())
+	}
+	if strings.Contains(out.String(), "WARNING") {
+		t.Fatalf("a checked promote warns:\n%s", out.String())
+	}
+	out.Reset()
+	if err := Run(ctx, env, "block.promote", []string{"-name=db1", "-to=10.0.0.1:8080", "-force", "-json"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	var v VolumeView
+	if err := json.Unmarshal(out.Bytes(), &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.Epoch != 9 || v.Primary != "10.0.0.1:8080" || v.LossyEpoch != 9 || v.Warning == "" || v.Failovers != 3 ||
+		!v.History[len(v.History)-1].MayHaveLostWrites || v.History[len(v.History)-2].MayHaveLostWrites {
+		t.Fatalf("forced promote -json: %+v", v)
+	}
+	out.Reset()
+	Run(ctx, env, "block.status", []string{"db1"}, &out)
+	if !strings.Contains(out.String(), "WARNING:     forced promote") {
+		t.Fatalf("status after a forced promote does not warn:\n%s", out.String())
+	}
+
+	err := Run(ctx, env, "block.promote", []string{"-name=db1", "-to=nowhere:1"}, &bytes.Buffer{})
+	var e *Error
+	if !errors.As(err, &e) || e.Code != codes.NotFound || !containsOK(err.Error(), "block.promote db1: unknown server", "nowhere:1", "block.status -name=db1 lists") {
+		t.Fatalf("unknown server: %v", err)
+	}
+	for _, args := range [][]string{{"-name=db1"}, {"-to=x"}, {"-name=db1", "-to=x", "y"}} {
+		if err := Run(ctx, env, "block.promote", args, &bytes.Buffer{}); !errors.Is(err, ErrUsage) {
+			t.Errorf("block.promote %q: %v, want a usage error", args, err)
+		}
+	}
+}
+
+func containsOK(s string, subs ...string) bool { return containsAll(s, subs...) == nil }

@@ -27,11 +27,21 @@ type VolumeView struct {
 	Primary           string `json:"primary"`
 	// LeaseExpiresUnixMs is the master's (conservative) view of when the
 	// primary's lease ends; 0 when it has granted none.
-	LeaseExpiresUnixMs int64         `json:"lease_expires_unix_ms"`
-	CreatedUnixMs      int64         `json:"created_unix_ms"`
-	Replicas           []ReplicaView `json:"replicas"`
-	Attach             AttachView    `json:"attach"`
-	History            []EpochView   `json:"history,omitempty"`
+	LeaseExpiresUnixMs int64 `json:"lease_expires_unix_ms"`
+	CreatedUnixMs      int64 `json:"created_unix_ms"`
+	// Failovers counts promotions (automatic and manual); LastFailoverPauseMs
+	// is how long the last one left the volume without a serving primary.
+	Failovers           uint64 `json:"failovers"`
+	LastFailoverPauseMs int64  `json:"last_failover_pause_ms,omitempty"`
+	// LossyEpoch is the latest epoch made by a failover that may have lost
+	// writes (async or forced); Warning says so in words.
+	LossyEpoch uint64 `json:"lossy_epoch,omitempty"`
+	Warning    string `json:"warning,omitempty"`
+	// FailoverBlocked says why the master cannot promote a new primary.
+	FailoverBlocked string        `json:"failover_blocked,omitempty"`
+	Replicas        []ReplicaView `json:"replicas"`
+	Attach          AttachView    `json:"attach"`
+	History         []EpochView   `json:"history,omitempty"`
 }
 
 // ReplicaView is one member of the current epoch: the master's
@@ -58,6 +68,10 @@ type ReplicaView struct {
 	LeaseRemainingMs int64  `json:"lease_remaining_ms"`
 	AttachedSessions uint32 `json:"attached_sessions"`
 	WALUsedBytes     uint64 `json:"wal_used_bytes"`
+	// The primary's view of this replica (empty for the primary itself).
+	ReplicaState string `json:"replica_state,omitempty"`
+	LagLSN       uint64 `json:"lag_lsn,omitempty"`
+	LagBytes     uint64 `json:"lag_bytes,omitempty"`
 }
 
 // AttachView says how a host attaches the volume (on its primary).
@@ -74,6 +88,9 @@ type EpochView struct {
 	Primary       string `json:"primary"`
 	Reason        string `json:"reason,omitempty"`
 	CreatedUnixMs int64  `json:"created_unix_ms"`
+	// MayHaveLostWrites marks an epoch made by an async failover or a
+	// forced promote.
+	MayHaveLostWrites bool `json:"may_have_lost_writes,omitempty"`
 }
 
 // RoleName is the lower-case name of a role: primary, replica, none.
@@ -107,19 +124,24 @@ func DurabilityName(d blockpb.Durability) string {
 func NewVolumeView(info *blockpb.VolumeInfo) VolumeView {
 	spec, cfg := info.GetSpec(), info.GetConfig()
 	v := VolumeView{
-		Name:               spec.GetName(),
-		SizeBytes:          spec.GetSizeBytes(),
-		BlockSize:          spec.GetBlockSize(),
-		WALSizeBytes:       spec.GetWalSizeBytes(),
-		ReplicationFactor:  spec.GetReplicationFactor(),
-		Durability:         DurabilityName(spec.GetDurability()),
-		State:              info.GetState(),
-		Epoch:              cfg.GetEpoch(),
-		EpochReason:        cfg.GetReason(),
-		Primary:            cfg.GetPrimaryServerId(),
-		LeaseExpiresUnixMs: info.GetLeaseExpiresUnixMs(),
-		CreatedUnixMs:      info.GetCreatedUnixMs(),
-		Replicas:           []ReplicaView{},
+		Name:                spec.GetName(),
+		SizeBytes:           spec.GetSizeBytes(),
+		BlockSize:           spec.GetBlockSize(),
+		WALSizeBytes:        spec.GetWalSizeBytes(),
+		ReplicationFactor:   spec.GetReplicationFactor(),
+		Durability:          DurabilityName(spec.GetDurability()),
+		State:               info.GetState(),
+		Epoch:               cfg.GetEpoch(),
+		EpochReason:         cfg.GetReason(),
+		Primary:             cfg.GetPrimaryServerId(),
+		LeaseExpiresUnixMs:  info.GetLeaseExpiresUnixMs(),
+		CreatedUnixMs:       info.GetCreatedUnixMs(),
+		Failovers:           info.GetFailovers(),
+		LastFailoverPauseMs: info.GetLastFailoverPauseMs(),
+		LossyEpoch:          info.GetLossyEpoch(),
+		Warning:             info.GetWarning(),
+		FailoverBlocked:     info.GetFailoverBlocked(),
+		Replicas:            []ReplicaView{},
 		Attach: AttachView{
 			NBDURI:      info.GetNbdUri(),
 			ISCSIPortal: info.GetIscsiPortal(),
@@ -129,7 +151,7 @@ func NewVolumeView(info *blockpb.VolumeInfo) VolumeView {
 	if v.Durability == "unspecified" && cfg.GetDurability() != blockpb.Durability_DURABILITY_UNSPECIFIED {
 		v.Durability = DurabilityName(cfg.GetDurability())
 	}
-	reports, alive := info.GetReports(), info.GetAlive()
+	reports, alive, lags := info.GetReports(), info.GetAlive(), info.GetMemberLag()
 	for i, m := range cfg.GetMembers() {
 		r := ReplicaView{
 			ServerID:   m.GetServer().GetServerId(),
@@ -155,6 +177,9 @@ func NewVolumeView(info *blockpb.VolumeInfo) VolumeView {
 			r.AttachedSessions = rep.GetAttachedSessions()
 			r.WALUsedBytes = rep.GetWalUsedBytes()
 		}
+		if i < len(lags) && lags[i].GetServerId() != "" {
+			r.ReplicaState, r.LagLSN, r.LagBytes = lags[i].GetState(), lags[i].GetLagLsn(), lags[i].GetLagBytes()
+		}
 		v.Replicas = append(v.Replicas, r)
 	}
 	for _, h := range append(append([]*blockpb.EpochConfig{}, info.GetHistory()...), cfg) {
@@ -162,7 +187,7 @@ func NewVolumeView(info *blockpb.VolumeInfo) VolumeView {
 			continue
 		}
 		v.History = append(v.History, EpochView{Epoch: h.GetEpoch(), Primary: h.GetPrimaryServerId(),
-			Reason: h.GetReason(), CreatedUnixMs: h.GetCreatedUnixMs()})
+			Reason: h.GetReason(), CreatedUnixMs: h.GetCreatedUnixMs(), MayHaveLostWrites: h.GetMayHaveLostWrites()})
 	}
 	v.Attach.Examples = attachExamples(v.Name, v.Attach)
 	return v
@@ -252,6 +277,18 @@ func WriteStatus(out io.Writer, v VolumeView, now time.Time) error {
 	}
 	fmt.Fprintf(&b, ", primary %s\n", orNone(v.Primary))
 	fmt.Fprintf(&b, "  lease:       %s\n", leaseText(v.LeaseExpiresUnixMs, now))
+	if v.Failovers > 0 {
+		fmt.Fprintf(&b, "  failovers:   %d (last one: %s without a serving primary)\n", v.Failovers,
+			(time.Duration(v.LastFailoverPauseMs) * time.Millisecond).Round(time.Millisecond))
+	}
+	if v.FailoverBlocked != "" {
+		fmt.Fprintf(&b, "  failover:    blocked: %s\n", v.FailoverBlocked)
+	}
+	if v.Warning != "" {
+		fmt.Fprintf(&b, "  WARNING:     %s\n", v.Warning)
+	} else if v.LossyEpoch != 0 {
+		fmt.Fprintf(&b, "  WARNING:     epoch %d came from a failover that may have lost writes\n", v.LossyEpoch)
+	}
 	if v.CreatedUnixMs > 0 {
 		fmt.Fprintf(&b, "  created:     %s\n", time.UnixMilli(v.CreatedUnixMs).UTC().Format(time.RFC3339))
 	}
@@ -263,8 +300,12 @@ func WriteStatus(out io.Writer, v VolumeView, now time.Time) error {
 		if r.Rack != "" {
 			place += " (" + strings.Trim(r.DataCenter+"/"+r.Rack, "/") + ")"
 		}
+		lag := ""
+		if r.ReplicaState != "" {
+			lag = fmt.Sprintf("; %s, lag %d LSNs (%s)", r.ReplicaState, r.LagLSN, FormatSize(r.LagBytes))
+		}
 		if !r.Reported {
-			fmt.Fprintf(tw, "    %s\t%s\t%s\t-\t-\t-\t-\t-\t-\t-\t-\t-\tnot reported yet\n", place, r.Role, yesNo(r.Alive))
+			fmt.Fprintf(tw, "    %s\t%s\t%s\t-\t-\t-\t-\t-\t-\t-\t-\t-\tnot reported yet%s\n", place, r.Role, yesNo(r.Alive), lag)
 			continue
 		}
 		lease := "-"
@@ -281,6 +322,7 @@ func WriteStatus(out io.Writer, v VolumeView, now time.Time) error {
 		if r.Untrusted {
 			health += " (untrusted: rebuild in progress)"
 		}
+		health += lag
 		fmt.Fprintf(tw, "    %s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%d\t%s\n", place, r.Role, yesNo(r.Alive), r.Epoch,
 			r.HeadLSN, r.DurableLSN, r.CheckpointLSN, r.TailLSN, FormatSize(r.WALUsedBytes), yesNo(r.Fenced), lease,
 			r.AttachedSessions, health)
