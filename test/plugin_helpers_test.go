@@ -402,6 +402,7 @@ type volumeView struct {
 	Epoch              uint64 `json:"epoch"`
 	Primary            string `json:"primary"`
 	LeaseExpiresUnixMs int64  `json:"lease_expires_unix_ms"`
+	Warning            string `json:"warning"`
 	Replicas           []struct {
 		ServerID         string `json:"server_id"`
 		Role             string `json:"role"`

@@ -154,6 +154,25 @@ func TestPluginShellBlockCommands(t *testing.T) {
 			}
 		}
 		c.waitServing(name2, time.Minute)
+		// Operator promotes: the replica becomes primary in a new epoch;
+		// forced back, the next epoch carries a loss warning.
+		c.shellFails("block.promote -name="+name2+" -to=nowhere:1", "unknown server")
+		c.shellFails("block.promote -name="+name2+" -to="+r0.ServerID, "already the primary")
+		var pv volumeView
+		if err := json.Unmarshal([]byte(c.mustShell("block.promote -json -name="+name2+" -to="+r1.ServerID)), &pv); err != nil {
+			t.Fatalf("block.promote -json: %v", err)
+		}
+		if pv.Primary != r1.ServerID || pv.Epoch <= cv.Epoch || pv.Warning != "" {
+			t.Fatalf("promote: primary %s epoch %d warning %q (was %s, epoch %d)", pv.Primary, pv.Epoch, pv.Warning, cv.Primary, cv.Epoch)
+		}
+		pv = c.waitServing(name2, time.Minute)
+		out := c.mustShell("block.promote -force -name=" + name2 + " -to=" + r0.ServerID)
+		if err := contains(out, "promoted "+r0.ServerID+" to primary of "+name2, "WARNING"); err != nil {
+			t.Fatalf("forced promote: %v\n%s", err, out)
+		}
+		if fv := c.waitServing(name2, time.Minute); fv.Epoch <= pv.Epoch || fv.Primary != r0.ServerID {
+			t.Fatalf("after the forced promote: primary %s epoch %d", fv.Primary, fv.Epoch)
+		}
 		if out := c.mustShell("block.delete -json -name=" + name2); strings.TrimSpace(out) != "{\n  \"deleted\": \""+name2+"\"\n}" {
 			t.Fatalf("block.delete -json: %q", out)
 		}

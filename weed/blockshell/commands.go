@@ -72,9 +72,10 @@ func Commands() []Command {
 			"\tthe primary's lease, and how to attach it (NBD URI, iSCSI portal and IQN).\n"},
 		{Name: "block.promote", Help: "make a server the primary of a block volume: block.promote -name=NAME -to=SERVER [-force]\n" +
 			"\n\tThe master persists a new epoch with SERVER (a server id as block.status shows it) as primary.\n" +
-			"\tWithout -force the checks of an automatic failover apply (the old primary's lease has run out,\n" +
-			"\tSERVER is a trusted member of the latest epoch with the committed data). -force skips them:\n" +
-			"\twrites the old primary had not replicated to SERVER may be lost (block.status then warns).\n"},
+			"\tWithout -force SERVER must be a member an automatic failover could pick (alive, trusted,\n" +
+			"\thealthy, no durable LSN behind another member's); a live old primary stays as a replica.\n" +
+			"\t-force accepts any alive server holding a copy: writes it lacks are lost (block.status warns).\n" +
+			"\tEither way the new primary serves only once the old primary's lease has run out.\n"},
 		{Name: "block.delete", Help: "delete a block volume: block.delete -name=NAME [-force]\n" +
 			"\n\tRefused while NBD/iSCSI clients are attached unless -force. The data is gone.\n"},
 	}
