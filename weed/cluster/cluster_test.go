@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/seaweedfs/seaweedfs/weed/pb/master_pb"
+	"github.com/seaweedfs/seaweedfs/weed/stats"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -225,48 +226,19 @@ func TestClusterInProcess(t *testing.T) {
 	}
 	defer v.Stop()
 
-	t.Run("upload and read a file", func(t *testing.T) {
-		var assign struct {
-			Fid, URL, Error string
-		}
-		eventually(t, 30*time.Second, func() error {
-			resp, err := http.Post("http://"+m.HTTPAddr+"/dir/assign", "", nil)
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			assign.Fid, assign.Error = "", ""
-			if err := json.NewDecoder(resp.Body).Decode(&assign); err != nil {
-				return err
-			}
-			if assign.Fid == "" {
-				return fmt.Errorf("assign: %q", assign.Error)
-			}
-			return nil
-		})
-		payload := []byte("hello from weedblock's launchers")
-		var body bytes.Buffer
-		mw := multipart.NewWriter(&body)
-		fw, _ := mw.CreateFormFile("file", "hello.txt")
-		fw.Write(payload)
-		mw.Close()
-		resp, err := http.Post("http://"+assign.URL+"/"+assign.Fid, mw.FormDataContentType(), &body)
+	t.Run("upload and read a file", func(t *testing.T) { uploadAndRead(t, m.HTTPAddr) })
+
+	t.Run("block metrics on upstream's registry", func(t *testing.T) {
+		mfs, err := stats.Gather.Gather()
 		if err != nil {
 			t.Fatal(err)
 		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusCreated {
-			t.Fatalf("upload: status %d", resp.StatusCode)
+		found := false
+		for _, mf := range mfs {
+			found = found || mf.GetName() == "weedblock_cluster_test_master"
 		}
-		code, got := httpGet(t, "http://"+assign.URL+"/"+assign.Fid)
-		if code != http.StatusOK || got != string(payload) {
-			t.Fatalf("read back: %d %q", code, got)
-		}
-		// And through the master's redirect.
-		code, got = httpGet(t, "http://"+m.HTTPAddr+"/"+assign.Fid)
-		if code != http.StatusOK || got != string(payload) {
-			t.Fatalf("read via master: %d %q", code, got)
+		if !found {
+			t.Fatal("block master collector not registered on stats.Gather")
 		}
 	})
 
@@ -401,4 +373,52 @@ func TestClusterInProcess(t *testing.T) {
 			return fmt.Errorf("left %v", left)
 		})
 	})
+}
+
+// uploadAndRead stores a file through SeaweedFS (assign on the master,
+// POST to the volume server) and reads it back directly and through the
+// master's redirect.
+func uploadAndRead(t *testing.T, masterHTTP string) {
+	t.Helper()
+	var assign struct {
+		Fid, URL, Error string
+	}
+	eventually(t, 30*time.Second, func() error {
+		resp, err := http.Post("http://"+masterHTTP+"/dir/assign", "", nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		assign.Fid, assign.Error = "", ""
+		if err := json.NewDecoder(resp.Body).Decode(&assign); err != nil {
+			return err
+		}
+		if assign.Fid == "" {
+			return fmt.Errorf("assign: %q", assign.Error)
+		}
+		return nil
+	})
+	payload := []byte("hello from weedblock's launchers " + assign.Fid)
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	fw, _ := mw.CreateFormFile("file", "hello.txt")
+	fw.Write(payload)
+	mw.Close()
+	resp, err := http.Post("http://"+assign.URL+"/"+assign.Fid, mw.FormDataContentType(), &body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("upload: status %d", resp.StatusCode)
+	}
+	code, got := httpGet(t, "http://"+assign.URL+"/"+assign.Fid)
+	if code != http.StatusOK || got != string(payload) {
+		t.Fatalf("read back: %d %q", code, got)
+	}
+	code, got = httpGet(t, "http://"+masterHTTP+"/"+assign.Fid)
+	if code != http.StatusOK || got != string(payload) {
+		t.Fatalf("read via master: %d %q", code, got)
+	}
 }
