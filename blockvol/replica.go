@@ -176,6 +176,38 @@ func (v *Volume) ScanWAL(fromLSN uint64, fn func(Record) error) error {
 		return err
 	}
 	defer h.Release()
+	return v.scanHeld(h, fromLSN, fn, true)
+}
+
+// Scan is ScanWAL under this hold: it calls fn for each record from
+// fromLSN on (fromLSN at or above the hold's LSN), following the head,
+// without taking a pin of its own and without moving the hold (the holder
+// advances it). It fails with ErrHoldRevoked once the hold is revoked.
+// Unlike ScanWAL it never waits for a flusher round to start.
+func (h *Hold) Scan(fromLSN uint64, fn func(Record) error) error {
+	v := h.v
+	if err := v.enter(); err != nil {
+		return err
+	}
+	defer v.ops.Done()
+	v.mu.Lock()
+	done, lsn := h.done, h.lsn
+	v.mu.Unlock()
+	if done {
+		if err := h.Err(); err != nil {
+			return err
+		}
+		return fmt.Errorf("%s: scan: hold released", v.path)
+	}
+	if fromLSN < lsn {
+		return fmt.Errorf("%s: scan from %d below the hold at %d: %w", v.path, fromLSN, lsn, ErrNotRetained)
+	}
+	return v.scanHeld(h, fromLSN, fn, false)
+}
+
+// scanHeld reads records from fromLSN on while h keeps them; advance moves
+// h past each record once fn returns.
+func (v *Volume) scanHeld(h *Hold, fromLSN uint64, fn func(Record) error, advance bool) error {
 	var buf []byte
 	for lsn := fromLSN; ; lsn++ {
 		v.mu.Lock()
@@ -219,8 +251,10 @@ func (v *Volume) ScanWAL(fromLSN uint64, fn func(Record) error) error {
 		if err := fn(r); err != nil {
 			return err
 		}
-		if err := h.Advance(lsn + 1); err != nil {
-			return err
+		if advance {
+			if err := h.Advance(lsn + 1); err != nil {
+				return err
+			}
 		}
 	}
 }

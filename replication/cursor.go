@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/golang/glog"
@@ -77,7 +78,7 @@ type replica struct {
 	durable     uint64
 	lastAck     time.Time
 	lastErr     error
-	barrierWant uint64
+	barrierWant atomic.Uint64 // highest LSN a flush wants durable
 	stuckSince  time.Time
 	removeAsked bool
 	shipped     uint64 // highest LSN sent on the current connection
@@ -89,6 +90,19 @@ func (p *Primary) startLocked(m Member, epoch uint64, hold *blockvol.Hold) *repl
 	r.ctx, r.cancel = context.WithCancel(p.ctx)
 	go r.run()
 	return r
+}
+
+// want raises barrierWant to lsn; it reports whether it moved.
+func (r *replica) want(lsn uint64) bool {
+	for {
+		cur := r.barrierWant.Load()
+		if cur >= lsn {
+			return false
+		}
+		if r.barrierWant.CompareAndSwap(cur, lsn) {
+			return true
+		}
+	}
 }
 
 func (r *replica) kick() {
@@ -206,7 +220,7 @@ func (r *replica) onProgress(cn *Conn) {
 	}
 	r.lastAck = pr.LastHeard
 	if moved {
-		if r.durable >= r.barrierWant {
+		if r.durable >= r.barrierWant.Load() {
 			r.stuckSince = time.Time{}
 		} else {
 			r.stuckSince = time.Now()
@@ -321,9 +335,7 @@ func (r *replica) session() (bool, error) {
 		if barrierSent > pr.Barrier || next-1 <= pr.Durable {
 			return nil
 		}
-		p.mu.Lock()
-		want := r.barrierWant
-		p.mu.Unlock()
+		want := r.barrierWant.Load()
 		if (want > pr.Durable && next-1 >= want) || idle {
 			barrierSent, sinceBarrier = next-1, 0
 			return cn.Barrier(barrierSent)
@@ -370,7 +382,7 @@ func (r *replica) session() (bool, error) {
 		if err := p.canShip(r.epoch); err != nil {
 			return ended(err)
 		}
-		if err := p.vol.ScanWAL(next, send); err != nil {
+		if err := hold.Scan(next, send); err != nil {
 			return ended(err)
 		}
 		if err := cn.Flush(); err != nil {

@@ -298,8 +298,7 @@ func (p *Primary) RequestBarrier(lsn uint64) {
 	var kick []*replica
 	p.mu.Lock()
 	for _, r := range p.members {
-		if r.barrierWant < lsn && r.durable < lsn {
-			r.barrierWant = lsn
+		if r.durable < lsn && r.want(lsn) {
 			kick = append(kick, r)
 		}
 	}
@@ -345,8 +344,7 @@ func (p *Primary) WaitCommitted(lsn uint64) error {
 				if r.durable >= lsn {
 					continue
 				}
-				if r.barrierWant < lsn {
-					r.barrierWant = lsn
+				if r.want(lsn) {
 					kick = append(kick, r)
 				}
 				if r.stuckSince.IsZero() {

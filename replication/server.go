@@ -276,6 +276,7 @@ func (s *Server) handle(c net.Conn) {
 	// writes), then acked.
 	batch := make([]blockvol.Record, 0, maxBatch)
 	arena := make([]byte, 0, maxBatchBytes)
+	var cur blockvol.Status
 	apply := func() bool {
 		if len(batch) == 0 {
 			return true
@@ -317,7 +318,12 @@ func (s *Server) handle(c net.Conn) {
 				fail(&errorMsg{codeProtocol, err.Error()})
 				return
 			}
-			if e := checkEpoch(m.Epoch, tgt.Status()); e != nil {
+			if len(batch) == 0 {
+				// One look at the volume per batch: records of a batch
+				// are applied together, under the epoch seen here.
+				cur = tgt.Status()
+			}
+			if e := checkEpoch(m.Epoch, cur); e != nil {
 				fail(e)
 				return
 			}
