@@ -39,7 +39,7 @@ func startRealVolumeServer(t *testing.T, id, rack string, masterAddr string, pul
 		Endpoints: &blockpb.ServerEndpoints{GrpcAddress: l.Addr().String(), HttpAddress: "127.0.0.1:1", DataCenter: "dc1", Rack: rack},
 		NBDAddr:   "127.0.0.1:0",
 		ISCSIAddr: "127.0.0.1:0",
-		ReplAddr:  "127.0.0.1:9",
+		ReplAddr:  "127.0.0.1:0",
 		Masters:   func() []string { return []string{masterAddr} },
 		Dial: func(ctx context.Context, addr string) (*grpc.ClientConn, error) {
 			return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))

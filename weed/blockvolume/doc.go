@@ -58,6 +58,39 @@
 // role in the stored config of that epoch; fenced means "refuses frontend
 // writes now" (fenced, not primary, lease over, or unhealthy).
 //
+// # Replication (DESIGN §5, §7)
+//
+// ReplAddr is the replication listener (a replication.Server for every
+// volume here). A volume whose stored config of its current epoch names
+// this server a REPLICA is unfenced in the engine as a replica (frontend
+// writes still fail: only a primary writes) and registered with the
+// Server, so the primary of that epoch can append to it; it is registered
+// when allocated, reopened, or assigned, and unregistered when it becomes
+// primary, is deleted or the Manager closes. A copy that is not a member of
+// its current epoch (role NONE: a returning old primary, a removed member)
+// follows the same way so the primary can catch it up, and keeps
+// reporting role NONE and fenced.
+//
+// A confirmed primary (assignment in this process) whose config has other
+// members ships its WAL to them with a replication.Primary in the config's
+// durability mode (quorum with fewer than three copies is sync), and the
+// NBD export and iSCSI LU then write and flush through replication.Volume:
+// a FLUSH or FUA write is acknowledged only once the mode's commit covers
+// it. A new epoch installs its members (SetMembers; an empty list keeps the
+// Primary so a FLUSH waiting on a removed member completes); a member the
+// Primary gives up on is sent to the master's RemoveMember with the
+// Primary's epoch and this server's id. Before an assignment takes the
+// primary role away the volume is fenced and the Primary stopped.
+//
+// Heartbeat answers' catch_up targets for volumes this server is the
+// confirmed primary of (at that epoch) each get an async Primary whose only
+// member is that server; once its cursor is in sync the primary calls
+// ReportCaughtUp and the master's next epoch makes it a member. A target
+// that cannot be caught up from the WAL (behind the tail, or holding
+// records the primary does not have) is logged and reported as
+// needs-rebuild; it is never made a member from here. The primary's view
+// of each member and catch-up is reported in VolumeReport.replicas.
+//
 // # Master connection
 //
 // The client tries Masters() in turn. A response with leader set, or a
@@ -78,7 +111,8 @@
 // one volume (NotFound if unknown) or all for an empty name.
 //
 // It owns: the volume files under Dir, their frontend exports, the
-// heartbeat client and the lease arithmetic on the volume-server side.
+// heartbeat client, the lease arithmetic on the volume-server side and the
+// wiring of each volume's replication role (listener, Primary, catch-ups).
 //
 // It must never: import upstream SeaweedFS (the launcher in weed/cluster
 // adapts it), unfence a volume for an epoch it was not given, start a lease

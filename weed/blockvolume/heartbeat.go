@@ -315,6 +315,12 @@ func (m *Manager) applyResponse(resp *blockpb.BlockHeartbeatResponse, sentAt tim
 			glog.Errorf("blockvolume: assignment for %q: %v", name, err)
 		}
 	}
+	// Volumes allocated or reopened since follow their primary (a
+	// replica gets no assignment for the epoch it was allocated in).
+	for _, v := range m.snapshot() {
+		m.syncReplLocked(v)
+	}
+	m.applyCatchUpsLocked(resp.GetCatchUp())
 	for _, name := range resp.GetDeletes() {
 		v := m.lookup(name)
 		if v == nil {
@@ -384,7 +390,10 @@ func (m *Manager) applyAssignmentLocked(a *blockpb.Assignment, leaseUntil time.T
 			return errors.New("volume vanished after allocation")
 		}
 	}
-	return m.applyConfigLocked(v, cfg, leaseUntil, true)
+	m.beforeConfigLocked(v, cfg)
+	err := m.applyConfigLocked(v, cfg, leaseUntil, true)
+	m.syncReplLocked(v)
+	return err
 }
 
 // applyConfigLocked moves v to cfg (see applyAssignmentLocked): a newer

@@ -41,7 +41,7 @@ func startManager(t *testing.T, dir string, tweak func(*Options)) *Manager {
 		Endpoints: &blockpb.ServerEndpoints{GrpcAddress: "127.0.0.1:1", Rack: "r1"},
 		NBDAddr:   "127.0.0.1:0",
 		ISCSIAddr: "127.0.0.1:0",
-		ReplAddr:  "127.0.0.1:9",
+		ReplAddr:  "127.0.0.1:0",
 		Pulse:     50 * time.Millisecond,
 	}
 	if tweak != nil {

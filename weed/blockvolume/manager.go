@@ -20,6 +20,7 @@ import (
 	"github.com/weedblock/weedblock/blockvol"
 	"github.com/weedblock/weedblock/frontend/iscsi"
 	"github.com/weedblock/weedblock/frontend/nbd"
+	"github.com/weedblock/weedblock/replication"
 	"github.com/weedblock/weedblock/weed/pb/blockpb"
 )
 
@@ -52,8 +53,9 @@ type Options struct {
 	// NBDAddr, ISCSIAddr: listen addresses (-block.nbd, -block.iscsi);
 	// empty disables that frontend.
 	NBDAddr, ISCSIAddr string
-	// ReplAddr is the replication listener address (-block.repl). Only
-	// reported for now; nothing listens on it yet.
+	// ReplAddr is the replication listener address (-block.repl): replicas
+	// (and non-member copies being caught up) receive the primary's WAL
+	// there. Empty: no listener; replicas then cannot follow.
 	ReplAddr string
 	// Masters returns the master gRPC addresses (host:port) to try. Nil
 	// (or Dial nil): no heartbeat; volumes then stay fenced.
@@ -91,6 +93,8 @@ type Manager struct {
 	iscsiSrv  *iscsi.Server
 	nbdL      net.Listener
 	iscsiL    net.Listener
+	replSrv   *replication.Server
+	replL     net.Listener
 
 	hb hbState
 	// assignErrs is the last error of each volume's assignment, so a
@@ -101,6 +105,7 @@ type Manager struct {
 	// deleted the volume cannot create it again. In memory only.
 	deleted map[string]uint64
 
+	ctx    context.Context // ends at Close; set by Start
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
@@ -181,8 +186,8 @@ func (m *Manager) Start() (err error) {
 			m.endpoints.IscsiAddress = m.advertised(l)
 		}
 	}
-	if m.endpoints.ReplAddress == "" {
-		m.endpoints.ReplAddress = m.advertise(m.opts.ReplAddr)
+	if err := m.listenRepl(); err != nil {
+		return err
 	}
 	if m.nbdL != nil {
 		m.nbdSrv = nbd.NewServer(nbd.Options{})
@@ -194,11 +199,12 @@ func (m *Manager) Start() (err error) {
 		}
 		m.iscsiSrv = iscsi.NewServer(iscsi.Config{Portals: portals, Redirect: m.iscsiRedirect})
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m.ctx, m.cancel = ctx, cancel
 	if err := m.openExisting(); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	m.cancel = cancel
+	m.serveRepl()
 	if m.nbdSrv != nil {
 		l, srv := m.nbdL, m.nbdSrv
 		m.wg.Add(1)
@@ -315,6 +321,9 @@ func (m *Manager) openExisting() error {
 			return err
 		}
 		glog.Infof("blockvolume: opened %s fenced (epoch %d)", path, vol.Status().Epoch)
+		if v := m.lookup(name); v != nil {
+			m.syncReplLocked(v) // a replica follows again at once
+		}
 	}
 	return nil
 }
@@ -357,6 +366,7 @@ func (m *Manager) removeVolume(v *volume, remove bool) error {
 			glog.Warningf("blockvolume: remove iscsi target %s: %v", v.name, err)
 		}
 	}
+	m.stopReplLocked(v)
 	m.metrics.forget(v.name)
 	delete(m.assignErrs, v.name) // callers hold opMu
 	if e := v.vol.Status().Epoch; e > m.deleted[v.name] {
@@ -446,11 +456,19 @@ func (m *Manager) Close() error {
 		} else if m.iscsiL != nil {
 			m.iscsiL.Close()
 		}
+		if m.replSrv != nil {
+			if err := m.replSrv.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		} else if m.replL != nil {
+			m.replL.Close()
+		}
 		m.wg.Wait()
 		// Mutations in progress finish before the volumes go away.
 		m.opMu.Lock()
 		defer m.opMu.Unlock()
 		for _, v := range m.snapshot() {
+			m.stopReplLocked(v)
 			// Close syncs everything written, fenced or not.
 			if err := v.vol.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("close %s: %w", v.name, err))

@@ -2,11 +2,14 @@ package blockvolume
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/weedblock/weedblock/blockdev"
 	"github.com/weedblock/weedblock/blockvol"
+	"github.com/weedblock/weedblock/replication"
 )
 
 // Metric names all start with this; the master side uses weedblock_master_.
@@ -105,10 +108,21 @@ func (o opMetrics) done(start time.Time, n int64, err error) {
 }
 
 // meteredDevice is the blockdev.Device the frontends serve: the volume,
-// with every call counted and timed.
+// with every call counted and timed. While the volume is a primary with
+// replicas, writes and flushes go through the replication.Volume in repl
+// instead, so a FLUSH (or FUA) waits for the durability mode's commit.
 type meteredDevice struct {
 	*blockvol.Volume
+	repl                           atomic.Pointer[replication.Volume]
 	read, write, trim, zero, flush opMetrics
+}
+
+// writer is what writes and flushes go to now.
+func (d *meteredDevice) writer() blockdev.Device {
+	if r := d.repl.Load(); r != nil {
+		return r
+	}
+	return d.Volume
 }
 
 func (mt *metrics) device(name string, vol *blockvol.Volume) *meteredDevice {
@@ -131,28 +145,28 @@ func (d *meteredDevice) ReadAt(p []byte, off int64) error {
 
 func (d *meteredDevice) WriteAt(p []byte, off int64, fua bool) error {
 	start := time.Now()
-	err := d.Volume.WriteAt(p, off, fua)
+	err := d.writer().WriteAt(p, off, fua)
 	d.write.done(start, int64(len(p)), err)
 	return err
 }
 
 func (d *meteredDevice) Trim(off, length int64) error {
 	start := time.Now()
-	err := d.Volume.Trim(off, length)
+	err := d.writer().Trim(off, length)
 	d.trim.done(start, length, err)
 	return err
 }
 
 func (d *meteredDevice) WriteZeroes(off, length int64, fua bool) error {
 	start := time.Now()
-	err := d.Volume.WriteZeroes(off, length, fua)
+	err := d.writer().WriteZeroes(off, length, fua)
 	d.zero.done(start, length, err)
 	return err
 }
 
 func (d *meteredDevice) Flush() error {
 	start := time.Now()
-	err := d.Volume.Flush()
+	err := d.writer().Flush()
 	d.flush.done(start, 0, err)
 	return err
 }

@@ -51,6 +51,9 @@ func (s *service) AllocateVolume(ctx context.Context, req *blockpb.AllocateVolum
 	if err != nil {
 		return nil, err
 	}
+	if v := m.lookup(req.GetSpec().GetName()); v != nil {
+		m.syncReplLocked(v) // a replica follows its primary at once
+	}
 	return &blockpb.AllocateVolumeResponse{Volume: rep}, nil
 }
 

@@ -3,6 +3,7 @@ package blockvolume
 import (
 	"fmt"
 	"math"
+	"sync"
 	"time"
 
 	"github.com/golang/glog"
@@ -11,6 +12,7 @@ import (
 	"github.com/weedblock/weedblock/blockvol"
 	"github.com/weedblock/weedblock/frontend/iscsi"
 	"github.com/weedblock/weedblock/frontend/scsi"
+	"github.com/weedblock/weedblock/replication"
 	"github.com/weedblock/weedblock/weed/pb/blockpb"
 )
 
@@ -26,6 +28,16 @@ type volume struct {
 	// this server primary (0: none since the volume was opened). Lease
 	// grants only renew a confirmed primary. Guarded by Manager.opMu.
 	confirmed uint64
+	// registered: v follows a primary through the replication Server
+	// (Manager.opMu).
+	registered bool
+
+	// replMu guards prim and catchUps for readers (reports); changes
+	// also hold Manager.opMu.
+	replMu   sync.Mutex
+	prim     *replication.Primary
+	primMode replication.Mode // prim's mode (opMu)
+	catchUps map[string]*catchUp
 }
 
 func newVolume(name string, vol *blockvol.Volume, mt *metrics) *volume {
@@ -141,6 +153,7 @@ func (v *volume) report(serverID string, sessions int) *blockpb.VolumeReport {
 	if st.Err != nil {
 		r.HealthMessage = st.Err.Error()
 	}
+	r.Replicas = v.replicaStates()
 	if !r.Fenced {
 		if st.LeaseUntil.IsZero() {
 			r.LeaseRemainingMs = math.MaxInt64 // no expiry (not granted by a master)

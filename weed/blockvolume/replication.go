@@ -1,0 +1,460 @@
+package blockvolume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/golang/glog"
+
+	"github.com/weedblock/weedblock/blockvol"
+	"github.com/weedblock/weedblock/replication"
+	"github.com/weedblock/weedblock/weed/pb/blockpb"
+)
+
+// masterCallTimeout bounds one membership RPC to the master.
+const masterCallTimeout = 5 * time.Second
+
+// catchUp is one non-member copy the primary brings back to the live
+// stream (a BlockHeartbeatResponse.catch_up target): an async Primary
+// whose only member is that server, at the epoch the target was named in.
+type catchUp struct {
+	epoch     uint64
+	serverID  string
+	p         *replication.Primary
+	reporting atomic.Bool // a ReportCaughtUp call is in flight
+	rebuild   bool        // needs-rebuild already logged (opMu)
+}
+
+// listenRepl opens the replication listener and its Server. Called from
+// Start before any volume is opened.
+func (m *Manager) listenRepl() error {
+	if m.opts.ReplAddr == "" {
+		if m.endpoints.ReplAddress == "" {
+			m.endpoints.ReplAddress = m.advertise(m.opts.ReplAddr)
+		}
+		return nil
+	}
+	l, err := net.Listen("tcp", m.opts.ReplAddr)
+	if err != nil {
+		return fmt.Errorf("blockvolume: replication listen: %w", err)
+	}
+	m.replL = l
+	if m.endpoints.ReplAddress == "" {
+		m.endpoints.ReplAddress = m.advertised(l)
+	}
+	m.replSrv = replication.NewServer()
+	return nil
+}
+
+// serveRepl runs the replication Server on its listener (m.wg).
+func (m *Manager) serveRepl() {
+	if m.replSrv == nil {
+		return
+	}
+	srv, l := m.replSrv, m.replL
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		// Serve may only start after Close (ErrClosed): not an error.
+		if err := srv.Serve(l); err != nil && m.ctx.Err() == nil {
+			glog.Errorf("blockvolume: replication serve %s: %v", l.Addr(), err)
+		}
+	}()
+}
+
+// durabilityMode maps the config's durability to a replication mode
+// (unspecified: sync).
+func durabilityMode(d blockpb.Durability) replication.Mode {
+	switch d {
+	case blockpb.Durability_DURABILITY_QUORUM:
+		return replication.ModeQuorum
+	case blockpb.Durability_DURABILITY_ASYNC:
+		return replication.ModeAsync
+	default:
+		return replication.ModeSync
+	}
+}
+
+// replMembers are cfg's members other than self, with their replication
+// addresses.
+func replMembers(cfg *blockpb.EpochConfig, self string) []replication.Member {
+	var out []replication.Member
+	for _, mb := range cfg.GetMembers() {
+		id := mb.GetServer().GetServerId()
+		if id == "" || id == self {
+			continue
+		}
+		out = append(out, replication.Member{ServerID: id, Addr: mb.GetServer().GetReplAddress()})
+	}
+	return out
+}
+
+// currentRole is this server's role in v's stored config of v's current
+// epoch (NONE when the config is of another epoch or missing).
+func (m *Manager) currentRole(v *volume) (blockpb.Role, *blockpb.EpochConfig, blockvol.Status) {
+	st := v.vol.Status()
+	cfg := v.config()
+	if cfg == nil || cfg.GetEpoch() != st.Epoch {
+		return blockpb.Role_ROLE_NONE, cfg, st
+	}
+	return roleIn(cfg, m.serverID), cfg, st
+}
+
+// beforeConfigLocked runs before an assignment moves v to cfg: a volume
+// that stops being primary is fenced and its Primary stopped first; one
+// that becomes primary stops following (unregistered from the Server)
+// before it is unfenced as primary.
+func (m *Manager) beforeConfigLocked(v *volume, cfg *blockpb.EpochConfig) {
+	role := roleIn(cfg, m.serverID)
+	if role == blockpb.Role_ROLE_PRIMARY {
+		m.unregisterLocked(v)
+		return
+	}
+	if v.hasPrimary() && cfg.GetEpoch() > v.vol.Status().Epoch {
+		v.vol.Fence()
+		m.stopPrimaryLocked(v)
+	}
+}
+
+// syncReplLocked makes v's replication match its role in its current
+// epoch: a confirmed primary with other members ships to them through a
+// Primary (and serves the replication.Volume); a replica is registered
+// with the Server; a copy that is not a member follows too, as a replica
+// in the engine (which refuses frontend writes), so that the primary can
+// catch it up — it still reports role NONE and fenced. The caller holds
+// opMu.
+func (m *Manager) syncReplLocked(v *volume) {
+	role, cfg, st := m.currentRole(v)
+	if role == blockpb.Role_ROLE_PRIMARY && v.confirmed == st.Epoch {
+		m.unregisterLocked(v)
+		// Catch-ups of older epochs stop once the new member list (which
+		// may take their server in) is installed.
+		defer m.closeCatchUpsLocked(v, st.Epoch)
+		members := replMembers(cfg, m.serverID)
+		mode := durabilityMode(cfg.GetDurability())
+		if mode == replication.ModeQuorum && len(members)+1 < 3 {
+			mode = replication.ModeSync // a majority of two is both
+		}
+		if p := v.primary(); p != nil {
+			if p.Epoch() == st.Epoch && v.primMode == mode {
+				return
+			}
+			if v.primMode == mode {
+				// A Primary with no members stays: a FLUSH waiting for
+				// a removed member completes instead of failing.
+				err := p.SetMembers(st.Epoch, members)
+				if err == nil {
+					glog.Infof("blockvolume: %s primary at epoch %d ships to %v", v.name, st.Epoch, members)
+					return
+				}
+				glog.Warningf("blockvolume: %s: set members at epoch %d: %v; restarting replication", v.name, st.Epoch, err)
+			}
+			m.stopPrimaryLocked(v)
+		}
+		if len(members) == 0 {
+			return
+		}
+		name, epoch := v.name, st.Epoch
+		p, err := replication.NewPrimary(v.vol, replication.PrimaryOptions{
+			Name:    name,
+			Mode:    mode,
+			Epoch:   epoch,
+			Members: members,
+			RemoveMember: func(serverID string) error {
+				return m.removeMember(name, epoch, serverID)
+			},
+		})
+		if err != nil {
+			glog.Errorf("blockvolume: %s: start replication at epoch %d: %v", name, epoch, err)
+			return
+		}
+		v.primMode = mode
+		v.setPrimary(p, replication.NewVolume(v.vol, p))
+		glog.Infof("blockvolume: %s primary at epoch %d (%v) ships to %v", name, epoch, mode, members)
+		return
+	}
+	m.stopPrimaryLocked(v)
+	m.closeCatchUpsLocked(v, 0)
+	if m.replSrv == nil || !st.Healthy || cfg == nil {
+		m.unregisterLocked(v)
+		return
+	}
+	switch {
+	case role == blockpb.Role_ROLE_REPLICA, role == blockpb.Role_ROLE_NONE && cfg.GetEpoch() == st.Epoch:
+		if st.Fenced || st.Role != blockvol.RoleReplica {
+			if err := v.vol.Unfence(st.Epoch, blockvol.RoleReplica, time.Time{}); err != nil {
+				glog.Errorf("blockvolume: %s: follow as replica at epoch %d: %v", v.name, st.Epoch, err)
+				m.unregisterLocked(v)
+				return
+			}
+		}
+		if !v.registered {
+			if err := m.replSrv.Register(v.name, v.vol); err != nil {
+				glog.Errorf("blockvolume: %s: register for replication: %v", v.name, err)
+				return
+			}
+			v.registered = true
+			glog.Infof("blockvolume: %s follows as %v at epoch %d", v.name, role, st.Epoch)
+		}
+	default:
+		m.unregisterLocked(v)
+	}
+}
+
+func (m *Manager) unregisterLocked(v *volume) {
+	if v.registered && m.replSrv != nil {
+		m.replSrv.Unregister(v.name)
+	}
+	v.registered = false
+}
+
+// stopPrimaryLocked detaches v's replication.Volume from the frontends and
+// stops its Primary.
+func (m *Manager) stopPrimaryLocked(v *volume) {
+	if p := v.setPrimary(nil, nil); p != nil {
+		if err := p.Close(); err != nil {
+			glog.Warningf("blockvolume: %s: stop replication: %v", v.name, err)
+		}
+	}
+}
+
+// stopReplLocked ends everything replication does for v (delete, close).
+func (m *Manager) stopReplLocked(v *volume) {
+	m.unregisterLocked(v)
+	m.stopPrimaryLocked(v)
+	m.closeCatchUpsLocked(v, 0)
+}
+
+// closeCatchUpsLocked stops the catch-ups of v not at epoch keep (0: all).
+func (m *Manager) closeCatchUpsLocked(v *volume, keep uint64) {
+	v.replMu.Lock()
+	var stop []*catchUp
+	for id, cu := range v.catchUps {
+		if keep == 0 || cu.epoch != keep {
+			stop = append(stop, cu)
+			delete(v.catchUps, id)
+		}
+	}
+	v.replMu.Unlock()
+	for _, cu := range stop {
+		cu.p.Close()
+	}
+}
+
+// applyCatchUpsLocked brings each listed non-member copy of a volume this
+// server is the confirmed primary of to the live stream, and reports it
+// caught up once its cursor is in sync. A copy that cannot be caught up
+// from the WAL is logged and reported (state needs-rebuild). Catch-ups no
+// longer listed stop.
+func (m *Manager) applyCatchUpsLocked(targets []*blockpb.CatchUpTarget) {
+	want := map[string]map[string]*blockpb.CatchUpTarget{}
+	for _, t := range targets {
+		id := t.GetServer().GetServerId()
+		if id == "" || id == m.serverID || t.GetServer().GetReplAddress() == "" {
+			continue
+		}
+		if want[t.GetName()] == nil {
+			want[t.GetName()] = map[string]*blockpb.CatchUpTarget{}
+		}
+		want[t.GetName()][id] = t
+	}
+	for _, v := range m.snapshot() {
+		role, _, st := m.currentRole(v)
+		ts := want[v.name]
+		if role != blockpb.Role_ROLE_PRIMARY || v.confirmed != st.Epoch {
+			ts = nil
+		}
+		v.replMu.Lock()
+		var stop []*catchUp
+		for id, cu := range v.catchUps {
+			if t, ok := ts[id]; !ok || t.GetEpoch() != cu.epoch {
+				stop = append(stop, cu)
+				delete(v.catchUps, id)
+			}
+		}
+		v.replMu.Unlock()
+		for _, cu := range stop {
+			cu.p.Close()
+		}
+		for id, t := range ts {
+			if t.GetEpoch() != st.Epoch {
+				continue
+			}
+			v.replMu.Lock()
+			cu := v.catchUps[id]
+			v.replMu.Unlock()
+			if cu == nil {
+				p, err := replication.NewPrimary(v.vol, replication.PrimaryOptions{
+					Name:    v.name,
+					Mode:    replication.ModeAsync,
+					Epoch:   st.Epoch,
+					Members: []replication.Member{{ServerID: id, Addr: t.GetServer().GetReplAddress()}},
+					// Not a member: nothing to remove.
+					RemoveMember: func(string) error { return nil },
+				})
+				if err != nil {
+					glog.Errorf("blockvolume: %s: catch up %s: %v", v.name, id, err)
+					continue
+				}
+				cu = &catchUp{epoch: st.Epoch, serverID: id, p: p}
+				v.replMu.Lock()
+				if v.catchUps == nil {
+					v.catchUps = map[string]*catchUp{}
+				}
+				v.catchUps[id] = cu
+				v.replMu.Unlock()
+				glog.Infof("blockvolume: %s: catching up %s at epoch %d", v.name, id, st.Epoch)
+			}
+			rs := cu.p.Stats().Replicas
+			if len(rs) == 0 {
+				continue
+			}
+			switch rs[0].State {
+			case replication.StateNeedsRebuild:
+				if !cu.rebuild {
+					cu.rebuild = true
+					glog.Warningf("blockvolume: %s: %s cannot be caught up from the WAL and needs a rebuild: %s", v.name, id, rs[0].Err)
+				}
+			case replication.StateInSync:
+				if cu.reporting.CompareAndSwap(false, true) {
+					m.reportCaughtUp(v.name, st.Epoch, cu)
+				}
+			}
+		}
+	}
+}
+
+// reportCaughtUp calls ReportCaughtUp in the background (m.wg); on failure
+// the next heartbeat answer tries again.
+func (m *Manager) reportCaughtUp(name string, epoch uint64, cu *catchUp) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		err := m.masterCall(func(ctx context.Context, c blockpb.BlockMasterClient) error {
+			_, err := c.ReportCaughtUp(ctx, &blockpb.ReportCaughtUpRequest{
+				Name: name, Epoch: epoch, ServerId: cu.serverID, CallerServerId: m.serverID,
+			})
+			return err
+		})
+		if err != nil {
+			glog.Warningf("blockvolume: %s: report %s caught up at epoch %d: %v", name, cu.serverID, epoch, err)
+			sleepCtx(m.ctx, m.opts.Pulse)
+		} else {
+			glog.Infof("blockvolume: %s: reported %s caught up at epoch %d", name, cu.serverID, epoch)
+		}
+		cu.reporting.Store(false)
+	}()
+}
+
+// removeMember asks the master to drop serverID from name's next epoch
+// (the Primary's RemoveMember callback).
+func (m *Manager) removeMember(name string, epoch uint64, serverID string) error {
+	err := m.masterCall(func(ctx context.Context, c blockpb.BlockMasterClient) error {
+		_, err := c.RemoveMember(ctx, &blockpb.RemoveMemberRequest{
+			Name: name, Epoch: epoch, ServerId: serverID, CallerServerId: m.serverID,
+			Reason: "replica stopped answering the primary",
+		})
+		return err
+	})
+	if err != nil {
+		glog.Warningf("blockvolume: %s: remove member %s at epoch %d: %v", name, serverID, epoch, err)
+		return err
+	}
+	glog.Infof("blockvolume: %s: asked the master to remove %s (epoch %d)", name, serverID, epoch)
+	return nil
+}
+
+// masterCall runs call against the master the heartbeat uses (or the first
+// known one), following one leader redirect.
+func (m *Manager) masterCall(call func(context.Context, blockpb.BlockMasterClient) error) error {
+	if m.opts.Dial == nil || m.opts.Masters == nil || m.ctx == nil {
+		return errors.New("no master configured")
+	}
+	addr := m.hb.snapshot().Master
+	if addr == "" {
+		if ms := m.opts.Masters(); len(ms) > 0 {
+			addr = ms[0]
+		}
+	}
+	if addr == "" {
+		return errors.New("no master address known")
+	}
+	var err error
+	for try := 0; try < 2 && addr != ""; try++ {
+		ctx, cancel := context.WithTimeout(m.ctx, masterCallTimeout)
+		err = func() error {
+			cc, err := m.opts.Dial(ctx, addr)
+			if err != nil {
+				return fmt.Errorf("dial %s: %w", addr, err)
+			}
+			defer cc.Close()
+			return call(ctx, blockpb.NewBlockMasterClient(cc))
+		}()
+		cancel()
+		if err == nil {
+			return nil
+		}
+		addr = leaderFromError(err)
+	}
+	return err
+}
+
+// replicaStates is the primary's view of its members and catch-ups for
+// the heartbeat report.
+func (v *volume) replicaStates() []*blockpb.ReplicaState {
+	v.replMu.Lock()
+	p := v.prim
+	var cus []*catchUp
+	for _, cu := range v.catchUps {
+		cus = append(cus, cu)
+	}
+	v.replMu.Unlock()
+	var rss []replication.ReplicaStats
+	if p != nil {
+		rss = append(rss, p.Stats().Replicas...)
+	}
+	for _, cu := range cus {
+		rss = append(rss, cu.p.Stats().Replicas...)
+	}
+	var out []*blockpb.ReplicaState
+	for _, rs := range rss {
+		if rs.State == replication.StateRemoved {
+			continue
+		}
+		r := &blockpb.ReplicaState{
+			ServerId: rs.ServerID,
+			State:    rs.State.String(),
+			LagLsn:   rs.LagLSNs,
+			LagBytes: uint64(max(rs.LagBytes, 0)),
+		}
+		if !rs.LastAck.IsZero() {
+			r.LastAckUnixMs = rs.LastAck.UnixMilli()
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// primary is v's Primary (nil when it ships to nobody).
+func (v *volume) primary() *replication.Primary {
+	v.replMu.Lock()
+	defer v.replMu.Unlock()
+	return v.prim
+}
+
+func (v *volume) hasPrimary() bool { return v.primary() != nil }
+
+// setPrimary installs p (serving rv to the frontends) and returns the one
+// it replaces.
+func (v *volume) setPrimary(p *replication.Primary, rv *replication.Volume) *replication.Primary {
+	v.replMu.Lock()
+	old := v.prim
+	v.prim = p
+	v.replMu.Unlock()
+	v.dev.repl.Store(rv)
+	return old
+}

@@ -1,0 +1,203 @@
+package blockvolume
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/weedblock/weedblock/weed/pb/blockpb"
+)
+
+// volumeServer is one in-process volume server: a Manager whose
+// BlockVolume service is on its own gRPC server.
+type volumeServer struct {
+	id, dir string
+	m       *Manager
+	srv     *grpc.Server
+	done    chan struct{}
+	stopped bool
+}
+
+func startNamedVolumeServer(t *testing.T, id, rack, dir, masterAddr string) *volumeServer {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := Options{
+		Dir:       dir,
+		ServerID:  id,
+		Endpoints: &blockpb.ServerEndpoints{GrpcAddress: l.Addr().String(), HttpAddress: "127.0.0.1:1", DataCenter: "dc1", Rack: rack},
+		NBDAddr:   "127.0.0.1:0",
+		ReplAddr:  "127.0.0.1:0",
+		Pulse:     50 * time.Millisecond,
+	}
+	withMasters(masterAddr)(&opts)
+	m, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs := &volumeServer{id: id, dir: dir, m: m, srv: grpc.NewServer(), done: make(chan struct{})}
+	m.Register(vs.srv)
+	go func() { defer close(vs.done); vs.srv.Serve(l) }()
+	if err := m.Start(); err != nil {
+		vs.srv.Stop()
+		t.Fatal(err)
+	}
+	t.Cleanup(vs.stop)
+	return vs
+}
+
+// stop ends the server without telling the master (its heartbeats stop).
+func (vs *volumeServer) stop() {
+	if vs.stopped {
+		return
+	}
+	vs.stopped = true
+	vs.m.Close()
+	vs.srv.Stop()
+	<-vs.done
+}
+
+// readLocal reads name's data straight from the server's volume.
+func (vs *volumeServer) readLocal(t *testing.T, name string, off int64, n int) []byte {
+	t.Helper()
+	v := vs.m.lookup(name)
+	if v == nil {
+		t.Fatalf("%s has no volume %s", vs.id, name)
+	}
+	p := make([]byte, n)
+	if err := v.vol.ReadAt(p, off); err != nil {
+		t.Fatalf("%s: read %s: %v", vs.id, name, err)
+	}
+	return p
+}
+
+func lookupInfo(t *testing.T, c blockpb.BlockMasterClient, name string) *blockpb.VolumeInfo {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := c.LookupVolume(ctx, &blockpb.LookupVolumeRequest{Name: name})
+	if err != nil {
+		return nil
+	}
+	return resp.GetVolume()
+}
+
+func isMember(cfg *blockpb.EpochConfig, id string) bool {
+	for _, mb := range cfg.GetMembers() {
+		if mb.GetServer().GetServerId() == id {
+			return true
+		}
+	}
+	return false
+}
+
+// TestReplicatedFailoverWithRealMaster: an RF=2 sync volume through the
+// real blockmaster: a flushed write is on the replica; the primary's
+// server dies without a word to the master, the master promotes the
+// replica after the lease, writes to the new primary work and the old data
+// is there; the old primary comes back fenced (EPERM), is caught up by
+// the new primary, re-added as a replica, and then receives new writes.
+func TestReplicatedFailoverWithRealMaster(t *testing.T) {
+	_, mAddr := startRealMaster(t, t.TempDir())
+	cc, err := dialInsecure(context.Background(), mAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	client := blockpb.NewBlockMasterClient(cc)
+	dirs := map[string]string{"vs-a": t.TempDir(), "vs-b": t.TempDir()}
+	servers := map[string]*volumeServer{
+		"vs-a": startNamedVolumeServer(t, "vs-a", "r1", dirs["vs-a"], mAddr),
+		"vs-b": startNamedVolumeServer(t, "vs-b", "r2", dirs["vs-b"], mAddr),
+	}
+	sp := spec("ha", 4<<20)
+	sp.ReplicationFactor = 2
+	var info *blockpb.VolumeInfo
+	eventually(t, 10*time.Second, "rf=2 create succeeds once both servers heartbeat", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := client.CreateVolume(ctx, &blockpb.CreateVolumeRequest{Spec: sp})
+		if err != nil {
+			return false
+		}
+		info = resp.GetVolume()
+		return true
+	})
+	if len(info.GetConfig().GetMembers()) != 2 {
+		t.Fatalf("created config: %v", info.GetConfig())
+	}
+	pid := info.GetConfig().GetPrimaryServerId()
+	rid := "vs-a"
+	if pid == rid {
+		rid = "vs-b"
+	}
+	prim, repl := servers[pid], servers[rid]
+
+	// 1. A flushed write is on the replica.
+	c := dialNBD(t, prim.m.Endpoints().GetNbdAddress(), "ha")
+	patA := bytes.Repeat([]byte{0xa1}, 8192)
+	eventually(t, 10*time.Second, "primary writable", func() bool { return c.write(0, patA) == 0 })
+	if e := c.flush(); e != 0 {
+		t.Fatalf("flush on the primary: errno %d", e)
+	}
+	if got := repl.readLocal(t, "ha", 0, len(patA)); !bytes.Equal(got, patA) {
+		t.Fatalf("replica lacks the flushed write")
+	}
+	eventually(t, 10*time.Second, "primary reports its replica in sync", func() bool {
+		rs := prim.m.lookup("ha").replicaStates()
+		return len(rs) == 1 && rs[0].GetServerId() == rid && rs[0].GetState() == "in-sync"
+	})
+	// The replica refuses frontend writes.
+	rc := dialNBD(t, repl.m.Endpoints().GetNbdAddress(), "ha")
+	if e := rc.write(0, patA); e != nbdEPERM {
+		t.Fatalf("write to the replica: errno %d, want EPERM", e)
+	}
+	rc.nc.Close()
+
+	// 2. The primary's server dies; the master promotes the replica.
+	c.nc.Close()
+	prim.stop()
+	eventually(t, 15*time.Second, "master promotes the replica", func() bool {
+		in := lookupInfo(t, client, "ha")
+		return in != nil && in.GetConfig().GetPrimaryServerId() == rid && in.GetConfig().GetEpoch() > info.GetConfig().GetEpoch()
+	})
+	nc := dialNBD(t, repl.m.Endpoints().GetNbdAddress(), "ha")
+	patB := bytes.Repeat([]byte{0xb2}, 8192)
+	eventually(t, 10*time.Second, "new primary writable", func() bool { return nc.write(8192, patB) == 0 })
+	eventually(t, 30*time.Second, "flush on the new primary", func() bool { return nc.flush() == 0 })
+	if e, data := nc.read(0, uint32(len(patA))); e != 0 || !bytes.Equal(data, patA) {
+		t.Fatalf("new primary lost the write flushed before the failover (errno %d)", e)
+	}
+
+	// 3. The old primary returns: fenced, then caught up and re-added.
+	old := startNamedVolumeServer(t, pid, map[string]string{"vs-a": "r1", "vs-b": "r2"}[pid], dirs[pid], mAddr)
+	oc := dialNBD(t, old.m.Endpoints().GetNbdAddress(), "ha")
+	if e := oc.write(0, patB); e != nbdEPERM {
+		t.Fatalf("write to the returning old primary: errno %d, want EPERM", e)
+	}
+	eventually(t, 20*time.Second, "old primary caught up and re-added as a replica", func() bool {
+		in := lookupInfo(t, client, "ha")
+		return in != nil && in.GetConfig().GetPrimaryServerId() == rid && isMember(in.GetConfig(), pid)
+	})
+	for i := 0; i < 20; i++ {
+		if e := oc.write(0, patB); e != nbdEPERM {
+			t.Fatalf("write to the re-added replica: errno %d, want EPERM", e)
+		}
+	}
+	oc.nc.Close()
+	patC := bytes.Repeat([]byte{0xc3}, 4096)
+	eventually(t, 10*time.Second, "write after the re-add", func() bool { return nc.write(16384, patC) == 0 })
+	eventually(t, 30*time.Second, "flush after the re-add", func() bool { return nc.flush() == 0 })
+	eventually(t, 10*time.Second, "re-added replica holds every write", func() bool {
+		return bytes.Equal(old.readLocal(t, "ha", 0, 8192), patA) &&
+			bytes.Equal(old.readLocal(t, "ha", 8192, 8192), patB) &&
+			bytes.Equal(old.readLocal(t, "ha", 16384, 4096), patC)
+	})
+	nc.nc.Close()
+}
