@@ -1,0 +1,433 @@
+package v2bridge
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/weedblock/weedblock/blockvol"
+	"github.com/weedblock/weedblock/engine"
+	"github.com/weedblock/weedblock/executor"
+)
+
+// errStaleAttempt: the replica has seen a newer attempt at this epoch.
+var errStaleAttempt = fmt.Errorf("%w (refused by the replica)", engine.ErrStaleToken)
+
+// errScanDone ends a WAL scan that reached its goal.
+var errScanDone = errors.New("scan done")
+
+// PeerOptions configure NewPeer.
+type PeerOptions struct {
+	// Name is the volume name the replica's Service has it registered as.
+	Name string
+	// Addr is the replica's recovery address (host:port).
+	Addr string
+	// HoldBudget is the byte budget of each WAL hold (0: none; the hold is
+	// still revoked when it alone blocks writers).
+	HoldBudget int64
+	// Committed is the primary's committed LSN now (the catch-up
+	// frontier); nil means the primary volume's durable LSN.
+	Committed func() uint64
+	// Dialer opens the connection; nil means a net.Dialer.
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+	// Timeout bounds one request (0: 30 s).
+	Timeout time.Duration
+}
+
+// Peer is the primary side of the recovery of one replica: it implements
+// executor.CatchUpIO, RebuildIO and TruncateIO over the primary's blockvol
+// volume and one connection to the replica's Service. Every call checks
+// its token against the slots first. Safe for concurrent use (calls are
+// serialized); Close ends the connection.
+type Peer struct {
+	slots *engine.Slots
+	vol   *blockvol.Volume
+	o     PeerOptions
+
+	mu     sync.Mutex
+	conn   net.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	rbuf   []byte
+	wbuf   []byte
+	closed bool
+	// base being sent: the SHA-256 of exactly the bytes sent so far
+	baseLSN  uint64
+	baseNext int64
+	baseSum  hash.Hash
+	chunk    []byte
+	// terms of the latest View (Report is conservative across them)
+	terms []engine.Term
+	// pins counts pins held; doubles counts second releases (a bug).
+	pins, doubles atomic.Int64
+}
+
+var (
+	_ executor.CatchUpIO  = (*Peer)(nil)
+	_ executor.RebuildIO  = (*Peer)(nil)
+	_ executor.TruncateIO = (*Peer)(nil)
+)
+
+// NewPeer returns the recovery I/O for one replica of vol. The connection
+// is opened on first use.
+func NewPeer(slots *engine.Slots, vol *blockvol.Volume, o PeerOptions) *Peer {
+	if o.Timeout <= 0 {
+		o.Timeout = 30 * time.Second
+	}
+	return &Peer{slots: slots, vol: vol, o: o}
+}
+
+// IO bundles p for executor.Run.
+func (p *Peer) IO() executor.IO {
+	return executor.IO{CatchUp: p, Rebuild: p, Truncate: p}
+}
+
+// Close closes the connection. Idempotent; later calls fail.
+func (p *Peer) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	p.dropLocked()
+	return nil
+}
+
+func (p *Peer) dropLocked() {
+	if p.conn != nil {
+		p.conn.Close()
+		p.conn, p.br, p.bw = nil, nil, nil
+	}
+}
+
+// call sends one request under tok and waits for the answer. A transport
+// failure drops the connection (the next call redials).
+func (p *Peer) call(ctx context.Context, tok engine.Token, req *request) (response, error) {
+	if err := p.slots.Check(tok); err != nil {
+		return response{}, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.callLocked(ctx, tok, req)
+}
+
+func (p *Peer) callLocked(ctx context.Context, tok engine.Token, req *request) (response, error) {
+	if p.closed {
+		return response{}, fmt.Errorf("v2bridge: %s to %s: peer closed", req.Op, p.o.Addr)
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	req.Volume, req.Epoch, req.Attempt = p.o.Name, tok.Epoch, tok.Attempt
+	if p.conn == nil {
+		dctx, cancel := context.WithTimeout(ctx, p.o.Timeout)
+		c, err := p.dial(dctx)
+		cancel()
+		if err != nil {
+			return response{}, fmt.Errorf("v2bridge: dial %s: %w", p.o.Addr, err)
+		}
+		p.conn, p.br, p.bw = c, bufio.NewReaderSize(c, 64<<10), bufio.NewWriterSize(c, 256<<10)
+	}
+	c := p.conn
+	deadline := time.Now().Add(p.o.Timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	c.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	fail := func(err error) (response, error) {
+		p.dropLocked()
+		if cerr := ctx.Err(); cerr != nil {
+			err = fmt.Errorf("%w (%v)", err, context.Cause(ctx))
+		}
+		return response{}, fmt.Errorf("v2bridge: %s to %s: %w", req.Op, p.o.Addr, err)
+	}
+	p.wbuf = req.encode(p.wbuf[:0])
+	if err := writeFrame(p.bw, p.wbuf); err != nil {
+		return fail(err)
+	}
+	payload, err := readFrame(p.br, p.rbuf)
+	if err != nil {
+		return fail(err)
+	}
+	p.rbuf = payload[:0]
+	resp, err := decodeResponse(payload)
+	if err != nil {
+		return fail(err)
+	}
+	if err := errorFor(resp); err != nil {
+		return resp, fmt.Errorf("v2bridge: %s %s: %w", req.Op, p.o.Name, err)
+	}
+	return resp, nil
+}
+
+func (p *Peer) dial(ctx context.Context) (net.Conn, error) {
+	if p.o.Dialer != nil {
+		return p.o.Dialer(ctx, p.o.Addr)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", p.o.Addr)
+}
+
+// Report asks the replica where it stands (for engine.PlanRecovery).
+//
+// Epoch is the epoch of the replica's last durable record when the
+// replica's WAL still holds that record. When the flusher has let it go,
+// blockvol no longer knows it; then, if the terms of the latest View name
+// more than one epoch (a failover happened within the history the plan
+// covers), Epoch is reported as 0 so that none of the replica's records is
+// taken to match (the plan rebuilds rather than risk keeping writes of a
+// deposed primary); otherwise it is the replica's assigned epoch, exact for
+// a single-epoch history.
+func (p *Peer) Report(ctx context.Context, tok engine.Token) (engine.ReplicaReport, error) {
+	r, err := p.call(ctx, tok, &request{Op: opHello})
+	if err != nil {
+		return engine.ReplicaReport{}, err
+	}
+	rep := engine.ReplicaReport{Durable: r.Durable, Checkpoint: r.Checkpoint, Epoch: r.Epoch, Untrusted: r.Untrusted}
+	p.mu.Lock()
+	multi := len(p.terms) > 1
+	p.mu.Unlock()
+	if r.EpochUnknown && multi {
+		rep.Epoch = 0
+	}
+	return rep, nil
+}
+
+// View is the primary's view for engine.PlanRecovery (terms as given), with
+// the WAL held from its tail until tok's attempt ends, so that the records a
+// plan binds (a catch-up's From, a full rebuild's Tail-1) cannot leave the
+// WAL between planning and the executor's own pin. The hold has the peer's
+// budget and is released when tok is released or cancelled.
+func (p *Peer) View(tok engine.Token, terms []engine.Term) (engine.PrimaryView, error) {
+	if err := p.slots.Check(tok); err != nil {
+		return engine.PrimaryView{}, err
+	}
+	for try := 0; ; try++ {
+		st := p.vol.Status()
+		h, err := p.vol.Hold(st.Tail, p.o.HoldBudget)
+		if err != nil {
+			if errors.Is(err, blockvol.ErrNotRetained) && try < 100 {
+				continue // the flusher moved the tail: read it again
+			}
+			return engine.PrimaryView{}, fmt.Errorf("v2bridge: hold the WAL for planning: %w", err)
+		}
+		context.AfterFunc(tok.Context(), h.Release)
+		p.mu.Lock()
+		p.terms = append(p.terms[:0], terms...)
+		p.mu.Unlock()
+		committed := st.Durable
+		if p.o.Committed != nil {
+			committed = min(p.o.Committed(), st.Durable)
+		}
+		return engine.PrimaryView{Epoch: st.Epoch, Committed: committed, Durable: st.Durable, Head: st.Head, Tail: st.Tail, Terms: terms}, nil
+	}
+}
+
+// Frontier is the primary's committed LSN now.
+func (p *Peer) Frontier() uint64 {
+	if p.o.Committed != nil {
+		return p.o.Committed()
+	}
+	return p.vol.Status().Durable
+}
+
+// release counts one release of a pin.
+func (p *Peer) release(done *atomic.Bool) {
+	if done.Swap(true) {
+		p.doubles.Add(1)
+		return
+	}
+	p.pins.Add(-1)
+}
+
+// walPin is a blockvol hold as an executor.WALPin.
+type walPin struct {
+	p    *Peer
+	h    *blockvol.Hold
+	done atomic.Bool
+}
+
+func (w *walPin) Release() error {
+	w.h.Release()
+	w.p.release(&w.done)
+	return nil
+}
+
+func (w *walPin) Revoked() bool {
+	select {
+	case <-w.h.Revoked():
+		return true
+	default:
+		return false
+	}
+}
+
+// PinWAL holds the primary's records (after, ∞).
+func (p *Peer) PinWAL(tok engine.Token, after uint64) (executor.WALPin, error) {
+	if err := p.slots.Check(tok); err != nil {
+		return nil, err
+	}
+	h, err := p.vol.Hold(after+1, p.o.HoldBudget)
+	if err != nil {
+		if errors.Is(err, blockvol.ErrNotRetained) {
+			return nil, fmt.Errorf("v2bridge: %w: %w", executor.ErrRetentionLost, err)
+		}
+		return nil, fmt.Errorf("v2bridge: pin WAL after %d: %w", after, err)
+	}
+	p.pins.Add(1)
+	return &walPin{p: p, h: h}, nil
+}
+
+// StreamWAL ships (after, upTo] from the primary's WAL to the replica's
+// ApplyReplicated path and returns the replica's durable LSN (fsynced before
+// it answers), capped at upTo.
+func (p *Peer) StreamWAL(ctx context.Context, tok engine.Token, after, upTo uint64) (executor.Progress, error) {
+	if err := p.slots.Check(tok); err != nil {
+		return executor.Progress{}, err
+	}
+	if upTo <= after {
+		return executor.Progress{Achieved: after}, nil
+	}
+	var recs []blockvol.Record
+	var bytes int64
+	err := p.vol.ScanWAL(after+1, func(r blockvol.Record) error {
+		if ctx != nil && ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		r.Data = append([]byte(nil), r.Data...)
+		recs = append(recs, r)
+		bytes += int64(len(r.Data))
+		if r.LSN >= upTo || bytes >= maxBatchBytes {
+			return errScanDone
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errScanDone) {
+		if errors.Is(err, blockvol.ErrNotRetained) || errors.Is(err, blockvol.ErrHoldRevoked) {
+			return executor.Progress{}, fmt.Errorf("v2bridge: read WAL after %d: %w: %w", after, executor.ErrRetentionLost, err)
+		}
+		return executor.Progress{}, fmt.Errorf("v2bridge: read WAL after %d: %w", after, err)
+	}
+	if len(recs) == 0 {
+		return executor.Progress{Achieved: after}, nil
+	}
+	resp, err := p.call(ctx, tok, &request{Op: opApply, Recs: recs})
+	if err != nil {
+		return executor.Progress{}, err
+	}
+	return executor.Progress{Achieved: max(after, min(resp.Durable, recs[len(recs)-1].LSN)), Bytes: bytes}, nil
+}
+
+// Truncate drops the replica's records (to, ∞); executor.ErrTruncationUnsafe
+// when its checkpoint is beyond to.
+func (p *Peer) Truncate(tok engine.Token, to uint64) error {
+	_, err := p.call(tok.Context(), tok, &request{Op: opTruncate, A: to})
+	return err
+}
+
+// MarkUntrusted durably flags the replica as mid-rebuild (and drops its
+// WAL).
+func (p *Peer) MarkUntrusted(tok engine.Token) error {
+	_, err := p.call(tok.Context(), tok, &request{Op: opBegin})
+	return err
+}
+
+// basePin ends the base transfer state on release.
+type basePin struct {
+	p    *Peer
+	done atomic.Bool
+}
+
+func (b *basePin) Release() error {
+	b.p.mu.Lock()
+	b.p.baseSum, b.p.baseNext = nil, 0
+	b.p.mu.Unlock()
+	b.p.release(&b.done)
+	return nil
+}
+
+// PinBase pins the primary's extent (engine.Full) at its durable LSN. The
+// caller must hold the WAL after that LSN before the first TransferBase (the
+// executor does). Snapshots do not exist in blockvol yet: engine.Snapshot
+// fails with executor.ErrBaseUnavailable.
+func (p *Peer) PinBase(tok engine.Token, src engine.Source, lsn uint64) (executor.Base, error) {
+	if err := p.slots.Check(tok); err != nil {
+		return executor.Base{}, err
+	}
+	if src != engine.Full {
+		return executor.Base{}, fmt.Errorf("v2bridge: %s base at %d: blockvol has no snapshots yet: %w", src, lsn, executor.ErrBaseUnavailable)
+	}
+	st := p.vol.Status()
+	p.mu.Lock()
+	p.baseLSN, p.baseNext, p.baseSum = st.Durable, 0, sha256.New()
+	p.mu.Unlock()
+	p.pins.Add(1)
+	return executor.Base{Source: engine.Full, LSN: st.Durable, Size: st.Size, Pin: &basePin{p: p}}, nil
+}
+
+// TransferBase reads up to max bytes of the primary's extent at offset
+// (rounded down to whole blocks, at least one) and writes them to the
+// replica. Offsets must follow each other from 0.
+func (p *Peer) TransferBase(ctx context.Context, tok engine.Token, b executor.Base, offset, max int64) (int64, error) {
+	if err := p.slots.Check(tok); err != nil {
+		return 0, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.baseSum == nil || b.LSN != p.baseLSN {
+		return 0, fmt.Errorf("v2bridge: transfer of base %d that is not pinned: %w", b.LSN, executor.ErrBaseUnavailable)
+	}
+	if offset != p.baseNext {
+		return 0, fmt.Errorf("v2bridge: base transfer at %d, next is %d", offset, p.baseNext)
+	}
+	bs := int64(p.vol.BlockSize())
+	n := min(max, b.Size-offset) / bs * bs
+	if n <= 0 {
+		n = min(bs, b.Size-offset)
+	}
+	if int64(cap(p.chunk)) < n {
+		p.chunk = make([]byte, n)
+	}
+	buf := p.chunk[:n]
+	if err := p.vol.ReadAt(buf, offset); err != nil {
+		return 0, fmt.Errorf("v2bridge: read base at %d: %w", offset, err)
+	}
+	if _, err := p.callLocked(ctx, tok, &request{Op: opBase, A: uint64(offset), B: b.LSN, C: uint64(b.Size), Data: buf}); err != nil {
+		return 0, err
+	}
+	p.baseSum.Write(buf)
+	p.baseNext += n
+	return n, nil
+}
+
+// VerifyBase sends the manifest's SHA-256 (of exactly the bytes sent) and
+// size; the replica compares them with what it received and installs the
+// base (executor.ErrBaseMismatch when they differ).
+func (p *Peer) VerifyBase(tok engine.Token, b executor.Base) error {
+	if err := p.slots.Check(tok); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.baseSum == nil || b.LSN != p.baseLSN {
+		return fmt.Errorf("v2bridge: verify of base %d that is not pinned: %w", b.LSN, executor.ErrBaseUnavailable)
+	}
+	req := &request{Op: opVerify, A: b.LSN, C: uint64(b.Size)}
+	p.baseSum.Sum(req.Sum[:0])
+	_, err := p.callLocked(tok.Context(), tok, req)
+	return err
+}
+
+// Commit makes the replica trusted at achieved (FinishRebuild: checkpoint,
+// then the untrusted flag cleared in one fsynced superblock update).
+func (p *Peer) Commit(tok engine.Token, achieved uint64) error {
+	_, err := p.call(tok.Context(), tok, &request{Op: opCommit, A: achieved})
+	return err
+}

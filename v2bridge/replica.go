@@ -1,0 +1,394 @@
+package v2bridge
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/golang/glog"
+
+	"github.com/weedblock/weedblock/blockvol"
+	"github.com/weedblock/weedblock/executor"
+	"github.com/weedblock/weedblock/replication"
+)
+
+// Service is the replica side of recovery: one listener (or more) per
+// volume server, requests multiplexed by volume name. Each volume serves
+// one request at a time.
+type Service struct {
+	mu      sync.Mutex
+	vols    map[string]*replicaVol
+	ls      map[net.Listener]struct{}
+	conns   map[net.Conn]struct{}
+	closed  bool
+	wg      sync.WaitGroup
+	closeMu sync.Once
+}
+
+// replicaVol is one registered volume and its recovery session.
+type replicaVol struct {
+	mu  sync.Mutex
+	vol *blockvol.Volume
+	// newest attempt seen at epoch attemptEpoch; older attempts are stale.
+	attemptEpoch, attempt uint64
+	// rebuild session (between opBegin and opVerify)
+	rebuilding bool
+	lease      time.Time // lease of the replica role to restore after the base
+	baseLSN    uint64
+	size       uint64
+	next       uint64
+	sum        hash.Hash
+}
+
+// NewService returns a service with no volumes; call Serve to accept.
+func NewService() *Service {
+	return &Service{vols: map[string]*replicaVol{}, ls: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}}
+}
+
+// Register makes name's recovery served by vol. A name registered twice is
+// an error.
+func (s *Service) Register(name string, vol *blockvol.Volume) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.vols[name]; ok {
+		return fmt.Errorf("v2bridge: register %q: already registered", name)
+	}
+	s.vols[name] = &replicaVol{vol: vol}
+	return nil
+}
+
+// Unregister stops serving name; a request in progress finishes.
+func (s *Service) Unregister(name string) {
+	s.mu.Lock()
+	delete(s.vols, name)
+	s.mu.Unlock()
+}
+
+// Serve accepts connections on l until l fails or Close is called; it
+// returns nil after Close.
+func (s *Service) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	s.ls[l] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			delete(s.ls, l)
+			s.mu.Unlock()
+			if closed {
+				return nil
+			}
+			return fmt.Errorf("v2bridge: accept: %w", err)
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			c.Close()
+			return nil
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go s.serveConn(c)
+	}
+}
+
+// Close stops every listener and connection and waits for their
+// goroutines. Idempotent.
+func (s *Service) Close() error {
+	s.closeMu.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		for l := range s.ls {
+			l.Close()
+		}
+		for c := range s.conns {
+			c.Close()
+		}
+		s.mu.Unlock()
+	})
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Service) serveConn(c net.Conn) {
+	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		c.Close()
+	}()
+	br := bufio.NewReaderSize(c, 256<<10)
+	bw := bufio.NewWriterSize(c, 64<<10)
+	var buf, out []byte
+	for {
+		p, err := readFrame(br, buf)
+		if err != nil {
+			if errors.Is(err, ErrBadFrame) {
+				glog.Warningf("v2bridge: %s: %v", c.RemoteAddr(), err)
+			}
+			return
+		}
+		buf = p[:0]
+		var resp response
+		req, err := decodeRequest(p)
+		if err != nil {
+			resp = response{Code: codeOther, Msg: err.Error()}
+		} else {
+			resp = s.handle(&req)
+		}
+		out = resp.encode(out[:0])
+		if err := writeFrame(bw, out); err != nil {
+			return
+		}
+		if req.Op == 0 {
+			return // undecodable request: the stream may be out of step
+		}
+	}
+}
+
+func (s *Service) handle(req *request) response {
+	s.mu.Lock()
+	rv := s.vols[req.Volume]
+	s.mu.Unlock()
+	if rv == nil {
+		return response{Code: codeUnknownVolume, Msg: fmt.Sprintf("volume %q is not registered", req.Volume)}
+	}
+	rv.mu.Lock()
+	defer rv.mu.Unlock()
+	if r, ok := rv.admit(req); !ok {
+		return r
+	}
+	var err error
+	switch req.Op {
+	case opHello:
+	case opApply:
+		err = rv.apply(req)
+	case opTruncate:
+		err = rv.truncate(req.A)
+	case opBegin:
+		err = rv.begin(req)
+	case opBase:
+		err = rv.base(req)
+	case opVerify:
+		err = rv.verify(req)
+	case opCommit:
+		err = rv.commit(req.A)
+	}
+	r := rv.report()
+	if req.Op == opHello {
+		var known bool
+		r.Epoch, known = rv.lastEpoch()
+		r.EpochUnknown = !known
+	}
+	if err != nil {
+		r.Code, r.Msg = codeOther, fmt.Sprintf("%s %s: %v", req.Op, req.Volume, err)
+		switch {
+		case errors.Is(err, executor.ErrTruncationUnsafe), errors.Is(err, blockvol.ErrBelowCheckpoint):
+			r.Code = codeTruncationUnsafe
+		case errors.Is(err, executor.ErrBaseMismatch):
+			r.Code = codeBaseMismatch
+		}
+	}
+	return r
+}
+
+// admit applies the epoch and attempt rules.
+func (rv *replicaVol) admit(req *request) (response, bool) {
+	st := rv.vol.Status()
+	switch {
+	case req.Epoch < st.Epoch:
+		return response{Code: codeStaleEpoch, Msg: fmt.Sprintf("%s from epoch %d, replica at %d", req.Op, req.Epoch, st.Epoch)}, false
+	case req.Epoch > st.Epoch:
+		return response{Code: codeEpochAhead, Msg: fmt.Sprintf("%s from epoch %d, replica assigned %d", req.Op, req.Epoch, st.Epoch)}, false
+	}
+	if req.Epoch != rv.attemptEpoch {
+		rv.attemptEpoch, rv.attempt = req.Epoch, 0
+	}
+	if req.Attempt < rv.attempt {
+		return response{Code: codeStaleAttempt, Msg: fmt.Sprintf("%s from attempt %d, attempt %d is newer", req.Op, req.Attempt, rv.attempt)}, false
+	}
+	if req.Attempt > rv.attempt {
+		rv.attempt = req.Attempt
+		rv.rebuilding, rv.sum = false, nil // a new attempt restarts any base transfer
+	}
+	return response{}, true
+}
+
+func (rv *replicaVol) report() response {
+	st := rv.vol.Status()
+	return response{Head: st.Head, Durable: st.Durable, Checkpoint: st.Checkpoint, Epoch: st.Epoch, Untrusted: st.Untrusted}
+}
+
+// lastEpoch is the epoch of the replica's last durable record when its WAL
+// still holds it (known), else the epoch the volume was assigned, which is
+// only an upper bound (blockvol does not keep the epoch of a record the
+// flusher let go of).
+func (rv *replicaVol) lastEpoch() (epoch uint64, known bool) {
+	st := rv.vol.Status()
+	if st.Durable == 0 {
+		return st.Epoch, true
+	}
+	if st.Durable < st.Tail {
+		return st.Epoch, false
+	}
+	err := rv.vol.ScanWAL(st.Durable, func(r blockvol.Record) error {
+		epoch = r.Epoch
+		return errScanDone
+	})
+	if err != nil && !errors.Is(err, errScanDone) {
+		return st.Epoch, false
+	}
+	return epoch, true
+}
+
+func (rv *replicaVol) apply(req *request) error {
+	if n, err := rv.vol.ApplyReplicatedBatch(req.Recs); err != nil {
+		// Make what was applied durable anyway, so the answer's durable
+		// LSN counts it.
+		if ferr := rv.vol.Flush(); ferr != nil {
+			return fmt.Errorf("flush after %d of %d records: %w", n, len(req.Recs), ferr)
+		}
+		return fmt.Errorf("after %d of %d records: %w", n, len(req.Recs), err)
+	}
+	return rv.vol.Flush()
+}
+
+// restore unfences the volume as the replica of epoch again after an
+// operation that needed it fenced.
+func (rv *replicaVol) restore(epoch uint64, lease time.Time) error {
+	if err := rv.vol.Unfence(epoch, blockvol.RoleReplica, lease); err != nil {
+		return fmt.Errorf("unfence as replica of epoch %d: %w", epoch, err)
+	}
+	return nil
+}
+
+func (rv *replicaVol) truncate(to uint64) error {
+	st := rv.vol.Status()
+	if st.Checkpoint > to {
+		return fmt.Errorf("checkpoint %d beyond %d: %w", st.Checkpoint, to, executor.ErrTruncationUnsafe)
+	}
+	if st.Head <= to {
+		return nil // nothing beyond to
+	}
+	rv.vol.Fence()
+	err := rv.vol.TruncateWAL(to)
+	if !st.Fenced && st.Role == blockvol.RoleReplica {
+		if uerr := rv.restore(st.Epoch, st.LeaseUntil); err == nil {
+			err = uerr
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("truncate WAL to %d: %w", to, err)
+	}
+	return nil
+}
+
+func (rv *replicaVol) begin(req *request) error {
+	st := rv.vol.Status()
+	rv.vol.Fence()
+	if err := rv.vol.BeginRebuild(); err != nil {
+		return err
+	}
+	rv.rebuilding, rv.lease, rv.sum, rv.next = true, st.LeaseUntil, nil, 0
+	return nil
+}
+
+func (rv *replicaVol) base(req *request) error {
+	if !rv.rebuilding {
+		return errors.New("no rebuild in progress (begin it first)")
+	}
+	if req.A == 0 {
+		// The manifest travels with the first chunk.
+		if req.C != uint64(rv.vol.Size()) {
+			return fmt.Errorf("base of %d bytes for a %d byte volume: %w", req.C, rv.vol.Size(), executor.ErrBaseMismatch)
+		}
+		rv.baseLSN, rv.size, rv.next, rv.sum = req.B, req.C, 0, sha256.New()
+	}
+	if rv.sum == nil || req.B != rv.baseLSN || req.C != rv.size {
+		return fmt.Errorf("chunk of base %d/%d bytes without its manifest", req.B, req.C)
+	}
+	if req.A != rv.next {
+		return fmt.Errorf("chunk at %d, expected %d", req.A, rv.next)
+	}
+	if uint64(len(req.Data)) > rv.size-rv.next {
+		return fmt.Errorf("chunk of %d bytes at %d overruns the %d byte base", len(req.Data), req.A, rv.size)
+	}
+	if err := rv.vol.WriteBase(req.Data, int64(req.A)); err != nil {
+		return err
+	}
+	rv.sum.Write(req.Data)
+	rv.next += uint64(len(req.Data))
+	return nil
+}
+
+func (rv *replicaVol) verify(req *request) error {
+	if !rv.rebuilding || rv.sum == nil {
+		return errors.New("no base transfer in progress")
+	}
+	if req.A != rv.baseLSN || req.C != rv.size || rv.next != rv.size {
+		return fmt.Errorf("manifest base %d size %d, received base %d with %d of %d bytes: %w",
+			req.A, req.C, rv.baseLSN, rv.next, rv.size, executor.ErrBaseMismatch)
+	}
+	var got [32]byte
+	rv.sum.Sum(got[:0])
+	if got != req.Sum {
+		return fmt.Errorf("base %d: SHA-256 %x, manifest %x: %w", rv.baseLSN, got, req.Sum, executor.ErrBaseMismatch)
+	}
+	if err := rv.vol.InstallBase(rv.baseLSN); err != nil {
+		return err
+	}
+	rv.rebuilding, rv.sum = false, nil
+	// Replay goes through ApplyReplicated: the replica role again.
+	return rv.restore(req.Epoch, rv.lease)
+}
+
+func (rv *replicaVol) commit(achieved uint64) error {
+	st := rv.vol.Status()
+	if !st.Untrusted {
+		return errors.New("commit without a rebuild in progress")
+	}
+	if rv.rebuilding {
+		return errors.New("commit before the base was verified")
+	}
+	if st.Durable < achieved {
+		return fmt.Errorf("commit at %d but durable is %d", achieved, st.Durable)
+	}
+	return rv.vol.FinishRebuild()
+}
+
+// errorFor maps an answer code to the error the Peer returns.
+func errorFor(r response) error {
+	switch r.Code {
+	case codeOK:
+		return nil
+	case codeStaleEpoch:
+		return fmt.Errorf("replica: %s: %w", r.Msg, replication.ErrStaleEpoch)
+	case codeEpochAhead:
+		return fmt.Errorf("replica: %s: %w", r.Msg, replication.ErrEpochAhead)
+	case codeStaleAttempt:
+		return fmt.Errorf("replica: %s: %w", r.Msg, errStaleAttempt)
+	case codeUnknownVolume:
+		return fmt.Errorf("replica: %s: %w", r.Msg, replication.ErrUnknownVolume)
+	case codeTruncationUnsafe:
+		return fmt.Errorf("replica: %s: %w", r.Msg, executor.ErrTruncationUnsafe)
+	case codeBaseMismatch:
+		return fmt.Errorf("replica: %s: %w", r.Msg, executor.ErrBaseMismatch)
+	}
+	return fmt.Errorf("replica: %s: %w", r.Msg, replication.ErrRemote)
+}

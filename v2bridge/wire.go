@@ -1,0 +1,279 @@
+package v2bridge
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+
+	"github.com/weedblock/weedblock/blockvol"
+)
+
+// A frame is [length u32][crc32c u32][payload]; the CRC (Castagnoli) covers
+// the payload.
+const (
+	frameHeader = 8
+	// maxFrame bounds what a reader allocates for one frame.
+	maxFrame = 48 << 20
+	// maxBatchBytes bounds the record data of one apply request.
+	maxBatchBytes = 16 << 20
+)
+
+// ErrBadFrame: bytes from the network do not form a valid message.
+var ErrBadFrame = errors.New("v2bridge: bad frame")
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// op is what a request asks the replica to do.
+type op uint8
+
+const (
+	opHello    op = iota + 1 // report the replica's position
+	opApply                  // append Recs, fsync, report durable
+	opTruncate               // drop records after A
+	opBegin                  // durably untrusted, WAL dropped
+	opBase                   // base chunk: Data at offset A; manifest B = base LSN, C = size
+	opVerify                 // A = base LSN, C = size, Sum = SHA-256 of what was sent
+	opCommit                 // A = achieved: checkpoint and clear untrusted
+)
+
+func (o op) String() string {
+	switch o {
+	case opHello:
+		return "hello"
+	case opApply:
+		return "apply"
+	case opTruncate:
+		return "truncate"
+	case opBegin:
+		return "begin-rebuild"
+	case opBase:
+		return "base"
+	case opVerify:
+		return "verify"
+	case opCommit:
+		return "commit"
+	}
+	return fmt.Sprintf("op(%d)", uint8(o))
+}
+
+type request struct {
+	Op      op
+	Volume  string
+	Epoch   uint64
+	Attempt uint64
+	A, B, C uint64
+	Sum     [32]byte
+	Recs    []blockvol.Record
+	Data    []byte
+}
+
+// Answer codes.
+const (
+	codeOK uint8 = iota
+	codeStaleEpoch
+	codeEpochAhead
+	codeStaleAttempt
+	codeUnknownVolume
+	codeTruncationUnsafe
+	codeBaseMismatch
+	codeOther
+)
+
+type response struct {
+	Code       uint8
+	Msg        string
+	Head       uint64
+	Durable    uint64
+	Checkpoint uint64
+	Epoch      uint64
+	Untrusted  bool
+	// EpochUnknown: Epoch is the assigned epoch, not the last record's.
+	EpochUnknown bool
+}
+
+func putU64(b []byte, v uint64) []byte { return binary.BigEndian.AppendUint64(b, v) }
+func putU32(b []byte, v uint32) []byte { return binary.BigEndian.AppendUint32(b, v) }
+func putBytes(b, p []byte) []byte      { return append(putU32(b, uint32(len(p))), p...) }
+
+func (r *request) encode(b []byte) []byte {
+	b = append(b, byte(r.Op))
+	b = putBytes(b, []byte(r.Volume))
+	b = putU64(b, r.Epoch)
+	b = putU64(b, r.Attempt)
+	b = putU64(b, r.A)
+	b = putU64(b, r.B)
+	b = putU64(b, r.C)
+	b = append(b, r.Sum[:]...)
+	b = putU32(b, uint32(len(r.Recs)))
+	for i := range r.Recs {
+		rec := &r.Recs[i]
+		b = putU64(b, rec.LSN)
+		b = putU64(b, rec.Epoch)
+		b = append(b, byte(rec.Kind))
+		b = putU64(b, rec.LBA)
+		b = putU32(b, rec.Blocks)
+		b = putBytes(b, rec.Data)
+	}
+	return putBytes(b, r.Data)
+}
+
+func (r *response) encode(b []byte) []byte {
+	b = append(b, r.Code)
+	b = putBytes(b, []byte(r.Msg))
+	b = putU64(b, r.Head)
+	b = putU64(b, r.Durable)
+	b = putU64(b, r.Checkpoint)
+	b = putU64(b, r.Epoch)
+	u := byte(0)
+	if r.Untrusted {
+		u |= 1
+	}
+	if r.EpochUnknown {
+		u |= 2
+	}
+	return append(b, u)
+}
+
+// decoder reads a payload; the first short read sticks as its error.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) take(n int) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if n < 0 || n > len(d.b) {
+		d.err = fmt.Errorf("%w: need %d bytes, %d left", ErrBadFrame, n, len(d.b))
+		return nil
+	}
+	p := d.b[:n:n]
+	d.b = d.b[n:]
+	return p
+}
+
+func (d *decoder) u8() uint8 {
+	if p := d.take(1); p != nil {
+		return p[0]
+	}
+	return 0
+}
+
+func (d *decoder) u32() uint32 {
+	if p := d.take(4); p != nil {
+		return binary.BigEndian.Uint32(p)
+	}
+	return 0
+}
+
+func (d *decoder) u64() uint64 {
+	if p := d.take(8); p != nil {
+		return binary.BigEndian.Uint64(p)
+	}
+	return 0
+}
+
+func (d *decoder) bytes() []byte { return d.take(int(d.u32())) }
+
+func (d *decoder) done() error {
+	if d.err == nil && len(d.b) != 0 {
+		d.err = fmt.Errorf("%w: %d trailing bytes", ErrBadFrame, len(d.b))
+	}
+	return d.err
+}
+
+func decodeRequest(p []byte) (request, error) {
+	d := decoder{b: p}
+	var r request
+	r.Op = op(d.u8())
+	r.Volume = string(d.bytes())
+	r.Epoch = d.u64()
+	r.Attempt = d.u64()
+	r.A, r.B, r.C = d.u64(), d.u64(), d.u64()
+	copy(r.Sum[:], d.take(32))
+	n := d.u32()
+	// Every record takes at least 33 bytes: bound n before allocating.
+	if d.err == nil && uint64(n)*33 > uint64(len(d.b)) {
+		return r, fmt.Errorf("%w: %d records in %d bytes", ErrBadFrame, n, len(d.b))
+	}
+	if n > 0 {
+		r.Recs = make([]blockvol.Record, 0, n)
+	}
+	for i := uint32(0); i < n && d.err == nil; i++ {
+		var rec blockvol.Record
+		rec.LSN = d.u64()
+		rec.Epoch = d.u64()
+		rec.Kind = blockvol.Kind(d.u8())
+		rec.LBA = d.u64()
+		rec.Blocks = d.u32()
+		rec.Data = d.bytes()
+		r.Recs = append(r.Recs, rec)
+	}
+	r.Data = d.bytes()
+	if err := d.done(); err != nil {
+		return request{}, fmt.Errorf("decode request: %w", err)
+	}
+	if r.Op < opHello || r.Op > opCommit {
+		return request{}, fmt.Errorf("decode request: %w: unknown op %d", ErrBadFrame, r.Op)
+	}
+	return r, nil
+}
+
+func decodeResponse(p []byte) (response, error) {
+	d := decoder{b: p}
+	var r response
+	r.Code = d.u8()
+	r.Msg = string(d.bytes())
+	r.Head, r.Durable, r.Checkpoint, r.Epoch = d.u64(), d.u64(), d.u64(), d.u64()
+	flags := d.u8()
+	r.Untrusted, r.EpochUnknown = flags&1 != 0, flags&2 != 0
+	if err := d.done(); err != nil {
+		return response{}, fmt.Errorf("decode response: %w", err)
+	}
+	return r, nil
+}
+
+// writeFrame writes one frame and flushes w.
+func writeFrame(w *bufio.Writer, payload []byte) error {
+	if len(payload) > maxFrame {
+		return fmt.Errorf("write frame: %d bytes exceed the %d byte limit", len(payload), maxFrame)
+	}
+	var h [frameHeader]byte
+	binary.BigEndian.PutUint32(h[0:4], uint32(len(payload)))
+	binary.BigEndian.PutUint32(h[4:8], crc32.Checksum(payload, castagnoli))
+	if _, err := w.Write(h[:]); err != nil {
+		return err
+	}
+	if _, err := w.Write(payload); err != nil {
+		return err
+	}
+	return w.Flush()
+}
+
+// readFrame reads one frame into buf (grown as needed) and returns the
+// payload.
+func readFrame(r io.Reader, buf []byte) ([]byte, error) {
+	var h [frameHeader]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(h[0:4])
+	if n > maxFrame {
+		return nil, fmt.Errorf("%w: %d byte payload exceeds the %d byte limit", ErrBadFrame, n, maxFrame)
+	}
+	if cap(buf) < int(n) {
+		buf = make([]byte, n)
+	}
+	p := buf[:n]
+	if _, err := io.ReadFull(r, p); err != nil {
+		return nil, fmt.Errorf("read frame payload: %w", err)
+	}
+	if crc32.Checksum(p, castagnoli) != binary.BigEndian.Uint32(h[4:8]) {
+		return nil, fmt.Errorf("%w: CRC mismatch", ErrBadFrame)
+	}
+	return p, nil
+}
