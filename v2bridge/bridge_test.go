@@ -348,7 +348,7 @@ func TestRebuildWithConcurrentWrites(t *testing.T) {
 	out := rc.run(tok, plan, executor.Config{BatchBytes: 128 << 10})
 	w.finish(t)
 	wantInSync(t, out, plan.Target)
-	if st := rep.Status(); st.Untrusted || st.Durable != out.Achieved {
+	if st := rep.Status(); st.Untrusted || st.Durable < out.Achieved {
 		t.Fatalf("replica after rebuild: %+v, achieved %d", st, out.Achieved)
 	}
 	if prim.Status().Head <= plan.Target {

@@ -62,6 +62,9 @@ type Peer struct {
 	baseLSN  uint64
 	baseNext int64
 	baseSum  hash.Hash
+	// readHead: the primary's head once the last base byte was read; every
+	// write the fuzzy image may show is at or below it
+	readHead uint64
 	chunk    []byte
 	// terms of the latest View (Report is conservative across them)
 	terms []engine.Term
@@ -366,7 +369,7 @@ func (p *Peer) PinBase(tok engine.Token, src engine.Source, lsn uint64) (executo
 	}
 	st := p.vol.Status()
 	p.mu.Lock()
-	p.baseLSN, p.baseNext, p.baseSum = st.Durable, 0, sha256.New()
+	p.baseLSN, p.baseNext, p.baseSum, p.readHead = st.Durable, 0, sha256.New(), 0
 	p.mu.Unlock()
 	p.pins.Add(1)
 	return executor.Base{Source: engine.Full, LSN: st.Durable, Size: st.Size, Pin: &basePin{p: p}}, nil
@@ -404,6 +407,9 @@ func (p *Peer) TransferBase(ctx context.Context, tok engine.Token, b executor.Ba
 	}
 	p.baseSum.Write(buf)
 	p.baseNext += n
+	if p.baseNext == b.Size {
+		p.readHead = p.vol.Status().Head
+	}
 	return n, nil
 }
 
@@ -427,7 +433,36 @@ func (p *Peer) VerifyBase(tok engine.Token, b executor.Base) error {
 
 // Commit makes the replica trusted at achieved (FinishRebuild: checkpoint,
 // then the untrusted flag cleared in one fsynced superblock update).
+//
+// The base was read while writes went on, so blocks of the image may show
+// writes newer than achieved, up to the primary's head when the read ended.
+// Before committing, Commit replays the WAL on to that head (made durable on
+// the primary first), so the trusted replica is exactly the primary's state
+// at an LSN ≥ achieved, never a mix.
 func (p *Peer) Commit(tok engine.Token, achieved uint64) error {
+	if err := p.slots.Check(tok); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	readHead := p.readHead
+	p.mu.Unlock()
+	if readHead > achieved {
+		if err := p.vol.Flush(); err != nil {
+			return fmt.Errorf("v2bridge: flush the primary to %d: %w", readHead, err)
+		}
+		for stalled := 0; achieved < readHead; {
+			pr, err := p.StreamWAL(tok.Context(), tok, achieved, readHead)
+			if err != nil {
+				return fmt.Errorf("v2bridge: replay (%d, %d] behind the fuzzy base: %w", achieved, readHead, err)
+			}
+			if pr.Achieved <= achieved {
+				if stalled++; stalled >= 3 {
+					return fmt.Errorf("v2bridge: replay behind the fuzzy base stalled at %d of %d", achieved, readHead)
+				}
+			}
+			achieved = max(achieved, pr.Achieved)
+		}
+	}
 	_, err := p.call(tok.Context(), tok, &request{Op: opCommit, A: achieved})
 	return err
 }
