@@ -1,0 +1,116 @@
+package v2bridge
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"math/rand"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/weedblock/weedblock/blockvol"
+)
+
+func TestRequestRoundTrip(t *testing.T) {
+	in := request{Op: opApply, Volume: "v", Epoch: 7, Attempt: 9, A: 1, B: 2, C: 3,
+		Recs: []blockvol.Record{{LSN: 4, Epoch: 7, Kind: blockvol.KindWrite, LBA: 5, Blocks: 1, Data: []byte("abcd")},
+			{LSN: 5, Epoch: 7, Kind: blockvol.KindTrim, LBA: 8, Blocks: 3}},
+		Data: []byte("xyz")}
+	in.Sum[3] = 9
+	out, err := decodeRequest(in.encode(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Op != in.Op || out.Volume != in.Volume || out.Epoch != 7 || out.Attempt != 9 || out.A != 1 || out.B != 2 || out.C != 3 ||
+		out.Sum != in.Sum || len(out.Recs) != 2 || !bytes.Equal(out.Recs[0].Data, []byte("abcd")) ||
+		out.Recs[1].Kind != blockvol.KindTrim || out.Recs[1].Blocks != 3 || !bytes.Equal(out.Data, []byte("xyz")) {
+		t.Fatalf("round trip: %+v", out)
+	}
+	r := response{Code: codeBaseMismatch, Msg: "m", Head: 1, Durable: 2, Checkpoint: 3, Epoch: 4, Untrusted: true, EpochUnknown: true}
+	got, err := decodeResponse(r.encode(nil))
+	if err != nil || got != r {
+		t.Fatalf("response round trip: %+v, %v", got, err)
+	}
+}
+
+func TestBadBytesAreErrors(t *testing.T) {
+	good := (&request{Op: opApply, Volume: "v", Recs: []blockvol.Record{{LSN: 1, Kind: blockvol.KindWrite, Blocks: 1, Data: make([]byte, 64)}}}).encode(nil)
+	rng := rand.New(rand.NewSource(1))
+	for i := 0; i < 20000; i++ {
+		p := append([]byte(nil), good...)
+		switch i % 3 {
+		case 0:
+			p = p[:rng.Intn(len(p))]
+		case 1:
+			p[rng.Intn(len(p))] ^= byte(1 + rng.Intn(255))
+		default:
+			p = make([]byte, rng.Intn(200))
+			rng.Read(p)
+		}
+		if _, err := decodeRequest(p); err == nil && i%3 == 0 {
+			t.Fatalf("truncated request of %d bytes decoded", len(p))
+		}
+		decodeResponse(p)
+	}
+	// A huge record count in a small frame is refused before allocating.
+	p := append([]byte(nil), good[:1+4+1+8*5+32]...)
+	p = append(p, 0xff, 0xff, 0xff, 0xff)
+	if _, err := decodeRequest(p); !errors.Is(err, ErrBadFrame) {
+		t.Fatalf("huge record count: %v", err)
+	}
+}
+
+func TestServiceRefusesCorruptFrames(t *testing.T) {
+	svc, addr := startService(t)
+	rep := newReplicaVol(t, "r.vol", 1, volOpts{})
+	svc.Register("vol1", rep)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	// A frame whose CRC does not match: the connection is dropped.
+	payload := (&request{Op: opHello, Volume: "vol1", Epoch: 1}).encode(nil)
+	var fr bytes.Buffer
+	w := bufio.NewWriter(&fr)
+	writeFrame(w, payload)
+	b := fr.Bytes()
+	b[len(b)-1] ^= 1
+	c.Write(b)
+	if _, err := readFrame(c, nil); err == nil {
+		t.Fatal("the service answered a corrupt frame")
+	}
+	// A well-framed request that does not decode gets an error answer.
+	c2, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	c2.SetDeadline(time.Now().Add(10 * time.Second))
+	bw := bufio.NewWriter(c2)
+	writeFrame(bw, []byte{99, 1, 2})
+	p, err := readFrame(c2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := decodeResponse(p)
+	if err != nil || r.Code != codeOther {
+		t.Fatalf("answer %+v, %v", r, err)
+	}
+	// An oversized length is refused without reading it.
+	c3, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c3.Close()
+	c3.SetDeadline(time.Now().Add(10 * time.Second))
+	c3.Write([]byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0})
+	if _, err := readFrame(c3, nil); err == nil {
+		t.Fatal("the service answered an oversized frame")
+	}
+	if st := rep.Status(); st.Head != 0 || !st.Healthy {
+		t.Fatalf("replica changed: %+v", st)
+	}
+}
