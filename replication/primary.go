@@ -188,10 +188,15 @@ func (p *Primary) Epoch() uint64 {
 }
 
 // SetMembers installs a new epoch's member list. Members no longer listed
-// stop (state removed); on a new epoch every cursor reconnects with it.
-// An older epoch than the current one is refused with ErrStaleEpoch.
+// stop (state removed); on a new epoch every cursor reconnects with it
+// (keeping its WAL hold). An older epoch than the current one is refused
+// with ErrStaleEpoch. In quorum mode fewer than two members are accepted
+// here (an epoch that removed failed members): the commit then needs a
+// majority of the primary and the members left.
 func (p *Primary) SetMembers(epoch uint64, members []Member) error {
-	if err := checkMembers(p.o.Mode, members); err != nil {
+	// Quorum needs RF ≥ 3 to start; an epoch that dropped members keeps
+	// the mode (the majority of what is left: with RF 2 that is both).
+	if err := checkMembers(ModeSync, members); err != nil {
 		return fmt.Errorf("replication: %s: set members at epoch %d: %w", p.o.Name, epoch, err)
 	}
 	p.cfgMu.Lock()

@@ -109,6 +109,10 @@ func TestStaleEpochRefused(t *testing.T) {
 	if h := n.vol.Status().Head; h != 1 {
 		t.Fatalf("replica head %d after a refused record, want 1", h)
 	}
+	n.vol.Fence()
+	if _, err := Dial(ctx, addr, volName, 3, DialOptions{}); !errors.Is(err, ErrNotReplica) {
+		t.Fatalf("hello to a fenced replica: %v", err)
+	}
 }
 
 func TestServerRefusesGarbage(t *testing.T) {
@@ -255,6 +259,12 @@ func TestQuorum(t *testing.T) {
 	}
 	if _, err := NewPrimary(c.pvol, PrimaryOptions{Name: "x", Mode: ModeQuorum, Epoch: 1, Members: c.members()[:1]}); err == nil {
 		t.Fatal("quorum accepted RF=2")
+	}
+	// The master drops both silent members: the primary alone commits.
+	c.moveEpoch(t, 2)
+	write(t, c.dev, 6, 6)
+	if err := c.dev.Flush(); err != nil {
+		t.Fatalf("quorum flush after the silent members were removed: %v", err)
 	}
 }
 
