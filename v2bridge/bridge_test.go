@@ -473,3 +473,51 @@ func TestSnapshotBaseUnavailable(t *testing.T) {
 		t.Fatalf("snapshot base: %v", err)
 	}
 }
+
+func TestBaseMismatchRefused(t *testing.T) {
+	svc, addr := startService(t)
+	prim := primaryVol(t, 1, volOpts{})
+	rep := newReplicaVol(t, "r.vol", 1, volOpts{})
+	svc.Register("vol1", rep)
+	writeRandom(t, prim, rand.New(rand.NewSource(12)), 50, 0, testSize/bs)
+	slots := engine.NewSlots()
+	tok, _ := slots.Acquire(engine.ReplicaID{Volume: "vol1", Server: "s2"}, 1, addr)
+	defer slots.Release(tok)
+	p := NewPeer(slots, prim, PeerOptions{Name: "vol1", Addr: addr})
+	defer p.Close()
+	if err := p.MarkUntrusted(tok); err != nil {
+		t.Fatal(err)
+	}
+	base, err := p.PinBase(tok, engine.Full, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer base.Pin.Release()
+	// Chunks must follow each other.
+	if _, err := p.TransferBase(context.Background(), tok, base, 8192, 4096); err == nil {
+		t.Fatal("a chunk out of order was sent")
+	}
+	for off := int64(0); off < base.Size; {
+		n, err := p.TransferBase(context.Background(), tok, base, off, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		off += n
+	}
+	p.mu.Lock()
+	p.baseSum.Write([]byte{1}) // the manifest no longer matches what was sent
+	p.mu.Unlock()
+	if err := p.VerifyBase(tok, base); !errors.Is(err, executor.ErrBaseMismatch) {
+		t.Fatalf("verify with a wrong digest: %v", err)
+	}
+	if st := rep.Status(); !st.Untrusted || st.Head != 0 {
+		t.Fatalf("replica after a refused base: %+v", st)
+	}
+	// Committing without a verified base is refused.
+	if err := p.Commit(tok, base.LSN); err == nil {
+		t.Fatal("commit of an unverified base accepted")
+	}
+	if !rep.Status().Untrusted {
+		t.Fatal("replica trusted without a verified base")
+	}
+}

@@ -391,7 +391,7 @@ func (p *Peer) TransferBase(ctx context.Context, tok engine.Token, b executor.Ba
 		return 0, fmt.Errorf("v2bridge: base transfer at %d, next is %d", offset, p.baseNext)
 	}
 	bs := int64(p.vol.BlockSize())
-	n := min(max, b.Size-offset) / bs * bs
+	n := min(max, b.Size-offset, maxBatchBytes) / bs * bs
 	if n <= 0 {
 		n = min(bs, b.Size-offset)
 	}
