@@ -383,7 +383,26 @@ func TestSecondRebuildAfterInterrupted(t *testing.T) {
 	if !rep.Status().Untrusted {
 		t.Fatal("an interrupted rebuild left the replica trusted")
 	}
+	// The replica server restarts: the flag is durable.
+	svc.Unregister("vol1")
+	path := rep.Path()
+	if err := rep.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := blockvol.Open(path, blockvol.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rep.Close()
+	if !rep.Status().Untrusted {
+		t.Fatal("the untrusted flag did not survive a restart")
+	}
+	if err := rep.Unfence(1, blockvol.RoleReplica, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	svc.Register("vol1", rep)
 	// The replica says it is untrusted: the planner rebuilds it again.
+	writeRandom(t, prim, rand.New(rand.NewSource(13)), 50, 0, testSize/bs)
 	out = rc.recover(engine.Aborted, engine.Rebuild, executor.Config{})
 	wantInSync(t, out, prim.Status().Durable)
 	if rep.Status().Untrusted {
