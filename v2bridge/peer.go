@@ -20,6 +20,9 @@ import (
 // errStaleAttempt: the replica has seen a newer attempt at this epoch.
 var errStaleAttempt = fmt.Errorf("%w (refused by the replica)", engine.ErrStaleToken)
 
+// applyChunk is the record data of one pipelined apply request.
+const applyChunk = 1 << 20
+
 // errScanDone ends a WAL scan that reached its goal.
 var errScanDone = errors.New("scan done")
 
@@ -120,13 +123,19 @@ func (p *Peer) call(ctx context.Context, tok engine.Token, req *request) (respon
 }
 
 func (p *Peer) callLocked(ctx context.Context, tok engine.Token, req *request) (response, error) {
+	return p.exchangeLocked(ctx, tok, []*request{req})
+}
+
+// exchangeLocked sends reqs back to back (pipelined) and then reads their
+// answers in order. It returns the last answer, or the first refusal.
+func (p *Peer) exchangeLocked(ctx context.Context, tok engine.Token, reqs []*request) (response, error) {
+	what := reqs[0].Op
 	if p.closed {
-		return response{}, fmt.Errorf("v2bridge: %s to %s: peer closed", req.Op, p.o.Addr)
+		return response{}, fmt.Errorf("v2bridge: %s to %s: peer closed", what, p.o.Addr)
 	}
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	req.Volume, req.Epoch, req.Attempt = p.o.Name, tok.Epoch, tok.Attempt
 	if p.conn == nil {
 		dctx, cancel := context.WithTimeout(ctx, p.o.Timeout)
 		c, err := p.dial(dctx)
@@ -149,25 +158,38 @@ func (p *Peer) callLocked(ctx context.Context, tok engine.Token, req *request) (
 		if cerr := ctx.Err(); cerr != nil {
 			err = fmt.Errorf("%w (%v)", err, context.Cause(ctx))
 		}
-		return response{}, fmt.Errorf("v2bridge: %s to %s: %w", req.Op, p.o.Addr, err)
+		return response{}, fmt.Errorf("v2bridge: %s to %s: %w", what, p.o.Addr, err)
 	}
-	p.wbuf = req.encode(p.wbuf[:0])
-	if err := writeFrame(p.bw, p.wbuf); err != nil {
-		return fail(err)
+	// The answers are small: the replica never blocks writing them while
+	// this side is still writing requests.
+	for _, req := range reqs {
+		req.Volume, req.Epoch, req.Attempt = p.o.Name, tok.Epoch, tok.Attempt
+		p.wbuf = req.encode(p.wbuf[:0])
+		if err := writeFrame(p.bw, p.wbuf); err != nil {
+			return fail(err)
+		}
 	}
-	payload, err := readFrame(p.br, p.rbuf)
-	if err != nil {
-		return fail(err)
+	var last response
+	var first error
+	for range reqs {
+		payload, err := readFrame(p.br, p.rbuf)
+		if err != nil {
+			return fail(err)
+		}
+		p.rbuf = payload[:0]
+		resp, err := decodeResponse(payload)
+		if err != nil {
+			return fail(err)
+		}
+		if err := errorFor(resp); err != nil && first == nil {
+			first = fmt.Errorf("v2bridge: %s %s: %w", what, p.o.Name, err)
+		}
+		last = resp
 	}
-	p.rbuf = payload[:0]
-	resp, err := decodeResponse(payload)
-	if err != nil {
-		return fail(err)
+	if first != nil {
+		return last, first
 	}
-	if err := errorFor(resp); err != nil {
-		return resp, fmt.Errorf("v2bridge: %s %s: %w", req.Op, p.o.Name, err)
-	}
-	return resp, nil
+	return last, nil
 }
 
 func (p *Peer) dial(ctx context.Context) (net.Conn, error) {
@@ -298,15 +320,25 @@ func (p *Peer) StreamWAL(ctx context.Context, tok engine.Token, after, upTo uint
 	if upTo <= after {
 		return executor.Progress{Achieved: after}, nil
 	}
-	var recs []blockvol.Record
-	var bytes int64
+	// Records go out in pipelined requests of about applyChunk bytes; only
+	// the last one asks the replica to fsync.
+	var reqs []*request
+	var cur *request
+	var bytes, curBytes int64
+	var last uint64
 	err := p.vol.ScanWAL(after+1, func(r blockvol.Record) error {
 		if ctx != nil && ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
+		if cur == nil || curBytes >= applyChunk {
+			cur, curBytes = &request{Op: opApply}, 0
+			reqs = append(reqs, cur)
+		}
 		r.Data = append([]byte(nil), r.Data...)
-		recs = append(recs, r)
+		cur.Recs = append(cur.Recs, r)
 		bytes += int64(len(r.Data))
+		curBytes += int64(len(r.Data))
+		last = r.LSN
 		if r.LSN >= upTo || bytes >= maxBatchBytes {
 			return errScanDone
 		}
@@ -318,14 +350,20 @@ func (p *Peer) StreamWAL(ctx context.Context, tok engine.Token, after, upTo uint
 		}
 		return executor.Progress{}, fmt.Errorf("v2bridge: read WAL after %d: %w", after, err)
 	}
-	if len(recs) == 0 {
+	if len(reqs) == 0 {
 		return executor.Progress{Achieved: after}, nil
 	}
-	resp, err := p.call(ctx, tok, &request{Op: opApply, Recs: recs})
+	reqs[len(reqs)-1].B = 1 // fsync, then answer
+	if err := p.slots.Check(tok); err != nil {
+		return executor.Progress{}, err
+	}
+	p.mu.Lock()
+	resp, err := p.exchangeLocked(ctx, tok, reqs)
+	p.mu.Unlock()
 	if err != nil {
 		return executor.Progress{}, err
 	}
-	return executor.Progress{Achieved: max(after, min(resp.Durable, recs[len(recs)-1].LSN)), Bytes: bytes}, nil
+	return executor.Progress{Achieved: max(after, min(resp.Durable, last)), Bytes: bytes}, nil
 }
 
 // Truncate drops the replica's records (to, ∞); executor.ErrTruncationUnsafe
@@ -402,7 +440,13 @@ func (p *Peer) TransferBase(ctx context.Context, tok engine.Token, b executor.Ba
 	if err := p.vol.ReadAt(buf, offset); err != nil {
 		return 0, fmt.Errorf("v2bridge: read base at %d: %w", offset, err)
 	}
-	if _, err := p.callLocked(ctx, tok, &request{Op: opBase, A: uint64(offset), B: b.LSN, C: uint64(b.Size), Data: buf}); err != nil {
+	// Pipelined requests of applyChunk bytes.
+	var reqs []*request
+	for i := int64(0); i < n; i += applyChunk {
+		j := min(i+applyChunk, n)
+		reqs = append(reqs, &request{Op: opBase, A: uint64(offset + i), B: b.LSN, C: uint64(b.Size), Data: buf[i:j]})
+	}
+	if _, err := p.exchangeLocked(ctx, tok, reqs); err != nil {
 		return 0, err
 	}
 	p.baseSum.Write(buf)

@@ -257,6 +257,9 @@ func (rv *replicaVol) lastEpoch() (epoch uint64, known bool) {
 	return epoch, true
 }
 
+// apply appends req.Recs; with B = 1 (the last request of a pipelined
+// batch) it also fsyncs before answering, so the answer's durable LSN
+// covers them.
 func (rv *replicaVol) apply(req *request) error {
 	if n, err := rv.vol.ApplyReplicatedBatch(req.Recs); err != nil {
 		// Make what was applied durable anyway, so the answer's durable
@@ -265,6 +268,9 @@ func (rv *replicaVol) apply(req *request) error {
 			return fmt.Errorf("flush after %d of %d records: %w", n, len(req.Recs), ferr)
 		}
 		return fmt.Errorf("after %d of %d records: %w", n, len(req.Recs), err)
+	}
+	if req.B == 0 {
+		return nil
 	}
 	return rv.vol.Flush()
 }

@@ -31,7 +31,7 @@ type op uint8
 
 const (
 	opHello    op = iota + 1 // report the replica's position
-	opApply                  // append Recs, fsync, report durable
+	opApply                  // append Recs; B = 1: then fsync; report durable
 	opTruncate               // drop records after A
 	opBegin                  // durably untrusted, WAL dropped
 	opBase                   // base chunk: Data at offset A; manifest B = base LSN, C = size
