@@ -23,7 +23,7 @@ func TestReplicasEqualPrimary(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newCluster(t, clusterOpts{rf: tc.rf, mode: tc.mode})
-			ops := 400
+			ops := 300
 			if testing.Short() {
 				ops = 100
 			}
