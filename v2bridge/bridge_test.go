@@ -123,8 +123,12 @@ func TestReplicaAheadIsTruncated(t *testing.T) {
 	if plan.Kind != engine.Truncate || plan.TruncateTo != 10 || plan.Target != 15 {
 		t.Fatalf("planned %v, want truncate to 10 then catch up to 15", plan)
 	}
+	gen := r.Status().Generation
 	wantInSync(t, rc.run(tok, plan, executor.Config{}), 15)
 	st := r.Status()
+	if st.Generation <= gen {
+		t.Fatalf("generation %d after truncation, was %d", st.Generation, gen)
+	}
 	if st.Head != 15 || st.Durable != 15 || st.Fenced || st.Role != blockvol.RoleReplica {
 		t.Fatalf("replica after truncation: %+v", st)
 	}

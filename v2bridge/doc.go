@@ -26,6 +26,27 @@
 // fuzzy image has no digest before it is read. executor.Base.SHA256 is
 // therefore left zero by PinBase.
 //
+// Because of that, Commit first replays the WAL on to the primary's head as
+// it was when the last base byte was read (flushed on the primary first),
+// then calls FinishRebuild: the replica it makes trusted is exactly the
+// primary at some LSN ≥ the executor's achieved LSN (its durable LSN may
+// exceed the outcome's Achieved).
+//
+// Planning: Peer.View builds the engine.PrimaryView and holds the WAL from
+// its tail until the token's attempt ends, so the records a plan binds (a
+// catch-up's From, a full rebuild's Tail-1) cannot be flushed away between
+// planning and the executor's own pin. Peer.Report gives the replica's
+// report; blockvol does not keep the epoch of a record once the flusher let
+// it go, so when the replica's last record has left its WAL and the view's
+// terms name more than one epoch, the report's Epoch is 0 (none of its
+// records is taken to match: a rebuild, never a deposed primary's writes
+// kept); with a single-epoch history it is the replica's assigned epoch.
+//
+// The replica side fences its volume for TruncateWAL and BeginRebuild and
+// unfences it again as RoleReplica of the same epoch and lease for the
+// catch-up and the replay; steady-state appends from package replication
+// to that volume fail meanwhile (the primary's cursor retries).
+//
 // Snapshot rebuilds (engine.Snapshot) are not possible yet: blockvol has no
 // snapshots, so PinBase returns executor.ErrBaseUnavailable for them.
 //
