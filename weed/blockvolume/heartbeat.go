@@ -390,6 +390,7 @@ func (m *Manager) applyAssignmentLocked(a *blockpb.Assignment, leaseUntil time.T
 			return errors.New("volume vanished after allocation")
 		}
 	}
+	v.rf = spec.GetReplicationFactor()
 	m.beforeConfigLocked(v, cfg)
 	err := m.applyConfigLocked(v, cfg, leaseUntil, true)
 	m.syncReplLocked(v)

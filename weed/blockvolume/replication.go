@@ -131,10 +131,19 @@ func (m *Manager) syncReplLocked(v *volume) {
 	role, cfg, st := m.currentRole(v)
 	if role == blockpb.Role_ROLE_PRIMARY && v.confirmed == st.Epoch {
 		m.unregisterLocked(v)
-		// Catch-ups of older epochs stop once the new member list (which
-		// may take their server in) is installed.
-		defer m.closeCatchUpsLocked(v, st.Epoch)
 		members := replMembers(cfg, m.serverID)
+		if len(members)+1 < int(v.rf) {
+			m.rejoinHoldLocked(v, true)
+		}
+		// The WAL stays held for returning copies (the rejoin hold, the
+		// catch-ups of older epochs) until every member's cursor streams
+		// and so holds what its replica lacks.
+		defer func() {
+			if len(members)+1 >= int(v.rf) && streaming(v.primary(), len(members)) {
+				m.rejoinHoldLocked(v, false)
+				m.closeCatchUpsLocked(v, st.Epoch)
+			}
+		}()
 		mode := durabilityMode(cfg.GetDurability())
 		if mode == replication.ModeQuorum && len(members)+1 < 3 {
 			mode = replication.ModeSync // a majority of two is both
@@ -179,6 +188,7 @@ func (m *Manager) syncReplLocked(v *volume) {
 	}
 	m.stopPrimaryLocked(v)
 	m.closeCatchUpsLocked(v, 0)
+	m.rejoinHoldLocked(v, false)
 	if m.replSrv == nil || !st.Healthy || cfg == nil {
 		m.unregisterLocked(v)
 		return
@@ -205,6 +215,27 @@ func (m *Manager) syncReplLocked(v *volume) {
 	}
 }
 
+// streaming says whether p has n members and each one's cursor is
+// connected (and so holds the WAL its replica lacks). A nil p streams to
+// nobody.
+func streaming(p *replication.Primary, n int) bool {
+	if p == nil {
+		return n == 0
+	}
+	k := 0
+	for _, rs := range p.Stats().Replicas {
+		switch rs.State {
+		case replication.StateRemoved:
+			continue
+		case replication.StateCatchingUp, replication.StateInSync, replication.StateLagging:
+			k++
+		default:
+			return false
+		}
+	}
+	return k == n
+}
+
 func (m *Manager) unregisterLocked(v *volume) {
 	if v.registered && m.replSrv != nil {
 		m.replSrv.Unregister(v.name)
@@ -227,6 +258,35 @@ func (m *Manager) stopReplLocked(v *volume) {
 	m.unregisterLocked(v)
 	m.stopPrimaryLocked(v)
 	m.closeCatchUpsLocked(v, 0)
+	m.rejoinHoldLocked(v, false)
+}
+
+// rejoinHoldLocked keeps, while a confirmed primary has fewer copies than
+// the volume's replication factor, a WAL hold from the tail it had when it
+// became so: the copies that left the epoch (a crashed old primary, a
+// removed member) can then be caught up from the WAL when they return
+// instead of needing a rebuild. The hold has a byte budget (half the WAL)
+// and the engine revokes it when it alone keeps writers from room; a
+// revoked hold is not taken again until the volume is whole.
+func (m *Manager) rejoinHoldLocked(v *volume, degraded bool) {
+	if !degraded {
+		if v.rejoin != nil {
+			v.rejoin.Release()
+			v.rejoin = nil
+		}
+		return
+	}
+	if v.rejoin != nil {
+		return
+	}
+	st := v.vol.Status()
+	h, err := v.vol.Hold(st.Tail, st.WALSize/2)
+	if err != nil {
+		glog.Warningf("blockvolume: %s: keep the WAL for returning copies: %v", v.name, err)
+		return
+	}
+	v.rejoin = h
+	glog.Infof("blockvolume: %s: degraded (rf %d): keeping the WAL from lsn %d for returning copies", v.name, v.rf, st.Tail)
 }
 
 // closeCatchUpsLocked stops the catch-ups of v not at epoch keep (0: all).
@@ -271,7 +331,9 @@ func (m *Manager) applyCatchUpsLocked(targets []*blockpb.CatchUpTarget) {
 		v.replMu.Lock()
 		var stop []*catchUp
 		for id, cu := range v.catchUps {
-			if t, ok := ts[id]; !ok || t.GetEpoch() != cu.epoch {
+			// One of an older epoch is stopped by syncReplLocked once
+			// the member it became streams.
+			if t, ok := ts[id]; cu.epoch == st.Epoch && (!ok || t.GetEpoch() != cu.epoch) {
 				stop = append(stop, cu)
 				delete(v.catchUps, id)
 			}

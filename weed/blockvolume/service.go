@@ -52,6 +52,7 @@ func (s *service) AllocateVolume(ctx context.Context, req *blockpb.AllocateVolum
 		return nil, err
 	}
 	if v := m.lookup(req.GetSpec().GetName()); v != nil {
+		v.rf = req.GetSpec().GetReplicationFactor()
 		m.syncReplLocked(v) // a replica follows its primary at once
 	}
 	return &blockpb.AllocateVolumeResponse{Volume: rep}, nil

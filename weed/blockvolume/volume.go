@@ -31,6 +31,11 @@ type volume struct {
 	// registered: v follows a primary through the replication Server
 	// (Manager.opMu).
 	registered bool
+	// rf is the replication factor of the latest spec seen in this
+	// process (assignment or allocation; 0: none yet). rejoin is the WAL
+	// hold a degraded primary keeps for returning copies. Both opMu.
+	rf     uint32
+	rejoin *blockvol.Hold
 
 	// replMu guards prim and catchUps for readers (reports); changes
 	// also hold Manager.opMu.
