@@ -6,8 +6,9 @@
 //
 // Wire: recovery traffic has its own listener (Service.Serve), separate
 // from the steady-state data plane of package replication, with the same
-// shape: length-prefixed frames with a CRC32C, one request and one answer at
-// a time, and every request naming the volume, the sender's epoch and the
+// shape: length-prefixed frames with a CRC32C, requests answered in order
+// (the Peer pipelines apply and base requests of 1 MiB, with one fsync per
+// batch), and every request naming the volume, the sender's epoch and the
 // attempt number of its token. The replica refuses an epoch other than its
 // volume's (replication.ErrStaleEpoch / replication.ErrEpochAhead) and an
 // attempt older than the newest one it has seen at that epoch
