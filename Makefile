@@ -2,10 +2,12 @@
 # `make run` starts a local cluster with a demo volume; `make test` runs every test.
 
 GO        ?= go
-# Fast package tests: everything except the SeaweedFS plugin (weed/) and the
-# end-to-end suite (test/), which need the slow upstream build.
-UNIT_PKGS  = $(shell $(GO) list ./... | grep -v -e '/weed$$' -e '/weed/' -e '/test$$' -e '/test/')
-E2E_PKGS   = $(shell $(GO) list ./weed/... ./test/... 2>/dev/null)
+# Fast package tests: every package that does not pull in upstream SeaweedFS
+# (run with the race detector). The rest — the packages that import upstream
+# and the end-to-end suite in test/ — need the slow upstream build.
+PKG_DEPS   = $(shell $(GO) list -f '{{.ImportPath}}:{{join .Deps ","}}' ./...)
+UNIT_PKGS  = $(foreach p,$(PKG_DEPS),$(if $(findstring github.com/seaweedfs/seaweedfs,$(p)),,$(if $(filter %/test,$(firstword $(subst :, ,$(p)))),,$(firstword $(subst :, ,$(p))))))
+E2E_PKGS   = $(filter-out $(UNIT_PKGS),$(shell $(GO) list ./...))
 
 .PHONY: all build test unit e2e bench run compose-up compose-down compose-test fmt vet proto clean
 
