@@ -105,7 +105,12 @@ func runTool(t *testing.T, name string, args ...string) []byte {
 // stops on cancel, and a second run reuses the data (no new volume, same
 // bytes).
 func TestDevCluster(t *testing.T) {
-	t.Setenv(childEnv, "1")
+	raceDir := t.TempDir()
+	for _, kv := range childEnvs(raceDir) {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	defer checkChildRaces(t, raceDir)
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)

@@ -166,7 +166,7 @@ func (s *watchedStream) Recv() (*master_pb.Heartbeat, error) {
 // observe records the join: the first heartbeat that identifies its server
 // while this master leads (a follower only redirects the stream).
 func (s *watchedStream) observe(hb *master_pb.Heartbeat) {
-	if s.id != "" || hb.GetIp() == "" || !s.watch.Topo.IsLeader() {
+	if s.id != "" || hb.GetIp() == "" || !raftIsLeader(s.watch.Topo) {
 		return
 	}
 	info := ServerInfo{

@@ -239,7 +239,7 @@ func StartMaster(c MasterConfig) (*Master, error) {
 	if c.Block != nil {
 		plugin, err := c.Block(MasterPluginEnv{
 			MetaDir:    metaRoot,
-			IsLeader:   ms.Topo.IsLeader,
+			IsLeader:   func() bool { return raftIsLeader(ms.Topo) },
 			Leader:     func() string { return masterLeader(ms) },
 			Topology:   func() []TopologyServer { return topologySnapshot(ms.Topo) },
 			DialVolume: dialFunc("grpc.master"),
@@ -404,15 +404,6 @@ func masterPeers(ip string, port, grpcPort int, peers string) (pb.ServerAddress,
 		return "", nil, fmt.Errorf("master -peers: %d masters %v; only an odd number is supported", len(out), out)
 	}
 	return self, out, nil
-}
-
-// masterLeader is the leader's gRPC address (host:port), "" when unknown.
-func masterLeader(ms *weed_server.MasterServer) string {
-	leader, err := ms.Topo.MaybeLeader()
-	if err != nil || leader == "" {
-		return ""
-	}
-	return leader.ToGrpcAddress()
 }
 
 // httpsConfig builds the TLS config of upstream's https.<component>.*

@@ -39,6 +39,8 @@ func TestThreeMasters(t *testing.T) {
 		cmd        *exec.Cmd
 		exited     chan struct{}
 	}
+	raceDir := t.TempDir()
+	defer checkChildRaces(t, raceDir) // after the masters stopped (defers run LIFO)
 	ms := make([]*master, 3)
 	var peers []string
 	for i := range ms {
@@ -53,7 +55,7 @@ func TestThreeMasters(t *testing.T) {
 		m.cmd = exec.Command(exe, "-logdir="+dir, "master", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
 			"-port="+hp, "-port.grpc="+gp, "-mdir="+dir, "-peers="+strings.Join(peers, ","),
 			"-telemetry=false", "-electionTimeout=2s")
-		m.cmd.Env = append(os.Environ(), childEnv+"=1")
+		m.cmd.Env = append(os.Environ(), childEnvs(raceDir)...)
 		logf, err := os.Create(filepath.Join(dir, "master.log"))
 		if err != nil {
 			t.Fatal(err)
