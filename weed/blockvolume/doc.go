@@ -69,7 +69,8 @@
 // primary, is deleted or the Manager closes. A copy that is not a member of
 // its current epoch (role NONE: a returning old primary, a removed member)
 // follows the same way so the primary can catch it up, and keeps
-// reporting role NONE and fenced.
+// reporting role NONE and fenced; it also serves no frontend reads
+// (ErrNotMember: NBD EIO) since it may hold writes the primary never had.
 //
 // A confirmed primary (assignment in this process) whose config has other
 // members ships its WAL to them with a replication.Primary in the config's

@@ -80,6 +80,8 @@ func TestStartOpensExistingVolumesFenced(t *testing.T) {
 		t.Fatalf("qemu-io wrote to a fenced volume over iSCSI:\n%s", out)
 	}
 
+	// The iSCSI session of qemu-io ends shortly after it exits.
+	eventually(t, 10*time.Second, "the iSCSI session is gone", func() bool { return m.sessions("old") == 1 })
 	r, err := m.reports("old")
 	if err != nil {
 		t.Fatal(err)

@@ -1,6 +1,7 @@
 package blockvolume
 
 import (
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -114,6 +115,7 @@ func (o opMetrics) done(start time.Time, n int64, err error) {
 type meteredDevice struct {
 	*blockvol.Volume
 	repl                           atomic.Pointer[replication.Volume]
+	notMember                      atomic.Bool // reads fail with ErrNotMember
 	read, write, trim, zero, flush opMetrics
 }
 
@@ -138,7 +140,12 @@ func (mt *metrics) device(name string, vol *blockvol.Volume) *meteredDevice {
 
 func (d *meteredDevice) ReadAt(p []byte, off int64) error {
 	start := time.Now()
-	err := d.Volume.ReadAt(p, off)
+	var err error
+	if d.notMember.Load() {
+		err = fmt.Errorf("read %d@%d: %w", len(p), off, ErrNotMember)
+	} else {
+		err = d.Volume.ReadAt(p, off)
+	}
 	d.read.done(start, int64(len(p)), err)
 	return err
 }

@@ -15,6 +15,11 @@ import (
 	"github.com/weedblock/weedblock/weed/pb/blockpb"
 )
 
+// ErrNotMember: a read from a copy that is not a member of its volume's
+// current epoch (NBD EIO, SCSI unrecovered read error). Such a copy may
+// hold writes the current primary never had.
+var ErrNotMember = errors.New("blockvolume: this copy is not a member of the volume's current epoch")
+
 // masterCallTimeout bounds one membership RPC to the master.
 const masterCallTimeout = 5 * time.Second
 
@@ -129,6 +134,9 @@ func (m *Manager) beforeConfigLocked(v *volume, cfg *blockpb.EpochConfig) {
 // opMu.
 func (m *Manager) syncReplLocked(v *volume) {
 	role, cfg, st := m.currentRole(v)
+	// A copy outside its epoch's members may hold records the primary
+	// never had (a returning old primary): it serves no reads.
+	v.dev.notMember.Store(role == blockpb.Role_ROLE_NONE && cfg != nil && cfg.GetEpoch() == st.Epoch)
 	if role == blockpb.Role_ROLE_PRIMARY && v.confirmed == st.Epoch {
 		m.unregisterLocked(v)
 		members := replMembers(cfg, m.serverID)

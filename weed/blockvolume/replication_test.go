@@ -16,13 +16,14 @@ import (
 // BlockVolume service is on its own gRPC server.
 type volumeServer struct {
 	id, dir string
+	mAddr   string
 	m       *Manager
 	srv     *grpc.Server
 	done    chan struct{}
 	stopped bool
 }
 
-func startNamedVolumeServer(t *testing.T, id, rack, dir, masterAddr string) *volumeServer {
+func startNamedVolumeServer(t *testing.T, id, rack, dir, masterAddr string, tweak ...func(*Options)) *volumeServer {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -37,11 +38,14 @@ func startNamedVolumeServer(t *testing.T, id, rack, dir, masterAddr string) *vol
 		Pulse:     50 * time.Millisecond,
 	}
 	withMasters(masterAddr)(&opts)
+	for _, f := range tweak {
+		f(&opts)
+	}
 	m, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	vs := &volumeServer{id: id, dir: dir, m: m, srv: grpc.NewServer(), done: make(chan struct{})}
+	vs := &volumeServer{id: id, dir: dir, mAddr: masterAddr, m: m, srv: grpc.NewServer(), done: make(chan struct{})}
 	m.Register(vs.srv)
 	go func() { defer close(vs.done); vs.srv.Serve(l) }()
 	if err := m.Start(); err != nil {
@@ -181,6 +185,7 @@ func TestReplicatedFailoverWithRealMaster(t *testing.T) {
 	if e := oc.write(0, patB); e != nbdEPERM {
 		t.Fatalf("write to the returning old primary: errno %d, want EPERM", e)
 	}
+
 	eventually(t, 20*time.Second, "old primary caught up and re-added as a replica", func() bool {
 		in := lookupInfo(t, client, "ha")
 		return in != nil && in.GetConfig().GetPrimaryServerId() == rid && isMember(in.GetConfig(), pid)
@@ -200,4 +205,125 @@ func TestReplicatedFailoverWithRealMaster(t *testing.T) {
 			bytes.Equal(old.readLocal(t, "ha", 16384, 4096), patC)
 	})
 	nc.nc.Close()
+}
+
+// startPair creates an RF=2 sync volume name on two fresh servers and
+// returns the master client, the primary and the replica.
+func startPair(t *testing.T, name string) (blockpb.BlockMasterClient, *blockpb.VolumeInfo, *volumeServer, *volumeServer) {
+	t.Helper()
+	_, mAddr := startRealMaster(t, t.TempDir())
+	cc, err := dialInsecure(context.Background(), mAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	client := blockpb.NewBlockMasterClient(cc)
+	servers := map[string]*volumeServer{
+		"vs-a": startNamedVolumeServer(t, "vs-a", "r1", t.TempDir(), mAddr),
+		"vs-b": startNamedVolumeServer(t, "vs-b", "r2", t.TempDir(), mAddr),
+	}
+	sp := spec(name, 4<<20)
+	sp.ReplicationFactor = 2
+	var info *blockpb.VolumeInfo
+	eventually(t, 10*time.Second, "rf=2 create", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := client.CreateVolume(ctx, &blockpb.CreateVolumeRequest{Spec: sp})
+		if err != nil {
+			return false
+		}
+		info = resp.GetVolume()
+		return true
+	})
+	pid := info.GetConfig().GetPrimaryServerId()
+	rid := "vs-a"
+	if pid == rid {
+		rid = "vs-b"
+	}
+	return client, info, servers[pid], servers[rid]
+}
+
+// TestPromoteSwapsRolesWithRealMaster: an operator promote of the live
+// replica makes the old primary a replica (fenced, its Primary stopped,
+// following the new primary) and the replica a primary shipping to it.
+func TestPromoteSwapsRolesWithRealMaster(t *testing.T) {
+	client, info, prim, repl := startPair(t, "sw")
+	c := dialNBD(t, prim.m.Endpoints().GetNbdAddress(), "sw")
+	patA := bytes.Repeat([]byte{0x5a}, 4096)
+	eventually(t, 10*time.Second, "primary writable", func() bool { return c.write(0, patA) == 0 })
+	if e := c.flush(); e != 0 {
+		t.Fatalf("flush: errno %d", e)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := client.PromoteVolume(ctx, &blockpb.PromoteVolumeRequest{Name: "sw", ToServerId: repl.id}); err != nil {
+		t.Fatalf("promote: %v", err)
+	}
+	eventually(t, 10*time.Second, "old primary refuses writes", func() bool { return c.write(4096, patA) == nbdEPERM })
+	nc := dialNBD(t, repl.m.Endpoints().GetNbdAddress(), "sw")
+	patB := bytes.Repeat([]byte{0x6b}, 4096)
+	eventually(t, 10*time.Second, "new primary writable", func() bool { return nc.write(4096, patB) == 0 })
+	if e := nc.flush(); e != 0 {
+		t.Fatalf("flush on the new primary: errno %d", e)
+	}
+	in := lookupInfo(t, client, "sw")
+	if in.GetConfig().GetPrimaryServerId() != repl.id || !isMember(in.GetConfig(), prim.id) || in.GetConfig().GetEpoch() <= info.GetConfig().GetEpoch() {
+		t.Fatalf("after the promote: %v", in.GetConfig())
+	}
+	// Sync mode: the flush returned, so the old primary holds the write.
+	if got := prim.readLocal(t, "sw", 4096, 4096); !bytes.Equal(got, patB) {
+		t.Fatalf("old primary (now replica) lacks the write flushed on the new primary")
+	}
+	if prim.m.lookup("sw").primary() != nil {
+		t.Fatalf("old primary still runs a replication Primary")
+	}
+	c.nc.Close()
+	nc.nc.Close()
+}
+
+// TestLostReplicaIsRemovedWithRealMaster: when the replica's server dies,
+// a FLUSH on the primary waits for it, the primary asks the master to
+// remove it, and the FLUSH completes in the epoch without it.
+func TestLostReplicaIsRemovedWithRealMaster(t *testing.T) {
+	client, info, prim, repl := startPair(t, "lr")
+	c := dialNBD(t, prim.m.Endpoints().GetNbdAddress(), "lr")
+	pat := bytes.Repeat([]byte{0x77}, 4096)
+	eventually(t, 10*time.Second, "primary writable", func() bool { return c.write(0, pat) == 0 })
+	if e := c.flush(); e != 0 {
+		t.Fatalf("flush: errno %d", e)
+	}
+	repl.stop()
+	if e := c.write(4096, pat); e != 0 {
+		t.Fatalf("write after the replica died: errno %d", e)
+	}
+	start := time.Now()
+	if e := c.flush(); e != 0 {
+		t.Fatalf("flush after the replica died: errno %d", e)
+	}
+	t.Logf("flush with a dead replica took %v", time.Since(start).Round(time.Millisecond))
+	in := lookupInfo(t, client, "lr")
+	if isMember(in.GetConfig(), repl.id) || in.GetConfig().GetEpoch() <= info.GetConfig().GetEpoch() {
+		t.Fatalf("dead replica still a member: %v", in.GetConfig())
+	}
+	c.nc.Close()
+
+	// The removed copy returns without a replication listener, so it
+	// cannot be caught up: it stays outside the epoch, refusing writes
+	// (EPERM) and reads (EIO).
+	back := startNamedVolumeServer(t, repl.id, "r9", repl.dir, repl.mAddr, func(o *Options) { o.ReplAddr = "" })
+	bc := dialNBD(t, back.m.Endpoints().GetNbdAddress(), "lr")
+	eventually(t, 10*time.Second, "the removed copy learns it is not a member", func() bool {
+		r := back.m.lookup("lr")
+		return r != nil && r.vol.Status().Epoch == in.GetConfig().GetEpoch()
+	})
+	if e, _ := bc.read(0, 4096); e != nbdEIO {
+		t.Fatalf("read from a removed copy: errno %d, want EIO", e)
+	}
+	if e := bc.write(0, pat); e != nbdEPERM {
+		t.Fatalf("write to a removed copy: errno %d, want EPERM", e)
+	}
+	if got := prim.readLocal(t, "lr", 4096, 4096); !bytes.Equal(got, pat) {
+		t.Fatalf("primary lost its write")
+	}
+	bc.nc.Close()
 }
