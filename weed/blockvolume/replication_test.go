@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 
+	"github.com/weedblock/weedblock/blockvol"
 	"github.com/weedblock/weedblock/weed/pb/blockpb"
 )
 
@@ -326,4 +328,80 @@ func TestLostReplicaIsRemovedWithRealMaster(t *testing.T) {
 		t.Fatalf("primary lost its write")
 	}
 	bc.nc.Close()
+}
+
+// TestDivergedOldPrimaryNeverServes: the old primary comes back holding
+// records the new primary never had (written after its last shipped
+// record): it stays outside the epoch — writes EPERM, reads EIO — the new
+// primary reports it as needing a rebuild, and the master does not re-add
+// it.
+func TestDivergedOldPrimaryNeverServes(t *testing.T) {
+	client, info, prim, repl := startPair(t, "dv")
+	c := dialNBD(t, prim.m.Endpoints().GetNbdAddress(), "dv")
+	pat := bytes.Repeat([]byte{0x31}, 4096)
+	eventually(t, 10*time.Second, "primary writable", func() bool { return c.write(0, pat) == 0 })
+	if e := c.flush(); e != 0 {
+		t.Fatalf("flush: errno %d", e)
+	}
+	c.nc.Close()
+	prim.stop()
+
+	// Behind everyone's back, the old primary's file gains records the
+	// replica never saw (as if written just before a crash).
+	path := filepath.Join(prim.dir, "dv"+FileExt)
+	vol, err := blockvol.Open(path, blockvol.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := vol.Unfence(info.GetConfig().GetEpoch(), blockvol.RolePrimary, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	ghost := bytes.Repeat([]byte{0xee}, 4096)
+	for i := int64(0); i < 16; i++ {
+		if err := vol.WriteAt(ghost, 4096*(i+1), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := vol.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := vol.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	eventually(t, 15*time.Second, "master promotes the replica", func() bool {
+		in := lookupInfo(t, client, "dv")
+		return in != nil && in.GetConfig().GetPrimaryServerId() == repl.id
+	})
+	nc := dialNBD(t, repl.m.Endpoints().GetNbdAddress(), "dv")
+	eventually(t, 10*time.Second, "new primary writable", func() bool { return nc.write(0, pat) == 0 })
+	if e := nc.flush(); e != 0 {
+		t.Fatalf("flush on the new primary: errno %d", e)
+	}
+
+	old := startNamedVolumeServer(t, prim.id, "r1", prim.dir, prim.mAddr)
+	oc := dialNBD(t, old.m.Endpoints().GetNbdAddress(), "dv")
+	eventually(t, 15*time.Second, "new primary reports the old one as needing a rebuild", func() bool {
+		for _, rs := range repl.m.lookup("dv").replicaStates() {
+			if rs.GetServerId() == prim.id && rs.GetState() == "needs-rebuild" {
+				return true
+			}
+		}
+		return false
+	})
+	if e := oc.write(0, pat); e != nbdEPERM {
+		t.Fatalf("write to the diverged old primary: errno %d, want EPERM", e)
+	}
+	if e, _ := oc.read(4096, 4096); e != nbdEIO {
+		t.Fatalf("read from the diverged old primary: errno %d, want EIO", e)
+	}
+	time.Sleep(300 * time.Millisecond) // several pulses
+	if in := lookupInfo(t, client, "dv"); isMember(in.GetConfig(), prim.id) {
+		t.Fatalf("the master re-added a diverged copy: %v", in.GetConfig())
+	}
+	if e, data := nc.read(4096, 4096); e != 0 || bytes.Equal(data, ghost) {
+		t.Fatalf("new primary read: errno %d, ghost data %v", e, bytes.Equal(data, ghost))
+	}
+	oc.nc.Close()
+	nc.nc.Close()
 }
