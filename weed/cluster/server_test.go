@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -32,9 +33,9 @@ func TestServerCommand(t *testing.T) {
 	}
 	dir := t.TempDir()
 	mp, mg, vp, vg := freePort(t), freePort(t), freePort(t), freePort(t)
-	nbd := freePort(t)
+	nbd, metrics := freePort(t), freePort(t)
 	cmd := exec.Command(exe, "-logdir="+dir, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-dir="+dir,
-		"-master.port="+strconv.Itoa(mp), "-master.port.grpc="+strconv.Itoa(mg), "-master.telemetry=false",
+		"-master.port="+strconv.Itoa(mp), "-master.port.grpc="+strconv.Itoa(mg), "-master.telemetry=false", "-metricsPort="+strconv.Itoa(metrics),
 		"-volume.port="+strconv.Itoa(vp), "-volume.port.grpc="+strconv.Itoa(vg), "-volume.preStopSeconds=0",
 		"-volume.block.dir="+filepath.Join(dir, "block"), fmt.Sprintf("-volume.block.nbd=127.0.0.1:%d", nbd),
 		fmt.Sprintf("-volume.block.iscsi=127.0.0.1:%d", freePort(t)), fmt.Sprintf("-volume.block.repl=127.0.0.1:%d", freePort(t)))
@@ -118,6 +119,14 @@ func TestServerCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	runTool(t, "nbdcopy", in, info.GetNbdUri())
+
+	// Both block plugins' metrics are on upstream's metrics endpoint.
+	_, text := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", metrics))
+	for _, name := range []string{"weedblock_master_volumes", "weedblock_volume_server_volumes", "SeaweedFS_master_"} {
+		if !strings.Contains(text, name) {
+			t.Errorf("metrics endpoint lacks %s", name)
+		}
+	}
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
