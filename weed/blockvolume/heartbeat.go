@@ -391,6 +391,7 @@ func (m *Manager) applyAssignmentLocked(a *blockpb.Assignment, leaseUntil time.T
 		}
 	}
 	v.rf = spec.GetReplicationFactor()
+	m.noteTakeoverLocked(v, cfg)
 	m.beforeConfigLocked(v, cfg)
 	err := m.applyConfigLocked(v, cfg, leaseUntil, true)
 	m.syncReplLocked(v)

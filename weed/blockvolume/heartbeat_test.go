@@ -426,19 +426,19 @@ func TestISCSIRedirectToPrimary(t *testing.T) {
 		withMasters(f.addr)(o)
 		o.ServerID = "vs2"
 	})
+	a := startManager(t, "", nil) // vs1, no master: follows as the replica it was allocated as
 	cfg := &blockpb.EpochConfig{
 		Epoch:           2,
 		PrimaryServerId: "vs2",
 		Members: []*blockpb.Member{
 			{Server: b.Endpoints(), Role: blockpb.Role_ROLE_PRIMARY},
-			{Server: &blockpb.ServerEndpoints{ServerId: testServerID}, Role: blockpb.Role_ROLE_REPLICA},
+			{Server: a.Endpoints(), Role: blockpb.Role_ROLE_REPLICA},
 		},
 	}
 	f.setRespond(func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
 		return &blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), LeaseMs: 1000,
 			Assignments: []*blockpb.Assignment{{Spec: spec("rr", 1<<20), Config: cfg, Role: blockpb.Role_ROLE_PRIMARY}}}, nil
 	})
-	a := startManager(t, "", nil) // vs1, no master: the replica copy stays fenced
 	allocate(t, a, "rr", 1<<20, cfg)
 	eventually(t, 5*time.Second, "primary created by its assignment", func() bool { return b.lookup("rr") != nil })
 	cb := dialNBD(t, b.Endpoints().GetNbdAddress(), "rr")

@@ -114,8 +114,11 @@ func (o opMetrics) done(start time.Time, n int64, err error) {
 // instead, so a FLUSH (or FUA) waits for the durability mode's commit.
 type meteredDevice struct {
 	*blockvol.Volume
-	repl                           atomic.Pointer[replication.Volume]
-	notMember                      atomic.Bool // reads fail with ErrNotMember
+	repl      atomic.Pointer[replication.Volume]
+	notMember atomic.Bool // reads fail with ErrNotMember
+	// wantRepl: writes must go through repl (a primary with members);
+	// until it is installed they are refused as if fenced.
+	wantRepl                       atomic.Bool
 	read, write, trim, zero, flush opMetrics
 }
 
@@ -124,8 +127,22 @@ func (d *meteredDevice) writer() blockdev.Device {
 	if r := d.repl.Load(); r != nil {
 		return r
 	}
+	if d.wantRepl.Load() {
+		return replPending{d.Volume}
+	}
 	return d.Volume
 }
+
+// replPending refuses writes (read-only, like a fenced volume) in the
+// moment between a primary with members being unfenced and its
+// replication starting, so no acknowledged write escapes replication.
+type replPending struct{ *blockvol.Volume }
+
+var errReplPending = fmt.Errorf("replication is starting: %w", blockdev.ErrReadOnly)
+
+func (replPending) WriteAt([]byte, int64, bool) error    { return errReplPending }
+func (replPending) Trim(int64, int64) error              { return errReplPending }
+func (replPending) WriteZeroes(int64, int64, bool) error { return errReplPending }
 
 func (mt *metrics) device(name string, vol *blockvol.Volume) *meteredDevice {
 	return &meteredDevice{

@@ -117,6 +117,10 @@ func (m *Manager) beforeConfigLocked(v *volume, cfg *blockpb.EpochConfig) {
 	role := roleIn(cfg, m.serverID)
 	if role == blockpb.Role_ROLE_PRIMARY {
 		m.unregisterLocked(v)
+		if len(replMembers(cfg, m.serverID)) > 0 {
+			// Writes wait for the Primary syncReplLocked starts.
+			v.dev.wantRepl.Store(true)
+		}
 		return
 	}
 	if v.hasPrimary() && cfg.GetEpoch() > v.vol.Status().Epoch {
@@ -134,12 +138,23 @@ func (m *Manager) beforeConfigLocked(v *volume, cfg *blockpb.EpochConfig) {
 // opMu.
 func (m *Manager) syncReplLocked(v *volume) {
 	role, cfg, st := m.currentRole(v)
+	defer func() {
+		// Only a primary with members whose Primary did not start
+		// keeps refusing writes.
+		v.dev.wantRepl.Store(role == blockpb.Role_ROLE_PRIMARY && v.confirmed == st.Epoch &&
+			len(replMembers(cfg, m.serverID)) > 0 && v.primary() == nil)
+	}()
 	// A copy outside its epoch's members may hold records the primary
 	// never had (a returning old primary): it serves no reads.
 	v.dev.notMember.Store(role == blockpb.Role_ROLE_NONE && cfg != nil && cfg.GetEpoch() == st.Epoch)
 	if role == blockpb.Role_ROLE_PRIMARY && v.confirmed == st.Epoch {
 		m.unregisterLocked(v)
 		members := replMembers(cfg, m.serverID)
+		if v.takeover {
+			for _, mb := range members {
+				v.shipped[mb.ServerID] = true
+			}
+		}
 		if len(members)+1 < int(v.rf) {
 			m.rejoinHoldLocked(v, true)
 		}
@@ -186,7 +201,11 @@ func (m *Manager) syncReplLocked(v *volume) {
 			},
 		})
 		if err != nil {
-			glog.Errorf("blockvolume: %s: start replication at epoch %d: %v", name, epoch, err)
+			// Writes stay refused (wantRepl); say why once per epoch.
+			if v.primErrEpoch != epoch {
+				v.primErrEpoch = epoch
+				glog.Errorf("blockvolume: %s: start replication at epoch %d (writes refused until it starts): %v", name, epoch, err)
+			}
 			return
 		}
 		v.primMode = mode
@@ -357,6 +376,9 @@ func (m *Manager) applyCatchUpsLocked(targets []*blockpb.CatchUpTarget) {
 			v.replMu.Lock()
 			cu := v.catchUps[id]
 			v.replMu.Unlock()
+			if cu == nil && !m.mayCatchUpLocked(v, id, t.GetServer().GetReplAddress(), st.Epoch) {
+				continue
+			}
 			if cu == nil {
 				p, err := replication.NewPrimary(v.vol, replication.PrimaryOptions{
 					Name:    v.name,
@@ -396,6 +418,70 @@ func (m *Manager) applyCatchUpsLocked(targets []*blockpb.CatchUpTarget) {
 			}
 		}
 	}
+}
+
+// probeTimeout bounds the hello that reads a catch-up target's head.
+const probeTimeout = 2 * time.Second
+
+// noteTakeoverLocked runs before an assignment moves v to cfg: when it
+// makes this server primary of a volume it was not primary of, the head
+// now is the end of the history it shares with the copies that left (the
+// old primary wrote nothing here after it). A returning copy whose head is
+// beyond it, and to which this primary never shipped, holds records this
+// primary never had: it diverged and is never caught up (only rebuilt).
+func (m *Manager) noteTakeoverLocked(v *volume, cfg *blockpb.EpochConfig) {
+	st := v.vol.Status()
+	if roleIn(cfg, m.serverID) != blockpb.Role_ROLE_PRIMARY {
+		v.takeover = false
+		return
+	}
+	if cfg.GetEpoch() <= st.Epoch {
+		return
+	}
+	if prev := v.config(); prev != nil && prev.GetEpoch() == st.Epoch && roleIn(prev, m.serverID) == blockpb.Role_ROLE_PRIMARY {
+		return // primary before, primary now: the same history
+	}
+	v.takeover, v.takeoverHead = true, st.Head
+	v.shipped = map[string]bool{}
+	v.replMu.Lock()
+	v.diverged = map[string]string{}
+	v.replMu.Unlock()
+	glog.Infof("blockvolume: %s: taking over as primary at epoch %d with head %d", v.name, cfg.GetEpoch(), st.Head)
+}
+
+// mayCatchUpLocked says whether the copy on server id (replication
+// address addr) may be caught up: after a takeover, one this primary never
+// shipped to must not hold records beyond the takeover head (read with a
+// hello at epoch). A diverged copy is remembered and reported as needing a
+// rebuild; one that does not answer yet is tried again later.
+func (m *Manager) mayCatchUpLocked(v *volume, id, addr string, epoch uint64) bool {
+	if !v.takeover || v.shipped[id] {
+		return true
+	}
+	v.replMu.Lock()
+	_, bad := v.diverged[id]
+	v.replMu.Unlock()
+	if bad {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(m.ctx, probeTimeout)
+	defer cancel()
+	cn, err := replication.Dial(ctx, addr, v.name, epoch, replication.DialOptions{HelloTimeout: probeTimeout})
+	if err != nil {
+		glog.V(1).Infof("blockvolume: %s: probe %s before catching it up: %v", v.name, id, err)
+		return false
+	}
+	head := cn.ReplicaHead()
+	cn.Close()
+	if head <= v.takeoverHead {
+		return true
+	}
+	why := fmt.Sprintf("holds records up to lsn %d, beyond %d where this primary took over: diverged, needs a rebuild", head, v.takeoverHead)
+	v.replMu.Lock()
+	v.diverged[id] = why
+	v.replMu.Unlock()
+	glog.Warningf("blockvolume: %s: %s %s", v.name, id, why)
+	return false
 }
 
 // reportCaughtUp calls ReportCaughtUp in the background (m.wg); on failure
@@ -490,6 +576,11 @@ func (v *volume) replicaStates() []*blockpb.ReplicaState {
 	for _, cu := range cus {
 		rss = append(rss, cu.p.Stats().Replicas...)
 	}
+	v.replMu.Lock()
+	for id := range v.diverged {
+		rss = append(rss, replication.ReplicaStats{ServerID: id, State: replication.StateNeedsRebuild})
+	}
+	v.replMu.Unlock()
 	var out []*blockpb.ReplicaState
 	for _, rs := range rss {
 		if rs.State == replication.StateRemoved {

@@ -336,6 +336,13 @@ func TestLostReplicaIsRemovedWithRealMaster(t *testing.T) {
 // primary reports it as needing a rebuild, and the master does not re-add
 // it.
 func TestDivergedOldPrimaryNeverServes(t *testing.T) {
+	t.Run("head beyond the new primary's", func(t *testing.T) { testDiverged(t, 16, 0) })
+	// The old primary's extra records have LSNs the new primary reused for
+	// its own writes: only the head where it took over tells them apart.
+	t.Run("head within the new primary's", func(t *testing.T) { testDiverged(t, 2, 8) })
+}
+
+func testDiverged(t *testing.T, ghosts, later int) {
 	client, info, prim, repl := startPair(t, "dv")
 	c := dialNBD(t, prim.m.Endpoints().GetNbdAddress(), "dv")
 	pat := bytes.Repeat([]byte{0x31}, 4096)
@@ -357,7 +364,7 @@ func TestDivergedOldPrimaryNeverServes(t *testing.T) {
 		t.Fatal(err)
 	}
 	ghost := bytes.Repeat([]byte{0xee}, 4096)
-	for i := int64(0); i < 16; i++ {
+	for i := int64(0); i < int64(ghosts); i++ {
 		if err := vol.WriteAt(ghost, 4096*(i+1), false); err != nil {
 			t.Fatal(err)
 		}
@@ -375,6 +382,11 @@ func TestDivergedOldPrimaryNeverServes(t *testing.T) {
 	})
 	nc := dialNBD(t, repl.m.Endpoints().GetNbdAddress(), "dv")
 	eventually(t, 10*time.Second, "new primary writable", func() bool { return nc.write(0, pat) == 0 })
+	for i := 0; i < later; i++ {
+		if e := nc.write(uint64(4096*(64+i)), pat); e != 0 {
+			t.Fatalf("write %d on the new primary: errno %d", i, e)
+		}
+	}
 	if e := nc.flush(); e != 0 {
 		t.Fatalf("flush on the new primary: errno %d", e)
 	}

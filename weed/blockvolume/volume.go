@@ -36,6 +36,13 @@ type volume struct {
 	// hold a degraded primary keeps for returning copies. Both opMu.
 	rf     uint32
 	rejoin *blockvol.Hold
+	// takeover: this server became primary (from another role) in this
+	// process, with head takeoverHead then; shipped are the servers its
+	// Primary has had as members since (opMu). See noteTakeoverLocked.
+	primErrEpoch uint64 // epoch whose Primary failed to start (logged once)
+	takeover     bool
+	takeoverHead uint64
+	shipped      map[string]bool
 
 	// replMu guards prim and catchUps for readers (reports); changes
 	// also hold Manager.opMu.
@@ -43,6 +50,7 @@ type volume struct {
 	prim     *replication.Primary
 	primMode replication.Mode // prim's mode (opMu)
 	catchUps map[string]*catchUp
+	diverged map[string]string // server id → why it needs a rebuild
 }
 
 func newVolume(name string, vol *blockvol.Volume, mt *metrics) *volume {
