@@ -1,0 +1,308 @@
+package test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// productWorkload is one fio job of the product table; replicated says
+// whether it also runs on the RF=2 and RF=3 volumes.
+type productWorkload struct {
+	name       string
+	args       []string
+	replicated bool
+}
+
+var productWorkloads = []productWorkload{
+	{"randwrite 4k qd16 fsync/32", []string{"--rw=randwrite", "--bs=4k", "--iodepth=16", "--fsync=32"}, true},
+	{"randwrite 4k qd1 fsync/1", []string{"--rw=randwrite", "--bs=4k", "--iodepth=1", "--fsync=1"}, true},
+	{"randread 4k qd16", []string{"--rw=randread", "--bs=4k", "--iodepth=16"}, false},
+	{"write 1M seq qd4", []string{"--rw=write", "--bs=1M", "--iodepth=4"}, false},
+}
+
+// cell is one measurement of the table, or why there is none.
+type cell struct {
+	f   figures
+	err error
+}
+
+// errNotMeasured marks a cell the table leaves out on purpose.
+var errNotMeasured = errors.New("not measured")
+
+func (c cell) String() string {
+	if errors.Is(c.err, errNotMeasured) {
+		return "-"
+	}
+	if c.err != nil {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.0f (%.1f)", c.f.iops, c.f.mbps)
+}
+
+// ratio is a/b as "1.23x", or "n/a".
+func ratio(a, b cell) string {
+	if a.err != nil || b.err != nil || b.f.iops == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2fx", a.f.iops/b.f.iops)
+}
+
+// benchEnvInt reads a positive integer knob from the environment.
+func benchEnvInt(b *testing.B, name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		b.Fatalf("%s=%q: want a positive integer", name, v)
+	}
+	return n
+}
+
+// BenchmarkProduct is the product benchmark table of DESIGN §8: in one run
+// on this machine it drives, with real processes and real clients,
+//   - fio on a raw local file (libaio, buffered, same temp dir),
+//   - `nbdkit file` over NBD (fio's nbd engine),
+//   - `weed block serve` (RF=1, the real engine) over NBD,
+//   - iscsi-perf against `weed block serve` and against tgtd (file backing
+//     store on the same disk),
+//   - an RF=2 sync and an RF=3 quorum volume of a real cluster (master and
+//     three volume servers as processes) over NBD on the primary,
+//
+// and prints one table with IOPS, MB/s and the ratios. Run it with
+// -benchtime 1x (b.N is ignored). Knobs: WEEDBLOCK_BENCH_RUNTIME (seconds
+// per fio/iscsi-perf job, default 5, plus 1 s fio ramp),
+// WEEDBLOCK_BENCH_SIZE (MiB per volume/file, default 256), and
+// WEEDBLOCK_BENCH_DIR (default: a temp dir). A replicated row that cannot
+// be measured (volume not creatable, copies not current) prints "n/a" with
+// the reason instead of failing the benchmark; so does a tgtd that cannot
+// run, loudly.
+func BenchmarkProduct(b *testing.B) {
+	for _, tool := range []string{"fio", "nbdkit", "iscsi-perf", "tgtd", "tgtadm"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			b.Fatalf("required tool %s is not installed (apt-get install fio nbdkit libiscsi-bin tgt): %v", tool, err)
+		}
+	}
+	runtime := benchEnvInt(b, "WEEDBLOCK_BENCH_RUNTIME", 5)
+	sizeMiB := benchEnvInt(b, "WEEDBLOCK_BENCH_SIZE", 256)
+	size := int64(sizeMiB) << 20
+	dir := os.Getenv("WEEDBLOCK_BENCH_DIR")
+	if dir == "" {
+		dir = b.TempDir()
+	} else {
+		d, err := os.MkdirTemp(dir, "weedblock-bench-")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { os.RemoveAll(d) })
+		dir = d
+	}
+	timed := []string{"--time_based", "--runtime=" + strconv.Itoa(runtime), "--ramp_time=1",
+		"--size=" + strconv.Itoa(sizeMiB) + "M"}
+	nbd := func(uri string) []string { return append([]string{"--ioengine=nbd", "--uri=" + uri}, timed...) }
+	// prefill writes the whole target once so reads hit written blocks.
+	prefill := func(target []string) error {
+		_, err := fio(append(append([]string{}, target...), "--rw=write", "--bs=1M", "--iodepth=4",
+			"--size="+strconv.Itoa(sizeMiB)+"M", "--end_fsync=1")...)
+		return err
+	}
+	newFile := func(name string) string {
+		p := filepath.Join(dir, name)
+		f, err := os.Create(p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := f.Truncate(size); err != nil {
+			b.Fatal(err)
+		}
+		f.Close()
+		return p
+	}
+	start := time.Now()
+	var notes []string
+
+	// Raw local file.
+	rawPath := newFile("raw.img")
+	// --invalidate=0: the NBD servers keep their files in the page cache
+	// too; fio would otherwise drop the raw file's pages before each job.
+	rawTarget := []string{"--ioengine=libaio", "--invalidate=0", "--filename=" + rawPath}
+	raw := make([]cell, len(productWorkloads))
+	if err := prefill(rawTarget); err != nil {
+		b.Fatalf("prefill raw file: %v", err)
+	}
+	for i, w := range productWorkloads {
+		f, err := fio(append(append(append([]string{}, rawTarget...), timed...), w.args...)...)
+		if err != nil {
+			b.Fatalf("raw %s: %v", w.name, err)
+		}
+		raw[i] = cell{f: f}
+	}
+
+	// nbdkit file.
+	kitURI, err := startNbdkit(b, newFile("nbdkit.img"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := prefill([]string{"--ioengine=nbd", "--uri=" + kitURI}); err != nil {
+		b.Fatalf("prefill nbdkit: %v", err)
+	}
+	kit := make([]cell, len(productWorkloads))
+	for i, w := range productWorkloads {
+		f, err := fio(append(nbd(kitURI), w.args...)...)
+		if err != nil {
+			b.Fatalf("nbdkit %s: %v", w.name, err)
+		}
+		kit[i] = cell{f: f}
+	}
+
+	// Ours, RF=1: weed block serve over NBD, then iSCSI.
+	oursNBD, oursISCSI, err := startServeBench(b, filepath.Join(dir, "ours.blk"), size)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := prefill([]string{"--ioengine=nbd", "--uri=" + oursNBD}); err != nil {
+		b.Fatalf("prefill weed block serve: %v", err)
+	}
+	rf1 := make([]cell, len(productWorkloads))
+	for i, w := range productWorkloads {
+		f, err := fio(append(nbd(oursNBD), w.args...)...)
+		if err != nil {
+			b.Fatalf("weed block serve %s: %v", w.name, err)
+		}
+		rf1[i] = cell{f: f}
+	}
+
+	// iscsi-perf: ours beside tgtd.
+	// iscsi-perf's -b counts logical blocks: 4096 bytes on ours, 512 on
+	// tgtd's file backing store; both sides read the same bytes per I/O.
+	perfJobs := []struct {
+		name      string
+		bytes, qd int
+	}{{"iscsi-perf 4k qd32", 4096, 32}, {"iscsi-perf 64k qd16", 65536, 16}}
+	perfOurs := make([]cell, len(perfJobs))
+	perfTgt := make([]cell, len(perfJobs))
+	for i, j := range perfJobs {
+		f, err := iscsiPerf(oursISCSI, j.bytes/4096, j.qd, runtime)
+		if err != nil {
+			b.Fatalf("iscsi-perf against weed block serve: %v", err)
+		}
+		perfOurs[i] = cell{f: f}
+	}
+	tgtPath := newFile("tgtd.img")
+	tgtURL, tgtErr := startTgtd(b, tgtPath)
+	for i, j := range perfJobs {
+		if tgtErr != nil {
+			perfTgt[i] = cell{err: tgtErr}
+			continue
+		}
+		f, err := iscsiPerf(tgtURL, j.bytes/512, j.qd, runtime)
+		perfTgt[i] = cell{f: f, err: err}
+		if err != nil {
+			tgtErr = err
+		}
+	}
+	if tgtErr != nil {
+		msg := fmt.Sprintf("!!! tgtd COULD NOT BE MEASURED — the iSCSI comparison is missing: %v", tgtErr)
+		fmt.Println(msg)
+		notes = append(notes, msg)
+	}
+
+	// Replicated: RF=2 sync and RF=3 quorum on a real cluster.
+	rf2 := make([]cell, len(productWorkloads))
+	rf3 := make([]cell, len(productWorkloads))
+	measureRF := func(out []cell, uri string, err error) {
+		for i, w := range productWorkloads {
+			switch {
+			case !w.replicated:
+				out[i] = cell{err: errNotMeasured}
+			case err != nil:
+				out[i] = cell{err: err}
+			default:
+				f, ferr := fio(append(nbd(uri), w.args...)...)
+				out[i] = cell{f: f, err: ferr}
+			}
+		}
+	}
+	cluster, err := startBenchCluster(b, filepath.Join(dir, "cluster"), 3)
+	if err != nil {
+		measureRF(rf2, "", fmt.Errorf("cluster: %w", err))
+		measureRF(rf3, "", fmt.Errorf("cluster: %w", err))
+	} else {
+		volSize := "-size=" + strconv.Itoa(sizeMiB) + "MiB"
+		uri, err := cluster.createReplicated("bench-rf2", volSize+" -rf=2 -durability=sync", 2)
+		measureRF(rf2, uri, err)
+		if err == nil {
+			notes = append(notes, "RF=2 sync after its jobs: "+cluster.durableLSNs("bench-rf2"))
+		}
+		uri, err = cluster.createReplicated("bench-rf3", volSize+" -rf=3 -durability=quorum", 3)
+		measureRF(rf3, uri, err)
+		if err == nil {
+			notes = append(notes, "RF=3 quorum after its jobs: "+cluster.durableLSNs("bench-rf3"))
+		}
+	}
+	for _, rf := range []struct {
+		name  string
+		cells []cell
+	}{{"RF=2 sync", rf2}, {"RF=3 quorum", rf3}} {
+		for i, w := range productWorkloads {
+			if c := rf.cells[i]; w.replicated && c.err != nil {
+				notes = append(notes, fmt.Sprintf("%s %s: n/a (%s)", rf.name, w.name, oneLine(c.err)))
+			}
+		}
+	}
+
+	// The table.
+	var t strings.Builder
+	fmt.Fprintf(&t, "\nweedblock product benchmark — %s, %d s per job (+1 s fio ramp), %d MiB targets in %s, total %v\n",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime, sizeMiB, dir, time.Since(start).Round(time.Second))
+	fmt.Fprintf(&t, "cells: IOPS (MB/s). raw = fio libaio on a buffered local file; nbdkit = `nbdkit file`; ours = `weed block serve` (RF=1) / cluster primary (RF=2, RF=3); NBD via fio's nbd engine over loopback\n\n")
+	fmt.Fprintf(&t, "%-27s %16s %16s %16s %16s %16s | %8s %8s %8s %8s\n",
+		"workload", "raw file", "nbdkit file", "ours RF=1", "RF=2 sync", "RF=3 quorum",
+		"RF1/raw", "RF1/kit", "RF2/RF1", "RF3/RF1")
+	for i, w := range productWorkloads {
+		fmt.Fprintf(&t, "%-27s %16s %16s %16s %16s %16s | %8s %8s %8s %8s\n",
+			w.name, raw[i], kit[i], rf1[i], rf2[i], rf3[i],
+			ratio(rf1[i], raw[i]), ratio(rf1[i], kit[i]), ratio(rf2[i], rf1[i]), ratio(rf3[i], rf1[i]))
+	}
+	fmt.Fprintf(&t, "\n%-27s %16s %16s | %8s\n", "iSCSI (sequential reads)", "ours RF=1", "tgtd file", "RF1/tgtd")
+	for i, j := range perfJobs {
+		fmt.Fprintf(&t, "%-27s %16s %16s | %8s\n", j.name, perfOurs[i], perfTgt[i], ratio(perfOurs[i], perfTgt[i]))
+	}
+	fmt.Fprintf(&t, "\ntargets: RF1/kit >= 1.00x on both randwrite rows; RF1/tgtd >= 1.50x; RF2/RF1 >= 0.60x on the qd16 row\n")
+	for _, n := range notes {
+		fmt.Fprintf(&t, "note: %s\n", n)
+	}
+	fmt.Print(t.String())
+
+	report := func(a, c cell, unit string) {
+		if a.err == nil && c.err == nil && c.f.iops > 0 {
+			b.ReportMetric(a.f.iops/c.f.iops, unit)
+		}
+	}
+	report(rf1[0], kit[0], "x-nbdkit-qd16")
+	report(rf1[1], kit[1], "x-nbdkit-qd1fsync")
+	report(rf1[0], raw[0], "x-raw-qd16")
+	report(perfOurs[0], perfTgt[0], "x-tgtd-4k")
+	report(rf2[0], rf1[0], "rf2/rf1-qd16")
+	report(rf3[0], rf1[0], "rf3/rf1-qd16")
+	if rf1[0].err == nil {
+		b.ReportMetric(rf1[0].f.iops, "rf1-qd16-IOPS")
+	}
+}
+
+// oneLine is err's message on one line, cut to a readable length.
+func oneLine(err error) string {
+	s := strings.Join(strings.Fields(err.Error()), " ")
+	if len(s) > 300 {
+		s = s[:300] + "..."
+	}
+	return s
+}
