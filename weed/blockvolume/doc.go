@@ -83,13 +83,23 @@
 // Primary's epoch and this server's id. Before an assignment takes the
 // primary role away the volume is fenced and the Primary stopped.
 //
+// Between an assignment making a volume primary with members and its
+// Primary starting, frontend writes are refused (as if fenced) so no
+// acknowledged write escapes replication; if the Primary cannot start (a
+// member without a replication address) they stay refused.
+//
 // Heartbeat answers' catch_up targets for volumes this server is the
 // confirmed primary of (at that epoch) each get an async Primary whose only
 // member is that server; once its cursor is in sync the primary calls
 // ReportCaughtUp and the master's next epoch makes it a member. A target
 // that cannot be caught up from the WAL (behind the tail, or holding
 // records the primary does not have) is logged and reported as
-// needs-rebuild; it is never made a member from here. The primary's view
+// needs-rebuild; it is never made a member from here. When this server
+// took over as primary in this process (it was not primary before), a
+// returning copy it never shipped to is first asked its head with a
+// hello: one beyond the head this primary had when it took over holds
+// records this primary never had (an old primary's last writes) — it has
+// diverged, is reported needs-rebuild and is never caught up. The primary's view
 // of each member and catch-up is reported in VolumeReport.replicas.
 //
 // # Master connection
