@@ -26,8 +26,12 @@ unit:
 e2e:
 	@if [ -n "$(E2E_PKGS)" ]; then $(GO) test -count=1 -timeout 60m $(E2E_PKGS); else echo "e2e: no end-to-end packages yet"; fi
 
+# Package benchmarks, then the product table (test/bench_test.go: fio over
+# NBD and iscsi-perf against raw file, nbdkit, tgtd and RF=1/2/3 volumes, as
+# ratios; WEEDBLOCK_BENCH_RUNTIME/_SIZE/_DIR lengthen or move it).
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -timeout 30m $(UNIT_PKGS)
+	$(GO) test -run '^$$' -bench BenchmarkProduct -benchtime 1x -timeout 30m ./test/
 
 # A local cluster (1 master + 3 volume servers, data in ./data, reused by the
 # next run) with a demo block volume; Ctrl-C stops it.
