@@ -310,6 +310,13 @@ func startTgtd(tb testing.TB, path string) (string, error) {
 // child processes on 127.0.0.1.
 type benchCluster struct {
 	masterArg string // -master= value: host:port.grpcPort
+	servers   []benchServer
+}
+
+// benchServer is one volume server of a benchCluster.
+type benchServer struct {
+	proc      *benchProc
+	http, nbd string // host:port; http is its server id
 }
 
 // startBenchCluster starts a master and n volume servers and waits until
@@ -367,6 +374,7 @@ func startBenchCluster(tb testing.TB, dir string, n int) (*benchCluster, error) 
 		}
 		vols = append(vols, vs)
 		https = append(https, httpAddr)
+		c.servers = append(c.servers, benchServer{proc: vs, http: httpAddr, nbd: "127.0.0.1:" + strconv.Itoa(p[2])})
 	}
 	for i, vs := range vols {
 		if err := benchPoll(90*time.Second, vs.name+" serves /block/status", func() error {
@@ -515,3 +523,60 @@ func (c *benchCluster) durableLSNs(name string) string {
 type backoffStop struct{ err error }
 
 func (b backoffStop) Error() string { return b.err.Error() }
+
+// nbdWrite4k writes one 4 KiB block at off over NBD with qemu-io and
+// flushes; it fails unless both were acknowledged.
+func nbdWrite4k(uri string, off int64) error {
+	out, err := execOut(10*time.Second, "", "qemu-io", "-f", "raw",
+		"-c", fmt.Sprintf("write -P 0x5a %d 4k", off), "-c", "flush", uri)
+	if err != nil {
+		return err
+	}
+	if strings.Contains(out, "failed") {
+		return fmt.Errorf("qemu-io write at %d on %s: %s", off, uri, strings.TrimSpace(out))
+	}
+	return nil
+}
+
+// failoverPause kills (SIGKILL) the server that is primary of name right
+// after an acknowledged, flushed write, and returns the time until another
+// copy acknowledges a write as the new primary (at most a minute).
+func (c *benchCluster) failoverPause(name string) (time.Duration, error) {
+	v, err := c.status(name)
+	if err != nil {
+		return 0, err
+	}
+	var primary, other *benchServer
+	for i := range c.servers {
+		s := &c.servers[i]
+		for _, r := range v.Replicas {
+			switch {
+			case r.ServerID != s.http:
+			case r.ServerID == v.Primary:
+				primary = s
+			case other == nil:
+				other = s
+			}
+		}
+	}
+	if primary == nil || other == nil {
+		return 0, fmt.Errorf("%s: primary %q and a replica not both among this cluster's servers", name, v.Primary)
+	}
+	uri := func(s *benchServer) string { return "nbd://" + s.nbd + "/" + name }
+	if err := nbdWrite4k(uri(primary), 0); err != nil {
+		return 0, fmt.Errorf("write before the kill: %w", err)
+	}
+	lastAck := time.Now()
+	primary.proc.kill()
+	deadline := lastAck.Add(time.Minute)
+	for {
+		err := nbdWrite4k(uri(other), 4096)
+		if err == nil {
+			return time.Since(lastAck), nil
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("no write acknowledged by %s within a minute of killing the primary: %w", other.http, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

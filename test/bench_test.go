@@ -86,9 +86,9 @@ func benchEnvInt(b *testing.B, name string, def int) int {
 // the reason instead of failing the benchmark; so does a tgtd that cannot
 // run, loudly.
 func BenchmarkProduct(b *testing.B) {
-	for _, tool := range []string{"fio", "nbdkit", "iscsi-perf", "tgtd", "tgtadm"} {
+	for _, tool := range []string{"fio", "nbdkit", "iscsi-perf", "tgtd", "tgtadm", "qemu-io"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			b.Fatalf("required tool %s is not installed (apt-get install fio nbdkit libiscsi-bin tgt): %v", tool, err)
+			b.Fatalf("required tool %s is not installed (apt-get install fio nbdkit libiscsi-bin tgt qemu-utils): %v", tool, err)
 		}
 	}
 	runtime := benchEnvInt(b, "WEEDBLOCK_BENCH_RUNTIME", 5)
@@ -231,6 +231,7 @@ func BenchmarkProduct(b *testing.B) {
 			}
 		}
 	}
+	failover := "n/a (RF=2 not measured)"
 	cluster, err := startBenchCluster(b, filepath.Join(dir, "cluster"), 3)
 	if err != nil {
 		measureRF(rf2, "", fmt.Errorf("cluster: %w", err))
@@ -246,6 +247,15 @@ func BenchmarkProduct(b *testing.B) {
 		measureRF(rf3, uri, err)
 		if err == nil {
 			notes = append(notes, "RF=3 quorum after its jobs: "+cluster.durableLSNs("bench-rf3"))
+		}
+		if rf2[0].err == nil {
+			pause, err := cluster.failoverPause("bench-rf2")
+			if err != nil {
+				failover = "n/a (" + oneLine(err) + ")"
+			} else {
+				failover = pause.Round(time.Millisecond).String()
+				b.ReportMetric(pause.Seconds(), "failover-pause-s")
+			}
 		}
 	}
 	for _, rf := range []struct {
@@ -276,6 +286,7 @@ func BenchmarkProduct(b *testing.B) {
 	for i, j := range perfJobs {
 		fmt.Fprintf(&t, "%-27s %16s %16s | %8s\n", j.name, perfOurs[i], perfTgt[i], ratio(perfOurs[i], perfTgt[i]))
 	}
+	fmt.Fprintf(&t, "\nfailover I/O pause, RF=2 sync (last flushed write acked by the primary -> kill -9 -> first write acked by the replica): %s\n", failover)
 	fmt.Fprintf(&t, "\ntargets: RF1/kit >= 1.00x on both randwrite rows; RF1/tgtd >= 1.50x; RF2/RF1 >= 0.60x on the qd16 row\n")
 	for _, n := range notes {
 		fmt.Fprintf(&t, "note: %s\n", n)
