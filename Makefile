@@ -28,7 +28,7 @@ e2e:
 
 # Package benchmarks, then the product table (test/bench_test.go: fio over
 # NBD and iscsi-perf against raw file, nbdkit, tgtd and RF=1/2/3 volumes, as
-# ratios; WEEDBLOCK_BENCH_RUNTIME/_SIZE/_DIR lengthen or move it).
+# ratios; WEEDBLOCK_BENCH_RUNTIME/_ROUNDS/_SIZE/_DIR lengthen or move it).
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -timeout 30m $(UNIT_PKGS)
 	$(GO) test -run '^$$' -bench BenchmarkProduct -benchtime 1x -timeout 30m ./test/

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -79,7 +80,8 @@ func benchEnvInt(b *testing.B, name string, def int) int {
 //
 // and prints one table with IOPS, MB/s and the ratios. Run it with
 // -benchtime 1x (b.N is ignored). Knobs: WEEDBLOCK_BENCH_RUNTIME (seconds
-// per fio/iscsi-perf job, default 5, plus 1 s fio ramp),
+// per fio/iscsi-perf job, default 3, plus 1 s fio ramp),
+// WEEDBLOCK_BENCH_ROUNDS (runs per single-node cell, median; default 3),
 // WEEDBLOCK_BENCH_SIZE (MiB per volume/file, default 256), and
 // WEEDBLOCK_BENCH_DIR (default: a temp dir). A replicated row that cannot
 // be measured (volume not creatable, copies not current) prints "n/a" with
@@ -91,7 +93,8 @@ func BenchmarkProduct(b *testing.B) {
 			b.Fatalf("required tool %s is not installed (apt-get install fio nbdkit libiscsi-bin tgt qemu-utils): %v", tool, err)
 		}
 	}
-	runtime := benchEnvInt(b, "WEEDBLOCK_BENCH_RUNTIME", 5)
+	runtime := benchEnvInt(b, "WEEDBLOCK_BENCH_RUNTIME", 3)
+	rounds := benchEnvInt(b, "WEEDBLOCK_BENCH_ROUNDS", 3)
 	sizeMiB := benchEnvInt(b, "WEEDBLOCK_BENCH_SIZE", 256)
 	size := int64(sizeMiB) << 20
 	dir := os.Getenv("WEEDBLOCK_BENCH_DIR")
@@ -129,56 +132,58 @@ func BenchmarkProduct(b *testing.B) {
 	start := time.Now()
 	var notes []string
 
-	// Raw local file.
+	// The single-node targets: a raw local file, nbdkit file, and ours
+	// (RF=1: weed block serve over NBD, and its iSCSI LUN further down).
 	rawPath := newFile("raw.img")
-	// --invalidate=0: the NBD servers keep their files in the page cache
-	// too; fio would otherwise drop the raw file's pages before each job.
-	rawTarget := []string{"--ioengine=libaio", "--invalidate=0", "--filename=" + rawPath}
-	raw := make([]cell, len(productWorkloads))
-	if err := prefill(rawTarget); err != nil {
-		b.Fatalf("prefill raw file: %v", err)
-	}
-	for i, w := range productWorkloads {
-		f, err := fio(append(append(append([]string{}, rawTarget...), timed...), w.args...)...)
-		if err != nil {
-			b.Fatalf("raw %s: %v", w.name, err)
-		}
-		raw[i] = cell{f: f}
-	}
-
-	// nbdkit file.
 	kitURI, err := startNbdkit(b, newFile("nbdkit.img"))
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := prefill([]string{"--ioengine=nbd", "--uri=" + kitURI}); err != nil {
-		b.Fatalf("prefill nbdkit: %v", err)
-	}
-	kit := make([]cell, len(productWorkloads))
-	for i, w := range productWorkloads {
-		f, err := fio(append(nbd(kitURI), w.args...)...)
-		if err != nil {
-			b.Fatalf("nbdkit %s: %v", w.name, err)
-		}
-		kit[i] = cell{f: f}
-	}
-
-	// Ours, RF=1: weed block serve over NBD, then iSCSI.
 	oursNBD, oursISCSI, err := startServeBench(b, filepath.Join(dir, "ours.blk"), size)
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := prefill([]string{"--ioengine=nbd", "--uri=" + oursNBD}); err != nil {
-		b.Fatalf("prefill weed block serve: %v", err)
+	single := []struct {
+		name   string
+		target []string // where fio does I/O
+		timed  []string // target plus the time-based knobs
+	}{
+		// --invalidate=0: the NBD servers keep their files in the page
+		// cache too; fio would otherwise drop the raw file's pages first.
+		{"raw file", []string{"--ioengine=libaio", "--invalidate=0", "--filename=" + rawPath}, nil},
+		{"nbdkit file", []string{"--ioengine=nbd", "--uri=" + kitURI}, nil},
+		{"weed block serve", []string{"--ioengine=nbd", "--uri=" + oursNBD}, nil},
 	}
-	rf1 := make([]cell, len(productWorkloads))
-	for i, w := range productWorkloads {
-		f, err := fio(append(nbd(oursNBD), w.args...)...)
-		if err != nil {
-			b.Fatalf("weed block serve %s: %v", w.name, err)
+	for i := range single {
+		single[i].timed = append(append([]string{}, single[i].target...), timed...)
+		if err := prefill(single[i].target); err != nil {
+			b.Fatalf("prefill %s: %v", single[i].name, err)
 		}
-		rf1[i] = cell{f: f}
 	}
+	// Each workload runs on the three targets back to back (rounds times,
+	// rotating which goes first; the median counts), so a busy moment of
+	// the machine hits them alike.
+	results := make([][]cell, len(single))
+	for k := range single {
+		results[k] = make([]cell, len(productWorkloads))
+	}
+	for i, w := range productWorkloads {
+		runs := make([][]figures, len(single))
+		for r := range rounds {
+			for n := range single {
+				k := (n + r) % len(single)
+				f, err := fio(append(append([]string{}, single[k].timed...), w.args...)...)
+				if err != nil {
+					b.Fatalf("%s %s: %v", single[k].name, w.name, err)
+				}
+				runs[k] = append(runs[k], f)
+			}
+		}
+		for k := range single {
+			results[k][i] = cell{f: medianFigures(runs[k])}
+		}
+	}
+	raw, kit, rf1 := results[0], results[1], results[2]
 
 	// iscsi-perf: ours beside tgtd.
 	// iscsi-perf's -b counts logical blocks: 4096 bytes on ours, 512 on
@@ -189,21 +194,24 @@ func BenchmarkProduct(b *testing.B) {
 	}{{"iscsi-perf 4k qd32", 4096, 32}, {"iscsi-perf 64k qd16", 65536, 16}}
 	perfOurs := make([]cell, len(perfJobs))
 	perfTgt := make([]cell, len(perfJobs))
+	// tgtd's file is written once like the others, so neither side reads
+	// holes.
+	tgtPath := newFile("tgtd.img")
+	if err := prefill([]string{"--ioengine=libaio", "--filename=" + tgtPath}); err != nil {
+		b.Fatalf("prefill tgtd's file: %v", err)
+	}
+	tgtURL, tgtErr := startTgtd(b, tgtPath)
 	for i, j := range perfJobs {
 		f, err := iscsiPerf(oursISCSI, j.bytes/4096, j.qd, runtime)
 		if err != nil {
 			b.Fatalf("iscsi-perf against weed block serve: %v", err)
 		}
 		perfOurs[i] = cell{f: f}
-	}
-	tgtPath := newFile("tgtd.img")
-	tgtURL, tgtErr := startTgtd(b, tgtPath)
-	for i, j := range perfJobs {
 		if tgtErr != nil {
 			perfTgt[i] = cell{err: tgtErr}
 			continue
 		}
-		f, err := iscsiPerf(tgtURL, j.bytes/512, j.qd, runtime)
+		f, err = iscsiPerf(tgtURL, j.bytes/512, j.qd, runtime)
 		perfTgt[i] = cell{f: f, err: err}
 		if err != nil {
 			tgtErr = err
@@ -271,8 +279,8 @@ func BenchmarkProduct(b *testing.B) {
 
 	// The table.
 	var t strings.Builder
-	fmt.Fprintf(&t, "\nweedblock product benchmark — %s, %d s per job (+1 s fio ramp), %d MiB targets in %s, total %v\n",
-		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime, sizeMiB, dir, time.Since(start).Round(time.Second))
+	fmt.Fprintf(&t, "\nweedblock product benchmark — %s, %d s per job (+1 s fio ramp), median of %d round(s) for raw/nbdkit/RF=1, %d MiB targets in %s, total %v\n",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime, rounds, sizeMiB, dir, time.Since(start).Round(time.Second))
 	fmt.Fprintf(&t, "cells: IOPS (MB/s). raw = fio libaio on a buffered local file; nbdkit = `nbdkit file`; ours = `weed block serve` (RF=1) / cluster primary (RF=2, RF=3); NBD via fio's nbd engine over loopback\n\n")
 	fmt.Fprintf(&t, "%-27s %16s %16s %16s %16s %16s | %8s %8s %8s %8s\n",
 		"workload", "raw file", "nbdkit file", "ours RF=1", "RF=2 sync", "RF=3 quorum",
@@ -307,6 +315,13 @@ func BenchmarkProduct(b *testing.B) {
 	if rf1[0].err == nil {
 		b.ReportMetric(rf1[0].f.iops, "rf1-qd16-IOPS")
 	}
+}
+
+// medianFigures is the run with the median IOPS.
+func medianFigures(runs []figures) figures {
+	s := append([]figures(nil), runs...)
+	sort.Slice(s, func(i, j int) bool { return s[i].iops < s[j].iops })
+	return s[len(s)/2]
 }
 
 // oneLine is err's message on one line, cut to a readable length.
