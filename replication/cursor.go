@@ -265,6 +265,16 @@ func (r *replica) session() (bool, error) {
 	if rd > st.Head {
 		return false, fmt.Errorf("%w: replica durable %d is ahead of primary head %d", errNeedsRebuild, rd, st.Head)
 	}
+	// A replica only ever receives records this volume appended first, so
+	// a head beyond ours means records we never had (or lost in a crash:
+	// uncommitted, so a rebuild is safe). Shipping our own records at
+	// those LSNs would be taken as duplicates or conflicts: diverged.
+	if rh := cn.ReplicaHead(); rh > st.Head {
+		return false, fmt.Errorf("%w: replica head %d is ahead of primary head %d", errNeedsRebuild, rh, st.Head)
+	}
+	if err := p.checkTakeover(r.m.ServerID, cn.ReplicaHead()); err != nil {
+		return false, err
+	}
 	from := rd + 1
 	if from < st.Tail {
 		return false, fmt.Errorf("%w: replica's next lsn %d is below the WAL tail %d", errNeedsRebuild, from, st.Tail)

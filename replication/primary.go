@@ -78,6 +78,28 @@ type PrimaryOptions struct {
 	// Dialer opens connections (tests put a fault proxy here); nil means
 	// plain TCP.
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+	// Takeover, if set, says where this server's history as primary
+	// began; see Takeover. Nil: only the always-on check applies (a
+	// member whose head is beyond the primary's head at hello needs a
+	// rebuild).
+	Takeover *Takeover
+}
+
+// Takeover describes the start of a primary's tenure: the head it had
+// when it became primary of the volume (the end of the history it shares
+// with the previous primary). A member of NewPrimary's list that, at its
+// first successful hello in this Primary's lifetime, reports a head beyond
+// Head holds records this primary never had (the previous primary shipped
+// or wrote them after this copy's last record): its cursor goes to
+// StateNeedsRebuild and ships it nothing. Members added later by
+// SetMembers, and those listed in Shipped, are trusted to hold only this
+// server's records (they joined through a path that checked them) and
+// are only checked against the primary's head.
+type Takeover struct {
+	Head uint64
+	// Shipped names members this server already shipped to as primary
+	// since it took over: records beyond Head on them may be its own.
+	Shipped []string
 }
 
 // Primary ships one primary volume's WAL to the members of the current
@@ -96,6 +118,9 @@ type Primary struct {
 	changed  chan struct{}
 	closed   bool
 	shipList atomic.Pointer[[]*replica]
+	// unchecked: members of NewPrimary's list still to be checked against
+	// the takeover head at their first successful hello.
+	unchecked map[string]bool
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -130,6 +155,15 @@ func NewPrimary(vol *blockvol.Volume, o PrimaryOptions) (*Primary, error) {
 	}
 	p := &Primary{vol: vol, o: o, epoch: o.Epoch, changed: make(chan struct{})}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	if o.Takeover != nil {
+		p.unchecked = make(map[string]bool)
+		for _, m := range o.Members {
+			p.unchecked[m.ServerID] = true
+		}
+		for _, id := range o.Takeover.Shipped {
+			delete(p.unchecked, id)
+		}
+	}
 	p.mu.Lock()
 	for _, m := range o.Members {
 		p.members = append(p.members, p.startLocked(m, o.Epoch, nil))
@@ -155,6 +189,23 @@ func checkMembers(mode Mode, ms []Member) error {
 	if mode == ModeQuorum && len(ms)+1 < 3 {
 		return fmt.Errorf("quorum mode needs RF ≥ 3, have %d", len(ms)+1)
 	}
+	return nil
+}
+
+// checkTakeover is called at each successful hello of member id with
+// the replica's head: the first one of a member still unchecked fails if
+// the replica holds records beyond the takeover head (it stays unchecked,
+// so a later cursor for it fails too).
+func (p *Primary) checkTakeover(id string, replicaHead uint64) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.unchecked[id] {
+		return nil
+	}
+	if h := p.o.Takeover.Head; replicaHead > h {
+		return fmt.Errorf("%w: replica head %d is beyond lsn %d where this primary took over: it holds records this primary never had", errNeedsRebuild, replicaHead, h)
+	}
+	delete(p.unchecked, id)
 	return nil
 }
 

@@ -99,7 +99,12 @@
 // returning copy it never shipped to is first asked its head with a
 // hello: one beyond the head this primary had when it took over holds
 // records this primary never had (an old primary's last writes) — it has
-// diverged, is reported needs-rebuild and is never caught up. The primary's view
+// diverged, is reported needs-rebuild and is never caught up. The same
+// check covers the members of the epoch it took over with (RF=3's third
+// copy, an old primary demoted by a promote): the Primary gets the takeover
+// head (replication.Takeover) and a member it never shipped to whose head
+// is beyond it goes needs-rebuild, gets nothing, and is reported to the
+// master for removal. The primary's view
 // of each member and catch-up is reported in VolumeReport.replicas.
 //
 // # Master connection

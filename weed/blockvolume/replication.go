@@ -150,11 +150,7 @@ func (m *Manager) syncReplLocked(v *volume) {
 	if role == blockpb.Role_ROLE_PRIMARY && v.confirmed == st.Epoch {
 		m.unregisterLocked(v)
 		members := replMembers(cfg, m.serverID)
-		if v.takeover {
-			for _, mb := range members {
-				v.shipped[mb.ServerID] = true
-			}
-		}
+		m.noteShippedLocked(v)
 		if len(members)+1 < int(v.rf) {
 			m.rejoinHoldLocked(v, true)
 		}
@@ -199,6 +195,10 @@ func (m *Manager) syncReplLocked(v *volume) {
 			RemoveMember: func(serverID string) error {
 				return m.removeMember(name, epoch, serverID)
 			},
+			// A member that stayed in the epoch (RF=3's third copy, or an
+			// old primary demoted by a promote) may hold records the old
+			// primary gave it and not us: it needs a rebuild.
+			Takeover: v.takeoverInfo(),
 		})
 		if err != nil {
 			// Writes stay refused (wantRepl); say why once per epoch.
@@ -387,6 +387,7 @@ func (m *Manager) applyCatchUpsLocked(targets []*blockpb.CatchUpTarget) {
 					Members: []replication.Member{{ServerID: id, Addr: t.GetServer().GetReplAddress()}},
 					// Not a member: nothing to remove.
 					RemoveMember: func(string) error { return nil },
+					Takeover:     v.takeoverInfo(),
 				})
 				if err != nil {
 					glog.Errorf("blockvolume: %s: catch up %s: %v", v.name, id, err)
@@ -406,12 +407,19 @@ func (m *Manager) applyCatchUpsLocked(targets []*blockpb.CatchUpTarget) {
 				continue
 			}
 			switch rs[0].State {
+			case replication.StateCatchingUp, replication.StateLagging:
+				if v.takeover {
+					v.shipped[id] = true
+				}
 			case replication.StateNeedsRebuild:
 				if !cu.rebuild {
 					cu.rebuild = true
 					glog.Warningf("blockvolume: %s: %s cannot be caught up from the WAL and needs a rebuild: %s", v.name, id, rs[0].Err)
 				}
 			case replication.StateInSync:
+				if v.takeover {
+					v.shipped[id] = true
+				}
 				if cu.reporting.CompareAndSwap(false, true) {
 					m.reportCaughtUp(v.name, st.Epoch, cu)
 				}
@@ -449,6 +457,38 @@ func (m *Manager) noteTakeoverLocked(v *volume, cfg *blockpb.EpochConfig) {
 	glog.Infof("blockvolume: %s: taking over as primary at epoch %d with head %d", v.name, cfg.GetEpoch(), st.Head)
 }
 
+// takeoverInfo is what a Primary started now needs to check the copies
+// it ships to against the takeover head (nil: this server did not take
+// over in this process; the Primary still refuses a copy whose head is
+// beyond its own). The copies this server already shipped to since the
+// takeover are exempt. The caller holds opMu.
+func (v *volume) takeoverInfo() *replication.Takeover {
+	if !v.takeover {
+		return nil
+	}
+	tk := &replication.Takeover{Head: v.takeoverHead}
+	for id := range v.shipped {
+		tk.Shipped = append(tk.Shipped, id)
+	}
+	return tk
+}
+
+// noteShippedLocked remembers, after a takeover, the members v's Primary
+// has checked against the takeover head and streams to: records beyond
+// it on them are this primary's own. The caller holds opMu.
+func (m *Manager) noteShippedLocked(v *volume) {
+	p := v.primary()
+	if !v.takeover || p == nil {
+		return
+	}
+	for _, rs := range p.Stats().Replicas {
+		switch rs.State {
+		case replication.StateCatchingUp, replication.StateInSync, replication.StateLagging:
+			v.shipped[rs.ServerID] = true
+		}
+	}
+}
+
 // mayCatchUpLocked says whether the copy on server id (replication
 // address addr) may be caught up: after a takeover, one this primary never
 // shipped to must not hold records beyond the takeover head (read with a
@@ -474,6 +514,9 @@ func (m *Manager) mayCatchUpLocked(v *volume, id, addr string, epoch uint64) boo
 	head := cn.ReplicaHead()
 	cn.Close()
 	if head <= v.takeoverHead {
+		// From now on this primary ships to it: records beyond the
+		// takeover head there are ours.
+		v.shipped[id] = true
 		return true
 	}
 	why := fmt.Sprintf("holds records up to lsn %d, beyond %d where this primary took over: diverged, needs a rebuild", head, v.takeoverHead)
