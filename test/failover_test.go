@@ -16,7 +16,7 @@ func fioJob(uri string, extra ...string) []string {
 	return append([]string{
 		"--name=failover", "--ioengine=nbd", "--uri=" + uri, "--rw=randwrite", "--bs=4k",
 		"--iodepth=8", "--size=16M", "--randseed=7", "--verify=crc32c", "--verify_fatal=1",
-		"--fsync=32", "--end_fsync=1", "--output-format=terse",
+		"--fsync=32", "--end_fsync=1", "--output-format=terse", "--verify_state_save=0",
 	}, extra...)
 }
 
