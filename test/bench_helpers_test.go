@@ -286,6 +286,12 @@ func startTgtd(tb testing.TB, path string) (string, error) {
 	// (/var/run/tgtd/socket.N); pick one unlikely to be in use.
 	ctl := strconv.Itoa(20000 + os.Getpid()%10000)
 	addr := "127.0.0.1:" + strconv.Itoa(ports[0])
+	// Registered first, so it runs after the kill: a killed tgtd leaves
+	// its management socket and lock file behind.
+	tb.Cleanup(func() {
+		os.Remove("/var/run/tgtd/socket." + ctl)
+		os.Remove("/var/run/tgtd/socket." + ctl + ".lock")
+	})
 	p, err := startBenchProc(tb, "tgtd", nil, "tgtd", "-f", "-C", ctl, "--iscsi", "portal="+addr)
 	if err != nil {
 		return "", err
