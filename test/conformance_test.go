@@ -56,7 +56,7 @@ func TestFioWritesVerifyAfterRestart(t *testing.T) {
 		return append([]string{
 			"--name=e2e", "--ioengine=nbd", "--uri=" + uri, "--rw=randwrite", "--bs=4k",
 			"--iodepth=16", "--size=24M", "--randseed=42", "--verify=crc32c", "--verify_fatal=1",
-			"--output-format=terse",
+			"--output-format=terse", "--verify_state_save=0",
 		}, extra...)
 	}
 	mustRun(t, 5*time.Minute, "fio", job(s.nbdURI("fio"), "--do_verify=0")...)
