@@ -27,18 +27,7 @@ func (v *Volume) BeginRebuild() error {
 	defer v.ops.Done()
 	v.flushMu.Lock()
 	defer v.flushMu.Unlock()
-	v.mu.Lock()
-	if v.failed != nil {
-		err := v.failedErrLocked()
-		v.mu.Unlock()
-		return err
-	}
-	if !v.fenced {
-		v.mu.Unlock()
-		return fmt.Errorf("%s: begin rebuild: volume must be fenced", v.path)
-	}
-	if err := v.waitWrittenLocked(v.head); err != nil {
-		v.mu.Unlock()
+	if err := v.lockFencedQuiet("begin rebuild"); err != nil {
 		return err
 	}
 	head := v.head
@@ -184,4 +173,26 @@ func (v *Volume) FinishRebuild() error {
 		return err
 	}
 	return v.SetUntrusted(false)
+}
+
+// lockFencedQuiet takes v.mu for an operation (op, for errors) that rewrites
+// the log of a fenced volume: it fails if the volume is unhealthy or not
+// fenced, and waits until every appended record is written. On success v.mu
+// is held; on error it is not.
+func (v *Volume) lockFencedQuiet(op string) error {
+	v.mu.Lock()
+	if v.failed != nil {
+		err := v.failedErrLocked()
+		v.mu.Unlock()
+		return err
+	}
+	if !v.fenced {
+		v.mu.Unlock()
+		return fmt.Errorf("%s: %s: volume must be fenced", v.path, op)
+	}
+	if err := v.waitWrittenLocked(v.head); err != nil {
+		v.mu.Unlock()
+		return err
+	}
+	return nil
 }

@@ -277,18 +277,7 @@ func (v *Volume) TruncateWAL(lsn uint64) error {
 	defer v.ops.Done()
 	v.flushMu.Lock()
 	defer v.flushMu.Unlock()
-	v.mu.Lock()
-	if v.failed != nil {
-		err := v.failedErrLocked()
-		v.mu.Unlock()
-		return err
-	}
-	if !v.fenced {
-		v.mu.Unlock()
-		return fmt.Errorf("%s: truncate WAL: volume must be fenced", v.path)
-	}
-	if err := v.waitWrittenLocked(v.head); err != nil {
-		v.mu.Unlock()
+	if err := v.lockFencedQuiet("truncate WAL"); err != nil {
 		return err
 	}
 	if lsn < v.checkpoint || lsn > v.head {
