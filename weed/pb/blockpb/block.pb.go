@@ -466,13 +466,26 @@ func (x *EpochConfig) GetMayHaveLostWrites() bool {
 	return false
 }
 
-// Recovery progress of a replica (filled by the recovery issue).
+// Recovery of one copy (DESIGN §6). In VolumeReport.recovery a copy
+// describes itself (phase "rebuild" while it is untrusted); in
+// VolumeReport.recoveries the primary describes each copy it is
+// recovering or last recovered.
 type RecoveryProgress struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Phase         string                 `protobuf:"bytes,1,opt,name=phase,proto3" json:"phase,omitempty"` // "", "catch-up", "rebuild", "truncate"
+	Phase         string                 `protobuf:"bytes,1,opt,name=phase,proto3" json:"phase,omitempty"` // "", "plan", "catch-up", "truncate", "rebuild", "follow", "done", "failed"
 	BytesDone     uint64                 `protobuf:"varint,2,opt,name=bytes_done,json=bytesDone,proto3" json:"bytes_done,omitempty"`
 	BytesTotal    uint64                 `protobuf:"varint,3,opt,name=bytes_total,json=bytesTotal,proto3" json:"bytes_total,omitempty"`
-	EtaMs         int64                  `protobuf:"varint,4,opt,name=eta_ms,json=etaMs,proto3" json:"eta_ms,omitempty"`
+	EtaMs         int64                  `protobuf:"varint,4,opt,name=eta_ms,json=etaMs,proto3" json:"eta_ms,omitempty"`         // 0: unknown
+	ServerId      string                 `protobuf:"bytes,5,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"` // the copy being recovered
+	Plan          string                 `protobuf:"bytes,6,opt,name=plan,proto3" json:"plan,omitempty"`                         // the planner's decision and reason, in words
+	TargetLsn     uint64                 `protobuf:"varint,7,opt,name=target_lsn,json=targetLsn,proto3" json:"target_lsn,omitempty"`
+	AchievedLsn   uint64                 `protobuf:"varint,8,opt,name=achieved_lsn,json=achievedLsn,proto3" json:"achieved_lsn,omitempty"`
+	Attempt       uint64                 `protobuf:"varint,9,opt,name=attempt,proto3" json:"attempt,omitempty"` // attempt number of the live (or last) attempt
+	StartedUnixMs int64                  `protobuf:"varint,10,opt,name=started_unix_ms,json=startedUnixMs,proto3" json:"started_unix_ms,omitempty"`
+	LastOutcome   string                 `protobuf:"bytes,11,opt,name=last_outcome,json=lastOutcome,proto3" json:"last_outcome,omitempty"`        // "in-sync", "needs-rebuild: why", "aborted: why", "" while running
+	ForcedRebuild bool                   `protobuf:"varint,12,opt,name=forced_rebuild,json=forcedRebuild,proto3" json:"forced_rebuild,omitempty"` // an operator asked for a rebuild (block.repair -rebuild)
+	Rebuilds      uint64                 `protobuf:"varint,13,opt,name=rebuilds,proto3" json:"rebuilds,omitempty"`                                // rebuilds of this copy finished by this primary
+	CatchUps      uint64                 `protobuf:"varint,14,opt,name=catch_ups,json=catchUps,proto3" json:"catch_ups,omitempty"`                // catch-ups of this copy finished by this primary
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -531,6 +544,76 @@ func (x *RecoveryProgress) GetBytesTotal() uint64 {
 func (x *RecoveryProgress) GetEtaMs() int64 {
 	if x != nil {
 		return x.EtaMs
+	}
+	return 0
+}
+
+func (x *RecoveryProgress) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+func (x *RecoveryProgress) GetPlan() string {
+	if x != nil {
+		return x.Plan
+	}
+	return ""
+}
+
+func (x *RecoveryProgress) GetTargetLsn() uint64 {
+	if x != nil {
+		return x.TargetLsn
+	}
+	return 0
+}
+
+func (x *RecoveryProgress) GetAchievedLsn() uint64 {
+	if x != nil {
+		return x.AchievedLsn
+	}
+	return 0
+}
+
+func (x *RecoveryProgress) GetAttempt() uint64 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *RecoveryProgress) GetStartedUnixMs() int64 {
+	if x != nil {
+		return x.StartedUnixMs
+	}
+	return 0
+}
+
+func (x *RecoveryProgress) GetLastOutcome() string {
+	if x != nil {
+		return x.LastOutcome
+	}
+	return ""
+}
+
+func (x *RecoveryProgress) GetForcedRebuild() bool {
+	if x != nil {
+		return x.ForcedRebuild
+	}
+	return false
+}
+
+func (x *RecoveryProgress) GetRebuilds() uint64 {
+	if x != nil {
+		return x.Rebuilds
+	}
+	return 0
+}
+
+func (x *RecoveryProgress) GetCatchUps() uint64 {
+	if x != nil {
+		return x.CatchUps
 	}
 	return 0
 }
@@ -633,8 +716,11 @@ type VolumeReport struct {
 	LeaseRemainingMs int64                  `protobuf:"varint,16,opt,name=lease_remaining_ms,json=leaseRemainingMs,proto3" json:"lease_remaining_ms,omitempty"` // volume server's own view; <= 0 means no valid lease
 	Recovery         *RecoveryProgress      `protobuf:"bytes,17,opt,name=recovery,proto3" json:"recovery,omitempty"`
 	Replicas         []*ReplicaState        `protobuf:"bytes,18,rep,name=replicas,proto3" json:"replicas,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// On the primary: one entry per copy it recovers (catch-up targets), live
+	// or last finished.
+	Recoveries    []*RecoveryProgress `protobuf:"bytes,19,rep,name=recoveries,proto3" json:"recoveries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VolumeReport) Reset() {
@@ -789,6 +875,13 @@ func (x *VolumeReport) GetRecovery() *RecoveryProgress {
 func (x *VolumeReport) GetReplicas() []*ReplicaState {
 	if x != nil {
 		return x.Replicas
+	}
+	return nil
+}
+
+func (x *VolumeReport) GetRecoveries() []*RecoveryProgress {
+	if x != nil {
+		return x.Recoveries
 	}
 	return nil
 }
@@ -1020,10 +1113,16 @@ func (x *BlockHeartbeatResponse) GetCatchUp() []*CatchUpTarget {
 
 // A non-member copy the primary of name (at epoch) should bring back.
 type CatchUpTarget struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Server        *ServerEndpoints       `protobuf:"bytes,3,opt,name=server,proto3" json:"server,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Epoch  uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Server *ServerEndpoints       `protobuf:"bytes,3,opt,name=server,proto3" json:"server,omitempty"`
+	// An operator asked for a full rebuild of this copy (block.repair
+	// -rebuild): the primary rebuilds it whatever the planner would choose.
+	Rebuild bool `protobuf:"varint,4,opt,name=rebuild,proto3" json:"rebuild,omitempty"`
+	// Increases with every block.repair naming this copy; a primary that sees
+	// it change cancels the live attempt and plans again.
+	RepairSeq     uint64 `protobuf:"varint,5,opt,name=repair_seq,json=repairSeq,proto3" json:"repair_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1079,6 +1178,20 @@ func (x *CatchUpTarget) GetServer() *ServerEndpoints {
 	return nil
 }
 
+func (x *CatchUpTarget) GetRebuild() bool {
+	if x != nil {
+		return x.Rebuild
+	}
+	return false
+}
+
+func (x *CatchUpTarget) GetRepairSeq() uint64 {
+	if x != nil {
+		return x.RepairSeq
+	}
+	return 0
+}
+
 // Master's full view of one volume.
 type VolumeInfo struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
@@ -1104,8 +1217,10 @@ type VolumeInfo struct {
 	Warning    string `protobuf:"bytes,16,opt,name=warning,proto3" json:"warning,omitempty"`
 	// Why the master could not promote (state "unavailable"), "" otherwise.
 	FailoverBlocked string `protobuf:"bytes,17,opt,name=failover_blocked,json=failoverBlocked,proto3" json:"failover_blocked,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The primary's recoveries of copies (from its latest report).
+	Recoveries    []*RecoveryProgress `protobuf:"bytes,18,rep,name=recoveries,proto3" json:"recoveries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VolumeInfo) Reset() {
@@ -1255,6 +1370,13 @@ func (x *VolumeInfo) GetFailoverBlocked() string {
 		return x.FailoverBlocked
 	}
 	return ""
+}
+
+func (x *VolumeInfo) GetRecoveries() []*RecoveryProgress {
+	if x != nil {
+		return x.Recoveries
+	}
+	return nil
 }
 
 type CreateVolumeRequest struct {
@@ -1944,6 +2066,133 @@ func (x *PromoteVolumeResponse) GetVolume() *VolumeInfo {
 	return nil
 }
 
+// Operator (block.repair): bring a copy back through the recovery path.
+// Without replica_server_id every copy other than the primary is named.
+// A named copy that is a member of the current epoch is first removed
+// from it (a new epoch) when rebuild is set; otherwise a member is
+// already following the live stream and is left alone. Every named
+// non-member copy becomes a catch-up target with its repair_seq bumped
+// (and rebuild set when asked), so the primary plans it again.
+type RepairVolumeRequest struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Name            string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	ReplicaServerId string                 `protobuf:"bytes,2,opt,name=replica_server_id,json=replicaServerId,proto3" json:"replica_server_id,omitempty"`
+	Rebuild         bool                   `protobuf:"varint,3,opt,name=rebuild,proto3" json:"rebuild,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RepairVolumeRequest) Reset() {
+	*x = RepairVolumeRequest{}
+	mi := &file_block_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RepairVolumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RepairVolumeRequest) ProtoMessage() {}
+
+func (x *RepairVolumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_block_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RepairVolumeRequest.ProtoReflect.Descriptor instead.
+func (*RepairVolumeRequest) Descriptor() ([]byte, []int) {
+	return file_block_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RepairVolumeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RepairVolumeRequest) GetReplicaServerId() string {
+	if x != nil {
+		return x.ReplicaServerId
+	}
+	return ""
+}
+
+func (x *RepairVolumeRequest) GetRebuild() bool {
+	if x != nil {
+		return x.Rebuild
+	}
+	return false
+}
+
+type RepairVolumeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Volume        *VolumeInfo            `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	Repairing     []string               `protobuf:"bytes,2,rep,name=repairing,proto3" json:"repairing,omitempty"`         // server ids that will be recovered
+	InSync        []string               `protobuf:"bytes,3,rep,name=in_sync,json=inSync,proto3" json:"in_sync,omitempty"` // named members left alone (already in sync)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RepairVolumeResponse) Reset() {
+	*x = RepairVolumeResponse{}
+	mi := &file_block_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RepairVolumeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RepairVolumeResponse) ProtoMessage() {}
+
+func (x *RepairVolumeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_block_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RepairVolumeResponse.ProtoReflect.Descriptor instead.
+func (*RepairVolumeResponse) Descriptor() ([]byte, []int) {
+	return file_block_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RepairVolumeResponse) GetVolume() *VolumeInfo {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
+func (x *RepairVolumeResponse) GetRepairing() []string {
+	if x != nil {
+		return x.Repairing
+	}
+	return nil
+}
+
+func (x *RepairVolumeResponse) GetInSync() []string {
+	if x != nil {
+		return x.InSync
+	}
+	return nil
+}
+
 type AllocateVolumeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Spec          *VolumeSpec            `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -1954,7 +2203,7 @@ type AllocateVolumeRequest struct {
 
 func (x *AllocateVolumeRequest) Reset() {
 	*x = AllocateVolumeRequest{}
-	mi := &file_block_proto_msgTypes[26]
+	mi := &file_block_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1966,7 +2215,7 @@ func (x *AllocateVolumeRequest) String() string {
 func (*AllocateVolumeRequest) ProtoMessage() {}
 
 func (x *AllocateVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_block_proto_msgTypes[26]
+	mi := &file_block_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1979,7 +2228,7 @@ func (x *AllocateVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateVolumeRequest.ProtoReflect.Descriptor instead.
 func (*AllocateVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_block_proto_rawDescGZIP(), []int{26}
+	return file_block_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AllocateVolumeRequest) GetSpec() *VolumeSpec {
@@ -2005,7 +2254,7 @@ type AllocateVolumeResponse struct {
 
 func (x *AllocateVolumeResponse) Reset() {
 	*x = AllocateVolumeResponse{}
-	mi := &file_block_proto_msgTypes[27]
+	mi := &file_block_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2017,7 +2266,7 @@ func (x *AllocateVolumeResponse) String() string {
 func (*AllocateVolumeResponse) ProtoMessage() {}
 
 func (x *AllocateVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_block_proto_msgTypes[27]
+	mi := &file_block_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2030,7 +2279,7 @@ func (x *AllocateVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateVolumeResponse.ProtoReflect.Descriptor instead.
 func (*AllocateVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_block_proto_rawDescGZIP(), []int{27}
+	return file_block_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AllocateVolumeResponse) GetVolume() *VolumeReport {
@@ -2051,7 +2300,7 @@ type DeleteLocalVolumeRequest struct {
 
 func (x *DeleteLocalVolumeRequest) Reset() {
 	*x = DeleteLocalVolumeRequest{}
-	mi := &file_block_proto_msgTypes[28]
+	mi := &file_block_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2063,7 +2312,7 @@ func (x *DeleteLocalVolumeRequest) String() string {
 func (*DeleteLocalVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteLocalVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_block_proto_msgTypes[28]
+	mi := &file_block_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2076,7 +2325,7 @@ func (x *DeleteLocalVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteLocalVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteLocalVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_block_proto_rawDescGZIP(), []int{28}
+	return file_block_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteLocalVolumeRequest) GetName() string {
@@ -2108,7 +2357,7 @@ type DeleteLocalVolumeResponse struct {
 
 func (x *DeleteLocalVolumeResponse) Reset() {
 	*x = DeleteLocalVolumeResponse{}
-	mi := &file_block_proto_msgTypes[29]
+	mi := &file_block_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2120,7 +2369,7 @@ func (x *DeleteLocalVolumeResponse) String() string {
 func (*DeleteLocalVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteLocalVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_block_proto_msgTypes[29]
+	mi := &file_block_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2133,7 +2382,7 @@ func (x *DeleteLocalVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteLocalVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteLocalVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_block_proto_rawDescGZIP(), []int{29}
+	return file_block_proto_rawDescGZIP(), []int{31}
 }
 
 type LocalVolumeStatusRequest struct {
@@ -2145,7 +2394,7 @@ type LocalVolumeStatusRequest struct {
 
 func (x *LocalVolumeStatusRequest) Reset() {
 	*x = LocalVolumeStatusRequest{}
-	mi := &file_block_proto_msgTypes[30]
+	mi := &file_block_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2157,7 +2406,7 @@ func (x *LocalVolumeStatusRequest) String() string {
 func (*LocalVolumeStatusRequest) ProtoMessage() {}
 
 func (x *LocalVolumeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_block_proto_msgTypes[30]
+	mi := &file_block_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2170,7 +2419,7 @@ func (x *LocalVolumeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalVolumeStatusRequest.ProtoReflect.Descriptor instead.
 func (*LocalVolumeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_block_proto_rawDescGZIP(), []int{30}
+	return file_block_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *LocalVolumeStatusRequest) GetName() string {
@@ -2189,7 +2438,7 @@ type LocalVolumeStatusResponse struct {
 
 func (x *LocalVolumeStatusResponse) Reset() {
 	*x = LocalVolumeStatusResponse{}
-	mi := &file_block_proto_msgTypes[31]
+	mi := &file_block_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2201,7 +2450,7 @@ func (x *LocalVolumeStatusResponse) String() string {
 func (*LocalVolumeStatusResponse) ProtoMessage() {}
 
 func (x *LocalVolumeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_block_proto_msgTypes[31]
+	mi := &file_block_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2214,7 +2463,7 @@ func (x *LocalVolumeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalVolumeStatusResponse.ProtoReflect.Descriptor instead.
 func (*LocalVolumeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_block_proto_rawDescGZIP(), []int{31}
+	return file_block_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *LocalVolumeStatusResponse) GetVolumes() []*VolumeReport {
@@ -2264,20 +2513,32 @@ const file_block_proto_rawDesc = "" +
 	"durability\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x05 \x01(\x03R\rcreatedUnixMs\x12\x16\n" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\x12/\n" +
-	"\x14may_have_lost_writes\x18\a \x01(\bR\x11mayHaveLostWrites\"\x7f\n" +
+	"\x14may_have_lost_writes\x18\a \x01(\bR\x11mayHaveLostWrites\"\xb7\x03\n" +
 	"\x10RecoveryProgress\x12\x14\n" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x1d\n" +
 	"\n" +
 	"bytes_done\x18\x02 \x01(\x04R\tbytesDone\x12\x1f\n" +
 	"\vbytes_total\x18\x03 \x01(\x04R\n" +
 	"bytesTotal\x12\x15\n" +
-	"\x06eta_ms\x18\x04 \x01(\x03R\x05etaMs\"\xa0\x01\n" +
+	"\x06eta_ms\x18\x04 \x01(\x03R\x05etaMs\x12\x1b\n" +
+	"\tserver_id\x18\x05 \x01(\tR\bserverId\x12\x12\n" +
+	"\x04plan\x18\x06 \x01(\tR\x04plan\x12\x1d\n" +
+	"\n" +
+	"target_lsn\x18\a \x01(\x04R\ttargetLsn\x12!\n" +
+	"\fachieved_lsn\x18\b \x01(\x04R\vachievedLsn\x12\x18\n" +
+	"\aattempt\x18\t \x01(\x04R\aattempt\x12&\n" +
+	"\x0fstarted_unix_ms\x18\n" +
+	" \x01(\x03R\rstartedUnixMs\x12!\n" +
+	"\flast_outcome\x18\v \x01(\tR\vlastOutcome\x12%\n" +
+	"\x0eforced_rebuild\x18\f \x01(\bR\rforcedRebuild\x12\x1a\n" +
+	"\brebuilds\x18\r \x01(\x04R\brebuilds\x12\x1b\n" +
+	"\tcatch_ups\x18\x0e \x01(\x04R\bcatchUps\"\xa0\x01\n" +
 	"\fReplicaState\x12\x1b\n" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x17\n" +
 	"\alag_lsn\x18\x03 \x01(\x04R\x06lagLsn\x12\x1b\n" +
 	"\tlag_bytes\x18\x04 \x01(\x04R\blagBytes\x12'\n" +
-	"\x10last_ack_unix_ms\x18\x05 \x01(\x03R\rlastAckUnixMs\"\x86\x05\n" +
+	"\x10last_ack_unix_ms\x18\x05 \x01(\x03R\rlastAckUnixMs\"\xc3\x05\n" +
 	"\fVolumeReport\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12#\n" +
@@ -2299,7 +2560,10 @@ const file_block_proto_rawDesc = "" +
 	"\x11attached_sessions\x18\x0f \x01(\rR\x10attachedSessions\x12,\n" +
 	"\x12lease_remaining_ms\x18\x10 \x01(\x03R\x10leaseRemainingMs\x127\n" +
 	"\brecovery\x18\x11 \x01(\v2\x1b.weedblock.RecoveryProgressR\brecovery\x123\n" +
-	"\breplicas\x18\x12 \x03(\v2\x17.weedblock.ReplicaStateR\breplicas\"\xa8\x01\n" +
+	"\breplicas\x18\x12 \x03(\v2\x17.weedblock.ReplicaStateR\breplicas\x12;\n" +
+	"\n" +
+	"recoveries\x18\x13 \x03(\v2\x1b.weedblock.RecoveryProgressR\n" +
+	"recoveries\"\xa8\x01\n" +
 	"\x0eBlockHeartbeat\x122\n" +
 	"\x06server\x18\x01 \x01(\v2\x1a.weedblock.ServerEndpointsR\x06server\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x121\n" +
@@ -2317,11 +2581,14 @@ const file_block_proto_rawDesc = "" +
 	"\vassignments\x18\x03 \x03(\v2\x15.weedblock.AssignmentR\vassignments\x12\x18\n" +
 	"\adeletes\x18\x04 \x03(\tR\adeletes\x12\x16\n" +
 	"\x06leader\x18\x05 \x01(\tR\x06leader\x123\n" +
-	"\bcatch_up\x18\x06 \x03(\v2\x18.weedblock.CatchUpTargetR\acatchUp\"m\n" +
+	"\bcatch_up\x18\x06 \x03(\v2\x18.weedblock.CatchUpTargetR\acatchUp\"\xa6\x01\n" +
 	"\rCatchUpTarget\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x122\n" +
-	"\x06server\x18\x03 \x01(\v2\x1a.weedblock.ServerEndpointsR\x06server\"\x9d\x05\n" +
+	"\x06server\x18\x03 \x01(\v2\x1a.weedblock.ServerEndpointsR\x06server\x12\x18\n" +
+	"\arebuild\x18\x04 \x01(\bR\arebuild\x12\x1d\n" +
+	"\n" +
+	"repair_seq\x18\x05 \x01(\x04R\trepairSeq\"\xda\x05\n" +
 	"\n" +
 	"VolumeInfo\x12)\n" +
 	"\x04spec\x18\x01 \x01(\v2\x15.weedblock.VolumeSpecR\x04spec\x12.\n" +
@@ -2343,7 +2610,10 @@ const file_block_proto_rawDesc = "" +
 	"\vlossy_epoch\x18\x0f \x01(\x04R\n" +
 	"lossyEpoch\x12\x18\n" +
 	"\awarning\x18\x10 \x01(\tR\awarning\x12)\n" +
-	"\x10failover_blocked\x18\x11 \x01(\tR\x0ffailoverBlocked\"@\n" +
+	"\x10failover_blocked\x18\x11 \x01(\tR\x0ffailoverBlocked\x12;\n" +
+	"\n" +
+	"recoveries\x18\x12 \x03(\v2\x1b.weedblock.RecoveryProgressR\n" +
+	"recoveries\"@\n" +
 	"\x13CreateVolumeRequest\x12)\n" +
 	"\x04spec\x18\x01 \x01(\v2\x15.weedblock.VolumeSpecR\x04spec\"E\n" +
 	"\x14CreateVolumeResponse\x12-\n" +
@@ -2380,7 +2650,15 @@ const file_block_proto_rawDesc = "" +
 	"toServerId\x12\x14\n" +
 	"\x05force\x18\x03 \x01(\bR\x05force\"F\n" +
 	"\x15PromoteVolumeResponse\x12-\n" +
-	"\x06volume\x18\x01 \x01(\v2\x15.weedblock.VolumeInfoR\x06volume\"r\n" +
+	"\x06volume\x18\x01 \x01(\v2\x15.weedblock.VolumeInfoR\x06volume\"o\n" +
+	"\x13RepairVolumeRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12*\n" +
+	"\x11replica_server_id\x18\x02 \x01(\tR\x0freplicaServerId\x12\x18\n" +
+	"\arebuild\x18\x03 \x01(\bR\arebuild\"|\n" +
+	"\x14RepairVolumeResponse\x12-\n" +
+	"\x06volume\x18\x01 \x01(\v2\x15.weedblock.VolumeInfoR\x06volume\x12\x1c\n" +
+	"\trepairing\x18\x02 \x03(\tR\trepairing\x12\x17\n" +
+	"\ain_sync\x18\x03 \x03(\tR\x06inSync\"r\n" +
 	"\x15AllocateVolumeRequest\x12)\n" +
 	"\x04spec\x18\x01 \x01(\v2\x15.weedblock.VolumeSpecR\x04spec\x12.\n" +
 	"\x06config\x18\x02 \x01(\v2\x16.weedblock.EpochConfigR\x06config\"I\n" +
@@ -2405,7 +2683,7 @@ const file_block_proto_rawDesc = "" +
 	"\x16DURABILITY_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fDURABILITY_SYNC\x10\x01\x12\x15\n" +
 	"\x11DURABILITY_QUORUM\x10\x02\x12\x14\n" +
-	"\x10DURABILITY_ASYNC\x10\x032\x99\x05\n" +
+	"\x10DURABILITY_ASYNC\x10\x032\xea\x05\n" +
 	"\vBlockMaster\x12M\n" +
 	"\tHeartbeat\x12\x19.weedblock.BlockHeartbeat\x1a!.weedblock.BlockHeartbeatResponse(\x010\x01\x12O\n" +
 	"\fCreateVolume\x12\x1e.weedblock.CreateVolumeRequest\x1a\x1f.weedblock.CreateVolumeResponse\x12O\n" +
@@ -2414,7 +2692,8 @@ const file_block_proto_rawDesc = "" +
 	"\vListVolumes\x12\x1d.weedblock.ListVolumesRequest\x1a\x1e.weedblock.ListVolumesResponse\x12O\n" +
 	"\fRemoveMember\x12\x1e.weedblock.RemoveMemberRequest\x1a\x1f.weedblock.RemoveMemberResponse\x12U\n" +
 	"\x0eReportCaughtUp\x12 .weedblock.ReportCaughtUpRequest\x1a!.weedblock.ReportCaughtUpResponse\x12R\n" +
-	"\rPromoteVolume\x12\x1f.weedblock.PromoteVolumeRequest\x1a .weedblock.PromoteVolumeResponse2\x9a\x02\n" +
+	"\rPromoteVolume\x12\x1f.weedblock.PromoteVolumeRequest\x1a .weedblock.PromoteVolumeResponse\x12O\n" +
+	"\fRepairVolume\x12\x1e.weedblock.RepairVolumeRequest\x1a\x1f.weedblock.RepairVolumeResponse2\x9a\x02\n" +
 	"\vBlockVolume\x12U\n" +
 	"\x0eAllocateVolume\x12 .weedblock.AllocateVolumeRequest\x1a!.weedblock.AllocateVolumeResponse\x12Y\n" +
 	"\fDeleteVolume\x12#.weedblock.DeleteLocalVolumeRequest\x1a$.weedblock.DeleteLocalVolumeResponse\x12Y\n" +
@@ -2433,7 +2712,7 @@ func file_block_proto_rawDescGZIP() []byte {
 }
 
 var file_block_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_block_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_block_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_block_proto_goTypes = []any{
 	(Role)(0),                         // 0: weedblock.Role
 	(Durability)(0),                   // 1: weedblock.Durability
@@ -2463,12 +2742,14 @@ var file_block_proto_goTypes = []any{
 	(*ReportCaughtUpResponse)(nil),    // 25: weedblock.ReportCaughtUpResponse
 	(*PromoteVolumeRequest)(nil),      // 26: weedblock.PromoteVolumeRequest
 	(*PromoteVolumeResponse)(nil),     // 27: weedblock.PromoteVolumeResponse
-	(*AllocateVolumeRequest)(nil),     // 28: weedblock.AllocateVolumeRequest
-	(*AllocateVolumeResponse)(nil),    // 29: weedblock.AllocateVolumeResponse
-	(*DeleteLocalVolumeRequest)(nil),  // 30: weedblock.DeleteLocalVolumeRequest
-	(*DeleteLocalVolumeResponse)(nil), // 31: weedblock.DeleteLocalVolumeResponse
-	(*LocalVolumeStatusRequest)(nil),  // 32: weedblock.LocalVolumeStatusRequest
-	(*LocalVolumeStatusResponse)(nil), // 33: weedblock.LocalVolumeStatusResponse
+	(*RepairVolumeRequest)(nil),       // 28: weedblock.RepairVolumeRequest
+	(*RepairVolumeResponse)(nil),      // 29: weedblock.RepairVolumeResponse
+	(*AllocateVolumeRequest)(nil),     // 30: weedblock.AllocateVolumeRequest
+	(*AllocateVolumeResponse)(nil),    // 31: weedblock.AllocateVolumeResponse
+	(*DeleteLocalVolumeRequest)(nil),  // 32: weedblock.DeleteLocalVolumeRequest
+	(*DeleteLocalVolumeResponse)(nil), // 33: weedblock.DeleteLocalVolumeResponse
+	(*LocalVolumeStatusRequest)(nil),  // 34: weedblock.LocalVolumeStatusRequest
+	(*LocalVolumeStatusResponse)(nil), // 35: weedblock.LocalVolumeStatusResponse
 }
 var file_block_proto_depIdxs = []int32{
 	1,  // 0: weedblock.VolumeSpec.durability:type_name -> weedblock.Durability
@@ -2479,57 +2760,62 @@ var file_block_proto_depIdxs = []int32{
 	0,  // 5: weedblock.VolumeReport.role:type_name -> weedblock.Role
 	6,  // 6: weedblock.VolumeReport.recovery:type_name -> weedblock.RecoveryProgress
 	7,  // 7: weedblock.VolumeReport.replicas:type_name -> weedblock.ReplicaState
-	3,  // 8: weedblock.BlockHeartbeat.server:type_name -> weedblock.ServerEndpoints
-	8,  // 9: weedblock.BlockHeartbeat.volumes:type_name -> weedblock.VolumeReport
-	2,  // 10: weedblock.Assignment.spec:type_name -> weedblock.VolumeSpec
-	5,  // 11: weedblock.Assignment.config:type_name -> weedblock.EpochConfig
-	0,  // 12: weedblock.Assignment.role:type_name -> weedblock.Role
-	10, // 13: weedblock.BlockHeartbeatResponse.assignments:type_name -> weedblock.Assignment
-	12, // 14: weedblock.BlockHeartbeatResponse.catch_up:type_name -> weedblock.CatchUpTarget
-	3,  // 15: weedblock.CatchUpTarget.server:type_name -> weedblock.ServerEndpoints
-	2,  // 16: weedblock.VolumeInfo.spec:type_name -> weedblock.VolumeSpec
-	5,  // 17: weedblock.VolumeInfo.config:type_name -> weedblock.EpochConfig
-	5,  // 18: weedblock.VolumeInfo.history:type_name -> weedblock.EpochConfig
-	8,  // 19: weedblock.VolumeInfo.reports:type_name -> weedblock.VolumeReport
-	7,  // 20: weedblock.VolumeInfo.member_lag:type_name -> weedblock.ReplicaState
-	2,  // 21: weedblock.CreateVolumeRequest.spec:type_name -> weedblock.VolumeSpec
-	13, // 22: weedblock.CreateVolumeResponse.volume:type_name -> weedblock.VolumeInfo
-	13, // 23: weedblock.LookupVolumeResponse.volume:type_name -> weedblock.VolumeInfo
-	13, // 24: weedblock.ListVolumesResponse.volumes:type_name -> weedblock.VolumeInfo
-	5,  // 25: weedblock.RemoveMemberResponse.config:type_name -> weedblock.EpochConfig
-	5,  // 26: weedblock.ReportCaughtUpResponse.config:type_name -> weedblock.EpochConfig
-	13, // 27: weedblock.PromoteVolumeResponse.volume:type_name -> weedblock.VolumeInfo
-	2,  // 28: weedblock.AllocateVolumeRequest.spec:type_name -> weedblock.VolumeSpec
-	5,  // 29: weedblock.AllocateVolumeRequest.config:type_name -> weedblock.EpochConfig
-	8,  // 30: weedblock.AllocateVolumeResponse.volume:type_name -> weedblock.VolumeReport
-	8,  // 31: weedblock.LocalVolumeStatusResponse.volumes:type_name -> weedblock.VolumeReport
-	9,  // 32: weedblock.BlockMaster.Heartbeat:input_type -> weedblock.BlockHeartbeat
-	14, // 33: weedblock.BlockMaster.CreateVolume:input_type -> weedblock.CreateVolumeRequest
-	16, // 34: weedblock.BlockMaster.DeleteVolume:input_type -> weedblock.DeleteVolumeRequest
-	18, // 35: weedblock.BlockMaster.LookupVolume:input_type -> weedblock.LookupVolumeRequest
-	20, // 36: weedblock.BlockMaster.ListVolumes:input_type -> weedblock.ListVolumesRequest
-	22, // 37: weedblock.BlockMaster.RemoveMember:input_type -> weedblock.RemoveMemberRequest
-	24, // 38: weedblock.BlockMaster.ReportCaughtUp:input_type -> weedblock.ReportCaughtUpRequest
-	26, // 39: weedblock.BlockMaster.PromoteVolume:input_type -> weedblock.PromoteVolumeRequest
-	28, // 40: weedblock.BlockVolume.AllocateVolume:input_type -> weedblock.AllocateVolumeRequest
-	30, // 41: weedblock.BlockVolume.DeleteVolume:input_type -> weedblock.DeleteLocalVolumeRequest
-	32, // 42: weedblock.BlockVolume.VolumeStatus:input_type -> weedblock.LocalVolumeStatusRequest
-	11, // 43: weedblock.BlockMaster.Heartbeat:output_type -> weedblock.BlockHeartbeatResponse
-	15, // 44: weedblock.BlockMaster.CreateVolume:output_type -> weedblock.CreateVolumeResponse
-	17, // 45: weedblock.BlockMaster.DeleteVolume:output_type -> weedblock.DeleteVolumeResponse
-	19, // 46: weedblock.BlockMaster.LookupVolume:output_type -> weedblock.LookupVolumeResponse
-	21, // 47: weedblock.BlockMaster.ListVolumes:output_type -> weedblock.ListVolumesResponse
-	23, // 48: weedblock.BlockMaster.RemoveMember:output_type -> weedblock.RemoveMemberResponse
-	25, // 49: weedblock.BlockMaster.ReportCaughtUp:output_type -> weedblock.ReportCaughtUpResponse
-	27, // 50: weedblock.BlockMaster.PromoteVolume:output_type -> weedblock.PromoteVolumeResponse
-	29, // 51: weedblock.BlockVolume.AllocateVolume:output_type -> weedblock.AllocateVolumeResponse
-	31, // 52: weedblock.BlockVolume.DeleteVolume:output_type -> weedblock.DeleteLocalVolumeResponse
-	33, // 53: weedblock.BlockVolume.VolumeStatus:output_type -> weedblock.LocalVolumeStatusResponse
-	43, // [43:54] is the sub-list for method output_type
-	32, // [32:43] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	6,  // 8: weedblock.VolumeReport.recoveries:type_name -> weedblock.RecoveryProgress
+	3,  // 9: weedblock.BlockHeartbeat.server:type_name -> weedblock.ServerEndpoints
+	8,  // 10: weedblock.BlockHeartbeat.volumes:type_name -> weedblock.VolumeReport
+	2,  // 11: weedblock.Assignment.spec:type_name -> weedblock.VolumeSpec
+	5,  // 12: weedblock.Assignment.config:type_name -> weedblock.EpochConfig
+	0,  // 13: weedblock.Assignment.role:type_name -> weedblock.Role
+	10, // 14: weedblock.BlockHeartbeatResponse.assignments:type_name -> weedblock.Assignment
+	12, // 15: weedblock.BlockHeartbeatResponse.catch_up:type_name -> weedblock.CatchUpTarget
+	3,  // 16: weedblock.CatchUpTarget.server:type_name -> weedblock.ServerEndpoints
+	2,  // 17: weedblock.VolumeInfo.spec:type_name -> weedblock.VolumeSpec
+	5,  // 18: weedblock.VolumeInfo.config:type_name -> weedblock.EpochConfig
+	5,  // 19: weedblock.VolumeInfo.history:type_name -> weedblock.EpochConfig
+	8,  // 20: weedblock.VolumeInfo.reports:type_name -> weedblock.VolumeReport
+	7,  // 21: weedblock.VolumeInfo.member_lag:type_name -> weedblock.ReplicaState
+	6,  // 22: weedblock.VolumeInfo.recoveries:type_name -> weedblock.RecoveryProgress
+	2,  // 23: weedblock.CreateVolumeRequest.spec:type_name -> weedblock.VolumeSpec
+	13, // 24: weedblock.CreateVolumeResponse.volume:type_name -> weedblock.VolumeInfo
+	13, // 25: weedblock.LookupVolumeResponse.volume:type_name -> weedblock.VolumeInfo
+	13, // 26: weedblock.ListVolumesResponse.volumes:type_name -> weedblock.VolumeInfo
+	5,  // 27: weedblock.RemoveMemberResponse.config:type_name -> weedblock.EpochConfig
+	5,  // 28: weedblock.ReportCaughtUpResponse.config:type_name -> weedblock.EpochConfig
+	13, // 29: weedblock.PromoteVolumeResponse.volume:type_name -> weedblock.VolumeInfo
+	13, // 30: weedblock.RepairVolumeResponse.volume:type_name -> weedblock.VolumeInfo
+	2,  // 31: weedblock.AllocateVolumeRequest.spec:type_name -> weedblock.VolumeSpec
+	5,  // 32: weedblock.AllocateVolumeRequest.config:type_name -> weedblock.EpochConfig
+	8,  // 33: weedblock.AllocateVolumeResponse.volume:type_name -> weedblock.VolumeReport
+	8,  // 34: weedblock.LocalVolumeStatusResponse.volumes:type_name -> weedblock.VolumeReport
+	9,  // 35: weedblock.BlockMaster.Heartbeat:input_type -> weedblock.BlockHeartbeat
+	14, // 36: weedblock.BlockMaster.CreateVolume:input_type -> weedblock.CreateVolumeRequest
+	16, // 37: weedblock.BlockMaster.DeleteVolume:input_type -> weedblock.DeleteVolumeRequest
+	18, // 38: weedblock.BlockMaster.LookupVolume:input_type -> weedblock.LookupVolumeRequest
+	20, // 39: weedblock.BlockMaster.ListVolumes:input_type -> weedblock.ListVolumesRequest
+	22, // 40: weedblock.BlockMaster.RemoveMember:input_type -> weedblock.RemoveMemberRequest
+	24, // 41: weedblock.BlockMaster.ReportCaughtUp:input_type -> weedblock.ReportCaughtUpRequest
+	26, // 42: weedblock.BlockMaster.PromoteVolume:input_type -> weedblock.PromoteVolumeRequest
+	28, // 43: weedblock.BlockMaster.RepairVolume:input_type -> weedblock.RepairVolumeRequest
+	30, // 44: weedblock.BlockVolume.AllocateVolume:input_type -> weedblock.AllocateVolumeRequest
+	32, // 45: weedblock.BlockVolume.DeleteVolume:input_type -> weedblock.DeleteLocalVolumeRequest
+	34, // 46: weedblock.BlockVolume.VolumeStatus:input_type -> weedblock.LocalVolumeStatusRequest
+	11, // 47: weedblock.BlockMaster.Heartbeat:output_type -> weedblock.BlockHeartbeatResponse
+	15, // 48: weedblock.BlockMaster.CreateVolume:output_type -> weedblock.CreateVolumeResponse
+	17, // 49: weedblock.BlockMaster.DeleteVolume:output_type -> weedblock.DeleteVolumeResponse
+	19, // 50: weedblock.BlockMaster.LookupVolume:output_type -> weedblock.LookupVolumeResponse
+	21, // 51: weedblock.BlockMaster.ListVolumes:output_type -> weedblock.ListVolumesResponse
+	23, // 52: weedblock.BlockMaster.RemoveMember:output_type -> weedblock.RemoveMemberResponse
+	25, // 53: weedblock.BlockMaster.ReportCaughtUp:output_type -> weedblock.ReportCaughtUpResponse
+	27, // 54: weedblock.BlockMaster.PromoteVolume:output_type -> weedblock.PromoteVolumeResponse
+	29, // 55: weedblock.BlockMaster.RepairVolume:output_type -> weedblock.RepairVolumeResponse
+	31, // 56: weedblock.BlockVolume.AllocateVolume:output_type -> weedblock.AllocateVolumeResponse
+	33, // 57: weedblock.BlockVolume.DeleteVolume:output_type -> weedblock.DeleteLocalVolumeResponse
+	35, // 58: weedblock.BlockVolume.VolumeStatus:output_type -> weedblock.LocalVolumeStatusResponse
+	47, // [47:59] is the sub-list for method output_type
+	35, // [35:47] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_block_proto_init() }
@@ -2543,7 +2829,7 @@ func file_block_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_block_proto_rawDesc), len(file_block_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   32,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

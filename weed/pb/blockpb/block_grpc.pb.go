@@ -31,6 +31,7 @@ const (
 	BlockMaster_RemoveMember_FullMethodName   = "/weedblock.BlockMaster/RemoveMember"
 	BlockMaster_ReportCaughtUp_FullMethodName = "/weedblock.BlockMaster/ReportCaughtUp"
 	BlockMaster_PromoteVolume_FullMethodName  = "/weedblock.BlockMaster/PromoteVolume"
+	BlockMaster_RepairVolume_FullMethodName   = "/weedblock.BlockMaster/RepairVolume"
 )
 
 // BlockMasterClient is the client API for BlockMaster service.
@@ -48,6 +49,7 @@ type BlockMasterClient interface {
 	RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error)
 	ReportCaughtUp(ctx context.Context, in *ReportCaughtUpRequest, opts ...grpc.CallOption) (*ReportCaughtUpResponse, error)
 	PromoteVolume(ctx context.Context, in *PromoteVolumeRequest, opts ...grpc.CallOption) (*PromoteVolumeResponse, error)
+	RepairVolume(ctx context.Context, in *RepairVolumeRequest, opts ...grpc.CallOption) (*RepairVolumeResponse, error)
 }
 
 type blockMasterClient struct {
@@ -141,6 +143,16 @@ func (c *blockMasterClient) PromoteVolume(ctx context.Context, in *PromoteVolume
 	return out, nil
 }
 
+func (c *blockMasterClient) RepairVolume(ctx context.Context, in *RepairVolumeRequest, opts ...grpc.CallOption) (*RepairVolumeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RepairVolumeResponse)
+	err := c.cc.Invoke(ctx, BlockMaster_RepairVolume_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BlockMasterServer is the server API for BlockMaster service.
 // All implementations must embed UnimplementedBlockMasterServer
 // for forward compatibility.
@@ -156,6 +168,7 @@ type BlockMasterServer interface {
 	RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error)
 	ReportCaughtUp(context.Context, *ReportCaughtUpRequest) (*ReportCaughtUpResponse, error)
 	PromoteVolume(context.Context, *PromoteVolumeRequest) (*PromoteVolumeResponse, error)
+	RepairVolume(context.Context, *RepairVolumeRequest) (*RepairVolumeResponse, error)
 	mustEmbedUnimplementedBlockMasterServer()
 }
 
@@ -189,6 +202,9 @@ func (UnimplementedBlockMasterServer) ReportCaughtUp(context.Context, *ReportCau
 }
 func (UnimplementedBlockMasterServer) PromoteVolume(context.Context, *PromoteVolumeRequest) (*PromoteVolumeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PromoteVolume not implemented")
+}
+func (UnimplementedBlockMasterServer) RepairVolume(context.Context, *RepairVolumeRequest) (*RepairVolumeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RepairVolume not implemented")
 }
 func (UnimplementedBlockMasterServer) mustEmbedUnimplementedBlockMasterServer() {}
 func (UnimplementedBlockMasterServer) testEmbeddedByValue()                     {}
@@ -344,6 +360,24 @@ func _BlockMaster_PromoteVolume_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BlockMaster_RepairVolume_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RepairVolumeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BlockMasterServer).RepairVolume(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BlockMaster_RepairVolume_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BlockMasterServer).RepairVolume(ctx, req.(*RepairVolumeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // BlockMaster_ServiceDesc is the grpc.ServiceDesc for BlockMaster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -378,6 +412,10 @@ var BlockMaster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PromoteVolume",
 			Handler:    _BlockMaster_PromoteVolume_Handler,
+		},
+		{
+			MethodName: "RepairVolume",
+			Handler:    _BlockMaster_RepairVolume_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
