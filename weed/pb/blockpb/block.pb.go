@@ -2194,9 +2194,14 @@ func (x *RepairVolumeResponse) GetInSync() []string {
 }
 
 type AllocateVolumeRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Spec          *VolumeSpec            `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
-	Config        *EpochConfig           `protobuf:"bytes,2,opt,name=config,proto3" json:"config,omitempty"` // the epoch the volume is created in; the volume opens fenced
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Spec   *VolumeSpec            `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	Config *EpochConfig           `protobuf:"bytes,2,opt,name=config,proto3" json:"config,omitempty"` // the epoch the volume is created in; the volume opens fenced
+	// Create an empty copy to be rebuilt (a lost copy coming back): this
+	// server need not be a member of config; the copy is created durably
+	// untrusted, never serves, is never promoted, and waits for the
+	// primary's rebuild. An existing copy is left as it is.
+	RecoveryCopy  bool `protobuf:"varint,3,opt,name=recovery_copy,json=recoveryCopy,proto3" json:"recovery_copy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2243,6 +2248,13 @@ func (x *AllocateVolumeRequest) GetConfig() *EpochConfig {
 		return x.Config
 	}
 	return nil
+}
+
+func (x *AllocateVolumeRequest) GetRecoveryCopy() bool {
+	if x != nil {
+		return x.RecoveryCopy
+	}
+	return false
 }
 
 type AllocateVolumeResponse struct {
@@ -2658,10 +2670,11 @@ const file_block_proto_rawDesc = "" +
 	"\x14RepairVolumeResponse\x12-\n" +
 	"\x06volume\x18\x01 \x01(\v2\x15.weedblock.VolumeInfoR\x06volume\x12\x1c\n" +
 	"\trepairing\x18\x02 \x03(\tR\trepairing\x12\x17\n" +
-	"\ain_sync\x18\x03 \x03(\tR\x06inSync\"r\n" +
+	"\ain_sync\x18\x03 \x03(\tR\x06inSync\"\x97\x01\n" +
 	"\x15AllocateVolumeRequest\x12)\n" +
 	"\x04spec\x18\x01 \x01(\v2\x15.weedblock.VolumeSpecR\x04spec\x12.\n" +
-	"\x06config\x18\x02 \x01(\v2\x16.weedblock.EpochConfigR\x06config\"I\n" +
+	"\x06config\x18\x02 \x01(\v2\x16.weedblock.EpochConfigR\x06config\x12#\n" +
+	"\rrecovery_copy\x18\x03 \x01(\bR\frecoveryCopy\"I\n" +
 	"\x16AllocateVolumeResponse\x12/\n" +
 	"\x06volume\x18\x01 \x01(\v2\x17.weedblock.VolumeReportR\x06volume\"Z\n" +
 	"\x18DeleteLocalVolumeRequest\x12\x12\n" +
