@@ -9,6 +9,14 @@
 // the blockdev.Device wrapper whose Flush and FUA writes wait for the
 // mode's commit (Volume).
 //
+// Other traffic on the same port (route.go): Server.Route(preface, h) hands
+// every accepted connection that starts with preface (a fixed string whose
+// first byte is no frame type) to h.ServeConn, after reading the preface
+// under a deadline. The Server still owns such connections: Close closes
+// them and waits for their handlers. A connection with an unknown preface
+// is closed. Recovery (package v2bridge) is routed this way; this package
+// does not import it.
+//
 // Epoch rule: every request carries the sender's epoch. A replica accepts a
 // request only if that epoch equals the epoch its volume was last unfenced
 // or fenced with (Status().Epoch). A lower epoch is refused with

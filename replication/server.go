@@ -41,7 +41,8 @@ type Server struct {
 	mu        sync.Mutex
 	targets   map[string]Target
 	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]string // conn → volume ("" before hello)
+	conns     map[net.Conn]string    // conn → volume ("" before hello, or routed)
+	routes    map[string]ConnHandler // preface → handler (route.go)
 	closed    bool
 	wg        sync.WaitGroup
 }
@@ -52,6 +53,7 @@ func NewServer() *Server {
 		targets:   make(map[string]Target),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[net.Conn]string),
+		routes:    make(map[string]ConnHandler),
 	}
 }
 
@@ -122,7 +124,7 @@ func (s *Server) Serve(l net.Listener) error {
 		s.mu.Unlock()
 		go func() {
 			defer s.wg.Done()
-			s.handle(c)
+			s.dispatch(c)
 			s.mu.Lock()
 			delete(s.conns, c)
 			s.mu.Unlock()
@@ -178,10 +180,11 @@ func applyCode(err error) uint16 {
 	return codeApply
 }
 
-// handle serves one connection: a hello, then records and barriers in
-// order. Any refusal is sent as an error frame and ends the connection.
-func (s *Server) handle(c net.Conn) {
-	br := bufio.NewReaderSize(c, 256<<10)
+// handle serves one data-plane connection, read from r (c's bytes): a
+// hello, then records and barriers in order. Any refusal is sent as an
+// error frame and ends the connection.
+func (s *Server) handle(c net.Conn, r io.Reader) {
+	br := bufio.NewReaderSize(r, 256<<10)
 	bw := bufio.NewWriterSize(c, 4096)
 	fr := newFrameReader(br)
 	refuse := func(m *errorMsg) {

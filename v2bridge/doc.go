@@ -4,9 +4,14 @@
 // through ApplyReplicatedBatch, TruncateWAL and the rebuild sequence
 // (BeginRebuild, WriteBase, InstallBase, FinishRebuild).
 //
-// Wire: recovery traffic has its own listener (Service.Serve), separate
-// from the steady-state data plane of package replication, with the same
-// shape: length-prefixed frames with a CRC32C, requests answered in order
+// Wire: recovery traffic shares the volume server's replication listener
+// (one port per volume server): a Peer writes Preface (8 bytes whose first
+// is no replication frame type) first on every connection it dials, and
+// the replication.Server, given Route(Preface, svc), hands such connections
+// to Service.ServeConn. Service.Serve accepts on a listener of its own
+// (tests), checking the preface itself. After the preface the stream has
+// the data plane's shape: length-prefixed frames with a CRC32C, requests
+// answered in order
 // (the Peer pipelines apply and base requests of 1 MiB, with one fsync per
 // batch), and every request naming the volume, the sender's epoch and the
 // attempt number of its token. The replica refuses an epoch other than its

@@ -144,6 +144,8 @@ func (p *Peer) exchangeLocked(ctx context.Context, tok engine.Token, reqs []*req
 			return response{}, fmt.Errorf("v2bridge: dial %s: %w", p.o.Addr, err)
 		}
 		p.conn, p.br, p.bw = c, bufio.NewReaderSize(c, 64<<10), bufio.NewWriterSize(c, 256<<10)
+		// The preface goes out with the first request.
+		p.bw.WriteString(Preface)
 	}
 	c := p.conn
 	deadline := time.Now().Add(p.o.Timeout)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -69,8 +70,21 @@ func (s *Service) Unregister(name string) {
 	s.mu.Unlock()
 }
 
+// Preface is what a Peer writes first on every connection it dials: it
+// lets a replication.Server route recovery connections to a Service
+// (replication.Server.Route(Preface, svc)), so recovery shares the volume
+// server's replication port. Its first byte is not a replication frame
+// type.
+const Preface = "WBRECV01"
+
+// prefaceTimeout bounds how long Serve waits for a connection's preface.
+const prefaceTimeout = 10 * time.Second
+
 // Serve accepts connections on l until l fails or Close is called; it
-// returns nil after Close.
+// returns nil after Close. Each connection must start with Preface (a
+// connection that does not is closed). In a volume server recovery shares
+// the replication listener instead (see ServeConn); Serve is for a
+// listener of its own, as in tests.
 func (s *Service) Serve(l net.Listener) error {
 	s.mu.Lock()
 	if s.closed {
@@ -94,17 +108,62 @@ func (s *Service) Serve(l net.Listener) error {
 			}
 			return fmt.Errorf("v2bridge: accept: %w", err)
 		}
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
+		if !s.track(c) {
 			c.Close()
 			return nil
 		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go s.serveConn(c)
+		go func() {
+			defer s.untrack(c)
+			c.SetReadDeadline(time.Now().Add(prefaceTimeout))
+			var pre [len(Preface)]byte
+			if _, err := io.ReadFull(c, pre[:]); err != nil {
+				return
+			}
+			if string(pre[:]) != Preface {
+				glog.Warningf("v2bridge: %s: bad preface %q: closing", c.RemoteAddr(), pre[:])
+				return
+			}
+			if c.SetReadDeadline(time.Time{}) != nil {
+				return
+			}
+			s.serveConn(c)
+		}()
 	}
+}
+
+// ServeConn serves one accepted connection whose Preface was already read
+// (by a replication.Server routing it here). It returns when the
+// connection ends or the Service is closed; Close closes such connections
+// and waits for ServeConn to return. The connection is closed on return.
+func (s *Service) ServeConn(c net.Conn) {
+	if !s.track(c) {
+		c.Close()
+		return
+	}
+	defer s.untrack(c)
+	s.serveConn(c)
+}
+
+// track registers c so Close closes it and waits for its handler; false
+// once the Service is closed.
+func (s *Service) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+// untrack closes c and ends its handler's share of the Service's wait.
+func (s *Service) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	c.Close()
+	s.wg.Done()
 }
 
 // Close stops every listener and connection and waits for their
@@ -125,14 +184,8 @@ func (s *Service) Close() error {
 	return nil
 }
 
+// serveConn answers c's requests in order until c ends.
 func (s *Service) serveConn(c net.Conn) {
-	defer s.wg.Done()
-	defer func() {
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-		c.Close()
-	}()
 	br := bufio.NewReaderSize(c, 256<<10)
 	bw := bufio.NewWriterSize(c, 64<<10)
 	var buf, out []byte

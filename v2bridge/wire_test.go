@@ -71,6 +71,7 @@ func TestServiceRefusesCorruptFrames(t *testing.T) {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.Write([]byte(Preface))
 	// A frame whose CRC does not match: the connection is dropped.
 	payload := (&request{Op: opHello, Volume: "vol1", Epoch: 1}).encode(nil)
 	var fr bytes.Buffer
@@ -90,6 +91,7 @@ func TestServiceRefusesCorruptFrames(t *testing.T) {
 	defer c2.Close()
 	c2.SetDeadline(time.Now().Add(10 * time.Second))
 	bw := bufio.NewWriter(c2)
+	bw.WriteString(Preface)
 	writeFrame(bw, []byte{99, 1, 2})
 	p, err := readFrame(c2, nil)
 	if err != nil {
@@ -106,6 +108,7 @@ func TestServiceRefusesCorruptFrames(t *testing.T) {
 	}
 	defer c3.Close()
 	c3.SetDeadline(time.Now().Add(10 * time.Second))
+	c3.Write([]byte(Preface))
 	c3.Write([]byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0})
 	if _, err := readFrame(c3, nil); err == nil {
 		t.Fatal("the service answered an oversized frame")
