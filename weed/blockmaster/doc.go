@@ -18,7 +18,8 @@
 //	registry.MustRegister(m.Collectors()...)
 //	m.ServerLeft(id) / m.ServerJoined(id)       // from upstream's heartbeat wrapper
 //	// RPCs for volume servers: RemoveMember, ReportCaughtUp (from the
-//	// primary); for operators: PromoteVolume. Failover runs by itself.
+//	// primary); for operators: PromoteVolume, RepairVolume. Failover and
+//	// the recovery of lost copies run by themselves.
 //	m.Close()                                   // ends heartbeat streams, waits
 //
 // With DialVolume the dialer owns the volume-server connections (it may
@@ -140,6 +141,53 @@
 // last_failover_pause_ms (memory only); member_lag is the primary's
 // ReplicaState per member.
 //
+// # Recovery of copies (DESIGN §6, issue 6)
+//
+// Each volume remembers its homes (persisted): every server that was a
+// member of any of its epochs. The master never places a copy elsewhere
+// after create. Every pulse, for a volume whose primary is alive and fine:
+//
+//   - a member whose server heartbeats without the volume for 4 heartbeats
+//     in a row (lostCopyBeats; a server lists every local volume each
+//     time) has lost its copy, and one reporting untrusted=true holds a
+//     copy that is not to be trusted: either leaves the epoch (a persisted
+//     new epoch, reason "copy lost: ..." / "copy untrusted: ...", counted
+//     in weedblock_master_copies_lost_total{reason});
+//   - a home that is alive, not a member and lists no copy (for 4
+//     heartbeats) gets AllocateVolume{spec, current config, recovery_copy:
+//     true} while the volume has fewer copies than rf: the server creates
+//     an empty, untrusted copy, which is then a catch-up target like any
+//     non-member copy; the primary rebuilds it and ReportCaughtUp makes it
+//     a member again. At most one call per server in flight, retried every
+//     10 pulses; counted in weedblock_master_recovery_copies_total.
+//
+// A primary whose copy is lost or untrusted is a lost primary: its lease
+// is no longer renewed in the master's view, the volume is "unavailable",
+// and the failover replaces it by the usual rules once that lease must
+// have run out (reason "failover: copy lost on primary ..."). Neither a
+// member with a lost or untrusted copy nor the old primary is part of the
+// new epoch; an untrusted copy is never promoted.
+//
+// RepairVolume(name, replica_server_id, rebuild) (block.repair) needs a
+// live primary that holds a trusted copy (FailedPrecondition otherwise)
+// and never repairs the primary itself ("promote first"). Without
+// replica_server_id it names every other copy: the members and the
+// servers reporting a copy of this incarnation. A named member without
+// rebuild is in sync and left alone (RepairVolumeResponse.in_sync); with
+// rebuild it leaves the epoch first (a persisted new epoch, reason
+// "repair: rebuild requested (...)"). Every named non-member copy gets its
+// repair sequence bumped and, with rebuild, the forced-rebuild flag; both
+// are persisted in the registry (repairs) before the answer and go out in
+// the primary's CatchUpTarget (rebuild, repair_seq) on every heartbeat
+// answer, across master restarts. ReportCaughtUp clears the flag of the
+// server it re-adds (the sequence stays, so a later repair is still a
+// change). Unknown volume: NotFound; unknown server or one holding no
+// copy: InvalidArgument.
+//
+// VolumeInfo.recoveries is the primary's latest VolumeReport.recoveries;
+// state is "recovering" while one of them runs (a working phase, no
+// outcome yet) and the primary serves.
+//
 // Multi-master: each master keeps its own registry file (registry HA on a
 // consensus library comes later, DESIGN §7), so run one master for block
 // volumes; a follower answers heartbeats with the leader and sends nothing
@@ -154,6 +202,7 @@
 // that is not above every earlier epoch of the name, start with an empty
 // registry when the file exists but cannot be read, send deletes from a
 // follower, delete a copy of a volume it never had, assign a new primary
-// before the old primary's lease must have run out, or promote a
-// non-member (except by force) or a copy it knows to be untrusted.
+// before the old primary's lease must have run out, promote a
+// non-member (except by force) or a copy it knows to be untrusted, or
+// create a copy on a server that was never one of the volume's homes.
 package blockmaster

@@ -66,8 +66,11 @@ func (m *Master) checkFailovers() {
 			continue
 		}
 		primary := rec.config.GetPrimaryServerId()
-		if m.aliveLocked(primary, now) {
+		trouble, troubleWhy := m.copyTroubleLocked(rec, primary)
+		if trouble == "" && m.aliveLocked(primary, now) {
 			delete(m.lost, name)
+			m.dropTroubledMembersLocked(name, rec, now)
+			m.recreateLostCopiesLocked(name, m.reg.get(name), now)
 			continue
 		}
 		ls := m.lost[name]
@@ -77,7 +80,11 @@ func (m *Master) checkFailovers() {
 				ls.since = s.lastSeen
 			}
 			m.lost[name] = ls
-			glog.Warningf("blockmaster: volume %q lost its primary %q (epoch %d)", name, primary, rec.config.GetEpoch())
+			if trouble != "" {
+				glog.Warningf("blockmaster: volume %q: the copy of its primary is %s (%s), epoch %d; failing over", name, trouble, troubleWhy, rec.config.GetEpoch())
+			} else {
+				glog.Warningf("blockmaster: volume %q lost its primary %q (epoch %d)", name, primary, rec.config.GetEpoch())
+			}
 		}
 		if exp, _ := m.leaseExpiryLocked(name); now.Before(exp) {
 			m.setBlockedLocked(name, ls, fmt.Sprintf("waiting for the lease of %s to run out (%v more)", primary, exp.Sub(now).Round(time.Millisecond)))
@@ -90,6 +97,9 @@ func (m *Master) checkFailovers() {
 		}
 		cfg := m.promotedConfigLocked(rec, pick, primary, now, false)
 		cfg.Reason = fmt.Sprintf("failover: primary %s lost; %s promoted (%s)", primary, pick, why)
+		if trouble != "" {
+			cfg.Reason = fmt.Sprintf("failover: copy %s on primary %s (%s); %s promoted (%s)", trouble, primary, troubleWhy, pick, why)
+		}
 		if rec.config.GetDurability() == blockpb.Durability_DURABILITY_ASYNC {
 			cfg.MayHaveLostWrites = true
 			cfg.Reason += fmt.Sprintf("; async: writes %s had not replicated are lost", primary)
@@ -97,9 +107,12 @@ func (m *Master) checkFailovers() {
 				cfg.Reason += fmt.Sprintf(" (it last reported durable LSN %d)", old.GetDurableLsn())
 			}
 		}
-		if err := m.commitEpochLocked(name, cfg, true, ls.since, time.Time{}); err != nil {
+		if err := m.commitEpochLocked(name, cfg, true, ls.since, time.Time{}, nil); err != nil {
 			m.setBlockedLocked(name, ls, "persisting the new epoch failed: "+err.Error())
 			continue
+		}
+		if trouble != "" {
+			m.copiesLost[trouble]++
 		}
 		delete(m.lost, name)
 	}
@@ -127,9 +140,10 @@ func (m *Master) setBlockedLocked(name string, ls *lossState, why string) {
 // commitEpochLocked persists cfg as the volume's next epoch and makes it
 // visible: heartbeats carry it from now on. failover counts a promotion;
 // pauseSince starts the failover pause clock; fence (if later than now)
-// withholds the new primary's assignment until then.
-func (m *Master) commitEpochLocked(name string, cfg *blockpb.EpochConfig, failover bool, pauseSince, fence time.Time) error {
-	if err := m.reg.advance(name, cfg, failover); err != nil {
+// withholds the new primary's assignment until then; mutate (optional)
+// changes the volume's other durable fields in the same write.
+func (m *Master) commitEpochLocked(name string, cfg *blockpb.EpochConfig, failover bool, pauseSince, fence time.Time, mutate func(*volumeRecord)) error {
+	if err := m.reg.update(name, cfg, failover, mutate); err != nil {
 		glog.Errorf("blockmaster: volume %q epoch %d: %v", name, cfg.GetEpoch(), err)
 		return err
 	}
@@ -233,6 +247,9 @@ func (m *Master) promotedConfigLocked(rec *volumeRecord, pick, old string, now t
 		id := mem.GetServer().GetServerId()
 		if id == pick || !m.aliveLocked(id, now) || (id == old && !keepOld) {
 			continue
+		}
+		if kind, _ := m.copyTroubleLocked(rec, id); kind != "" {
+			continue // lost or untrusted: comes back through recovery
 		}
 		cfg.Members = append(cfg.Members, &blockpb.Member{Server: m.endpointsLocked(rec, id), Role: blockpb.Role_ROLE_REPLICA})
 	}

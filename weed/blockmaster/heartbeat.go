@@ -152,6 +152,7 @@ func (m *Master) applyHeartbeat(id string, streamID uint64, hb *blockpb.BlockHea
 		for _, v := range hb.GetVolumes() {
 			s.reports[v.GetName()] = v
 		}
+		m.countAbsentLocked(id, s)
 	}
 	resp := &blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), LeaseMs: m.opts.Lease.Milliseconds()}
 	var primaries []string
@@ -200,7 +201,12 @@ func (m *Master) applyHeartbeat(id string, streamID uint64, hb *blockpb.BlockHea
 		rep := s.reports[name]
 		role := roleOf(rec.config, id)
 		if role == blockpb.Role_ROLE_PRIMARY {
-			primaries = append(primaries, name)
+			if kind, _ := m.copyTroubleLocked(rec, id); kind == "" {
+				primaries = append(primaries, name)
+			}
+			// A primary whose copy is lost or untrusted serves nothing:
+			// its lease is not renewed, so the failover may replace it
+			// once the last grant has run out.
 		}
 		if role == blockpb.Role_ROLE_NONE {
 			if rep == nil {

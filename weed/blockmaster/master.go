@@ -134,9 +134,17 @@ type Master struct {
 	// Counters for the metrics (this process).
 	failoversTotal uint64
 	epochChanges   uint64
-	nextStream     uint64
-	heartbeats     uint64
-	closed         bool
+	// Recovery (recovery.go): members dropped per trouble kind, recovery
+	// copies created, copies named by RepairVolume; the recovery-copy
+	// calls in flight and the earliest next attempt per volume+server.
+	copiesLost       map[string]uint64
+	recoveryCopies   uint64
+	repairsRequested uint64
+	allocBusy        map[string]bool
+	allocNext        map[string]time.Time
+	nextStream       uint64
+	heartbeats       uint64
+	closed           bool
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -151,6 +159,9 @@ type serverState struct {
 	freeBytes uint64
 	lastSeen  time.Time
 	stream    uint64 // id of the live stream, 0 when none
+	// absent counts, per volume this server is a home of, the heartbeats
+	// in a row that did not list it (recovery.go: a lost copy).
+	absent map[string]int
 }
 
 // New loads the registry from opts.Dir/block and returns a Master. A registry
@@ -205,6 +216,9 @@ func New(opts Options) (*Master, error) {
 		fenceUntil:   map[string]time.Time{},
 		pauseFrom:    map[string]pauseMark{},
 		lastPause:    map[string]time.Duration{},
+		copiesLost:   map[string]uint64{},
+		allocBusy:    map[string]bool{},
+		allocNext:    map[string]time.Time{},
 		done:         make(chan struct{}),
 	}
 	m.leaderSince = m.started

@@ -82,7 +82,7 @@ func (m *Master) RemoveMember(ctx context.Context, req *blockpb.RemoveMemberRequ
 			cfg.Members = append(cfg.Members, proto.Clone(mem).(*blockpb.Member))
 		}
 	}
-	if err := m.commitEpochLocked(name, cfg, false, time.Time{}, time.Time{}); err != nil {
+	if err := m.commitEpochLocked(name, cfg, false, time.Time{}, time.Time{}, nil); err != nil {
 		return nil, status.Errorf(codes.Internal, "remove %s from %q: %v", id, name, err)
 	}
 	return &blockpb.RemoveMemberResponse{Config: proto.Clone(cfg).(*blockpb.EpochConfig)}, nil
@@ -129,7 +129,15 @@ func (m *Master) ReportCaughtUp(ctx context.Context, req *blockpb.ReportCaughtUp
 	cfg.MayHaveLostWrites = false
 	cfg.Reason = fmt.Sprintf("member %s caught up (reported by primary %s)", id, caller)
 	cfg.Members = append(cfg.Members, &blockpb.Member{Server: m.endpointsLocked(rec, id), Role: blockpb.Role_ROLE_REPLICA})
-	if err := m.commitEpochLocked(name, cfg, false, time.Time{}, time.Time{}); err != nil {
+	// The copy is back: an operator's forced rebuild of it is done (its
+	// repair sequence stays, so a later repair is still a change).
+	clearRebuild := func(r *volumeRecord) {
+		if mk, ok := r.repairs[id]; ok && mk.Rebuild {
+			mk.Rebuild = false
+			r.repairs[id] = mk
+		}
+	}
+	if err := m.commitEpochLocked(name, cfg, false, time.Time{}, time.Time{}, clearRebuild); err != nil {
 		return nil, status.Errorf(codes.Internal, "add %s to %q: %v", id, name, err)
 	}
 	return &blockpb.ReportCaughtUpResponse{Config: proto.Clone(cfg).(*blockpb.EpochConfig)}, nil
@@ -172,7 +180,9 @@ func (m *Master) catchUpTargetsLocked(rec *volumeRecord, rep *blockpb.VolumeRepo
 		if r == nil || r.GetEpoch() < rec.firstEpoch || roleOf(cfg, id) != blockpb.Role_ROLE_NONE || !m.aliveLocked(id, now) {
 			continue
 		}
-		out = append(out, &blockpb.CatchUpTarget{Name: name, Epoch: cfg.GetEpoch(), Server: proto.Clone(s.endpoints).(*blockpb.ServerEndpoints)})
+		mk := rec.repairs[id]
+		out = append(out, &blockpb.CatchUpTarget{Name: name, Epoch: cfg.GetEpoch(), Server: proto.Clone(s.endpoints).(*blockpb.ServerEndpoints),
+			Rebuild: mk.Rebuild, RepairSeq: mk.Seq})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Server.GetServerId() < out[j].Server.GetServerId() })
 	return out
@@ -253,7 +263,7 @@ func (m *Master) PromoteVolume(ctx context.Context, req *blockpb.PromoteVolumeRe
 		since = ls.since
 	}
 	fence, _ := m.leaseExpiryLocked(name)
-	if err := m.commitEpochLocked(name, cfg, true, since, fence); err != nil {
+	if err := m.commitEpochLocked(name, cfg, true, since, fence, nil); err != nil {
 		return nil, status.Errorf(codes.Internal, "promote %q in %q: %v", to, name, err)
 	}
 	delete(m.lost, name)

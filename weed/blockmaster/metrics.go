@@ -2,6 +2,8 @@ package blockmaster
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/weedblock/weedblock/weed/pb/blockpb"
 )
 
 // Collectors returns the master's Prometheus collectors. They compute their
@@ -19,6 +21,10 @@ import (
 //	weedblock_master_epoch_changes_total                epochs made after create by this process
 //	weedblock_master_volume_failovers{volume}           promotions of a volume (persisted)
 //	weedblock_master_last_failover_pause_seconds{volume} primary lost -> new primary serving
+//	weedblock_master_repairs_requested_total            copies named by RepairVolume (block.repair)
+//	weedblock_master_copies_lost_total{reason}          members dropped: copy "lost" or "untrusted"
+//	weedblock_master_recovery_copies_total              empty recovery copies created on homes
+//	weedblock_master_volume_recoveries_running{volume}  recoveries the primary reports running
 func (m *Master) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{&collector{m: m}}
 }
@@ -44,6 +50,14 @@ var (
 		"New epochs of existing volumes (failover, promote, member removed, member caught up) made by this master.", nil, nil)
 	descVolumeFailovers = prometheus.NewDesc("weedblock_master_volume_failovers",
 		"Primary promotions of a block volume since it was created.", []string{"volume"}, nil)
+	descRepairs = prometheus.NewDesc("weedblock_master_repairs_requested_total",
+		"Copies named by RepairVolume (block.repair) on this master.", nil, nil)
+	descCopiesLost = prometheus.NewDesc("weedblock_master_copies_lost_total",
+		"Members dropped from their epoch by this master because their copy was lost or untrusted.", []string{"reason"}, nil)
+	descRecoveryCopies = prometheus.NewDesc("weedblock_master_recovery_copies_total",
+		"Empty recovery copies created by this master on servers that had lost theirs.", nil, nil)
+	descRecoveries = prometheus.NewDesc("weedblock_master_volume_recoveries_running",
+		"Recoveries of copies the primary of a block volume reports running.", []string{"volume"}, nil)
 	descPause = prometheus.NewDesc("weedblock_master_last_failover_pause_seconds",
 		"Time from losing the primary to the new primary's first serving report, last failover of the volume.", []string{"volume"}, nil)
 )
@@ -51,7 +65,8 @@ var (
 type collector struct{ m *Master }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descLeader, descVolumes, descEpoch, descLease, descServers, descHeartbeats, descOrphans, descFailovers, descEpochChanges, descVolumeFailovers, descPause} {
+	for _, d := range []*prometheus.Desc{descLeader, descVolumes, descEpoch, descLease, descServers, descHeartbeats, descOrphans, descFailovers, descEpochChanges, descVolumeFailovers, descPause,
+		descRepairs, descCopiesLost, descRecoveryCopies, descRecoveries} {
 		ch <- d
 	}
 }
@@ -79,8 +94,20 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		if p, ok := m.lastPause[name]; ok {
 			ch <- prometheus.MustNewConstMetric(descPause, prometheus.GaugeValue, p.Seconds(), name)
 		}
+		running := 0
+		for _, r := range info.Recoveries {
+			if recovering([]*blockpb.RecoveryProgress{r}) {
+				running++
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(descRecoveries, prometheus.GaugeValue, float64(running), name)
 	}
-	for _, st := range []string{StateOK, StateAssigning, StateUnhealthy, StateDegraded, StateUnavailable, StateCreating, StateDeleting} {
+	ch <- prometheus.MustNewConstMetric(descRepairs, prometheus.CounterValue, float64(m.repairsRequested))
+	ch <- prometheus.MustNewConstMetric(descRecoveryCopies, prometheus.CounterValue, float64(m.recoveryCopies))
+	for _, reason := range []string{troubleLost, troubleUntrusted} {
+		ch <- prometheus.MustNewConstMetric(descCopiesLost, prometheus.CounterValue, float64(m.copiesLost[reason]), reason)
+	}
+	for _, st := range []string{StateOK, StateAssigning, StateUnhealthy, StateDegraded, StateRecovering, StateUnavailable, StateCreating, StateDeleting} {
 		ch <- prometheus.MustNewConstMetric(descVolumes, prometheus.GaugeValue, float64(states[st]), st)
 	}
 	alive, dead := 0, 0

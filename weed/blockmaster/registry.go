@@ -50,6 +50,38 @@ type volumeRecord struct {
 	// failovers counts the epochs made by promoting another server
 	// (automatic failover or PromoteVolume).
 	failovers uint64
+	// homes are the servers placed to hold a copy of this incarnation:
+	// every server that was a member of any of its epochs, sorted. A home
+	// that lost its copy gets an empty recovery copy to be rebuilt; no
+	// other server ever does (the master never invents a placement).
+	homes []string
+	// repairs are the operator's repair requests per server (block.repair):
+	// the forced-rebuild flag (cleared when the copy rejoins) and the
+	// repair sequence (only ever grows).
+	repairs map[string]repairMark
+}
+
+// repairMark is the durable state of block.repair for one copy.
+type repairMark struct {
+	Rebuild bool   `json:"rebuild,omitempty"`
+	Seq     uint64 `json:"seq"`
+}
+
+// isHome reports whether server id is one of the volume's placements.
+func (r *volumeRecord) isHome(id string) bool {
+	i := sort.SearchStrings(r.homes, id)
+	return i < len(r.homes) && r.homes[i] == id
+}
+
+// addHomes adds the members of cfg to the homes.
+func (r *volumeRecord) addHomes(cfg *blockpb.EpochConfig) {
+	for _, mem := range cfg.GetMembers() {
+		id := mem.GetServer().GetServerId()
+		if id != "" && !r.isHome(id) {
+			r.homes = append(r.homes, id)
+			sort.Strings(r.homes)
+		}
+	}
 }
 
 func (r *volumeRecord) clone() *volumeRecord {
@@ -59,9 +91,16 @@ func (r *volumeRecord) clone() *volumeRecord {
 		firstEpoch:    r.firstEpoch,
 		createdUnixMs: r.createdUnixMs,
 		failovers:     r.failovers,
+		homes:         append([]string(nil), r.homes...),
 	}
 	for _, h := range r.history {
 		c.history = append(c.history, proto.Clone(h).(*blockpb.EpochConfig))
+	}
+	if len(r.repairs) > 0 {
+		c.repairs = make(map[string]repairMark, len(r.repairs))
+		for id, mk := range r.repairs {
+			c.repairs[id] = mk
+		}
 	}
 	return c
 }
@@ -80,6 +119,8 @@ type registry struct {
 	// byServer indexes the volumes whose current config lists a server
 	// (server id -> names), so a heartbeat costs its own volumes only.
 	byServer map[string]map[string]struct{}
+	// byHome indexes the volumes that have a server among their homes.
+	byHome map[string]map[string]struct{}
 }
 
 func (r *registry) indexAdd(rec *volumeRecord) {
@@ -89,6 +130,12 @@ func (r *registry) indexAdd(rec *volumeRecord) {
 			r.byServer[id] = map[string]struct{}{}
 		}
 		r.byServer[id][rec.spec.GetName()] = struct{}{}
+	}
+	for _, id := range rec.homes {
+		if r.byHome[id] == nil {
+			r.byHome[id] = map[string]struct{}{}
+		}
+		r.byHome[id][rec.spec.GetName()] = struct{}{}
 	}
 }
 
@@ -100,7 +147,16 @@ func (r *registry) indexRemove(rec *volumeRecord) {
 			delete(r.byServer, id)
 		}
 	}
+	for _, id := range rec.homes {
+		delete(r.byHome[id], rec.spec.GetName())
+		if len(r.byHome[id]) == 0 {
+			delete(r.byHome, id)
+		}
+	}
 }
+
+// homesOf returns the volumes that have server id among their homes.
+func (r *registry) homesOf(id string) map[string]struct{} { return r.byHome[id] }
 
 // namesOf returns the volumes whose current config lists server id.
 func (r *registry) namesOf(id string) []string {
@@ -112,7 +168,8 @@ func (r *registry) namesOf(id string) []string {
 }
 
 func newRegistry(dir string) *registry {
-	return &registry{dir: dir, volumes: map[string]*volumeRecord{}, tombstones: map[string]uint64{}, byServer: map[string]map[string]struct{}{}}
+	return &registry{dir: dir, volumes: map[string]*volumeRecord{}, tombstones: map[string]uint64{},
+		byServer: map[string]map[string]struct{}{}, byHome: map[string]map[string]struct{}{}}
 }
 
 // diskRegistry is the JSON shape of the registry file. Protobuf messages are
@@ -130,6 +187,10 @@ type diskVolume struct {
 	FirstEpoch    uint64            `json:"first_epoch"`
 	CreatedUnixMs int64             `json:"created_unix_ms"`
 	Failovers     uint64            `json:"failovers,omitempty"`
+	// Homes and Repairs: see volumeRecord. A registry written before they
+	// existed loads with the homes taken from the config and history.
+	Homes   []string              `json:"homes,omitempty"`
+	Repairs map[string]repairMark `json:"repairs,omitempty"`
 }
 
 // loadRegistry opens the registry under dir (creating dir if needed),
@@ -189,6 +250,24 @@ func (r *registry) decode(data []byte) error {
 	}
 	for i, dv := range d.Volumes {
 		rec := &volumeRecord{firstEpoch: dv.FirstEpoch, createdUnixMs: dv.CreatedUnixMs, failovers: dv.Failovers}
+		for _, id := range dv.Homes {
+			if id == "" {
+				return fmt.Errorf("%w: volume %d has an empty home", ErrCorruptRegistry, i)
+			}
+			if !rec.isHome(id) {
+				rec.homes = append(rec.homes, id)
+				sort.Strings(rec.homes)
+			}
+		}
+		for id, mk := range dv.Repairs {
+			if id == "" {
+				return fmt.Errorf("%w: volume %d has a repair of an empty server id", ErrCorruptRegistry, i)
+			}
+			if rec.repairs == nil {
+				rec.repairs = map[string]repairMark{}
+			}
+			rec.repairs[id] = mk
+		}
 		rec.spec = &blockpb.VolumeSpec{}
 		if err := protojson.Unmarshal(dv.Spec, rec.spec); err != nil {
 			return fmt.Errorf("%w: volume %d spec: %v", ErrCorruptRegistry, i, err)
@@ -203,6 +282,10 @@ func (r *registry) decode(data []byte) error {
 				return fmt.Errorf("%w: volume %q history %d: %v", ErrCorruptRegistry, rec.spec.GetName(), j, err)
 			}
 			rec.history = append(rec.history, hc)
+		}
+		rec.addHomes(rec.config)
+		for _, h := range rec.history {
+			rec.addHomes(h)
 		}
 		name := rec.spec.GetName()
 		switch {
@@ -228,7 +311,8 @@ func (r *registry) encode() ([]byte, error) {
 	}
 	for _, name := range r.names() {
 		rec := r.volumes[name]
-		dv := diskVolume{FirstEpoch: rec.firstEpoch, CreatedUnixMs: rec.createdUnixMs, Failovers: rec.failovers}
+		dv := diskVolume{FirstEpoch: rec.firstEpoch, CreatedUnixMs: rec.createdUnixMs, Failovers: rec.failovers,
+			Homes: rec.homes, Repairs: rec.repairs}
 		var err error
 		if dv.Spec, err = protojson.Marshal(rec.spec); err != nil {
 			return nil, fmt.Errorf("encode %q spec: %w", name, err)
@@ -273,6 +357,7 @@ func (r *registry) add(rec *volumeRecord) error {
 	if rec.config.GetEpoch() <= r.tombstones[name] {
 		return fmt.Errorf("volume %q epoch %d: %w (deleted volume had %d)", name, rec.config.GetEpoch(), ErrStaleEpoch, r.tombstones[name])
 	}
+	rec.addHomes(rec.config)
 	r.volumes[name] = rec
 	if err := r.save(); err != nil {
 		delete(r.volumes, name)
@@ -291,21 +376,36 @@ func (r *registry) setConfig(name string, cfg *blockpb.EpochConfig) error {
 // advance is setConfig that also counts a failover when failover is set
 // (in the same durable write).
 func (r *registry) advance(name string, cfg *blockpb.EpochConfig, failover bool) error {
+	return r.update(name, cfg, failover, nil)
+}
+
+// update persists a change of an existing volume in one durable write: a
+// new epoch cfg (nil: the epoch stays; else it must be higher than the
+// current one, and the old config moves to the history), a failover
+// counted when failover is set, and whatever mutate changes in the other
+// durable fields (repairs). On error nothing changed.
+func (r *registry) update(name string, cfg *blockpb.EpochConfig, failover bool, mutate func(*volumeRecord)) error {
 	old := r.volumes[name]
 	if old == nil {
 		return fmt.Errorf("volume %q not registered", name)
 	}
-	if cfg.GetEpoch() <= old.config.GetEpoch() {
+	if cfg != nil && cfg.GetEpoch() <= old.config.GetEpoch() {
 		return fmt.Errorf("volume %q epoch %d after %d: %w", name, cfg.GetEpoch(), old.config.GetEpoch(), ErrStaleEpoch)
 	}
 	next := old.clone()
-	next.history = append(next.history, next.config)
-	if len(next.history) > maxHistory {
-		next.history = next.history[len(next.history)-maxHistory:]
+	if cfg != nil {
+		next.history = append(next.history, next.config)
+		if len(next.history) > maxHistory {
+			next.history = next.history[len(next.history)-maxHistory:]
+		}
+		next.config = proto.Clone(cfg).(*blockpb.EpochConfig)
+		next.addHomes(next.config)
 	}
-	next.config = proto.Clone(cfg).(*blockpb.EpochConfig)
 	if failover {
 		next.failovers++
+	}
+	if mutate != nil {
+		mutate(next)
 	}
 	r.volumes[name] = next
 	if err := r.save(); err != nil {

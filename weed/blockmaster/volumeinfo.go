@@ -20,7 +20,8 @@ const (
 	StateAssigning   = "assigning"   // primary alive but not yet serving the current epoch
 	StateUnhealthy   = "unhealthy"   // primary reports an I/O failure (see its health_message)
 	StateDegraded    = "degraded"    // primary serving, some replica down
-	StateUnavailable = "unavailable" // primary not alive
+	StateRecovering  = "recovering"  // primary serving and recovering a copy (VolumeInfo.recoveries)
+	StateUnavailable = "unavailable" // primary not alive (or its copy lost or untrusted)
 	StateCreating    = stateCreating
 	StateDeleting    = stateDeleting
 )
@@ -45,6 +46,9 @@ func (m *Master) volumeInfoLocked(rec *volumeRecord, now time.Time) *blockpb.Vol
 		info.FailoverBlocked = ls.blocked
 	}
 	primaryRep := m.reportLocked(rec.config.GetPrimaryServerId(), name)
+	for _, r := range primaryRep.GetRecoveries() {
+		info.Recoveries = append(info.Recoveries, proto.Clone(r).(*blockpb.RecoveryProgress))
+	}
 	for _, h := range rec.history {
 		info.History = append(info.History, proto.Clone(h).(*blockpb.EpochConfig))
 	}
@@ -72,7 +76,9 @@ func (m *Master) volumeInfoLocked(rec *volumeRecord, now time.Time) *blockpb.Vol
 		}
 		info.MemberLag = append(info.MemberLag, lag)
 		if id == rec.config.GetPrimaryServerId() {
-			primaryAlive = alive
+			// A primary whose copy is lost or untrusted serves nothing.
+			kind, _ := m.copyTroubleLocked(rec, id)
+			primaryAlive = alive && kind == ""
 			primaryServing = alive && rep.GetEpoch() == rec.config.GetEpoch() && !rep.GetFenced()
 			primarySick = alive && rep.GetEpoch() == rec.config.GetEpoch() && !rep.GetHealthy()
 			ep := mem.GetServer()
@@ -96,6 +102,8 @@ func (m *Master) volumeInfoLocked(rec *volumeRecord, now time.Time) *blockpb.Vol
 		info.State = StateUnhealthy
 	case !primaryServing:
 		info.State = StateAssigning
+	case recovering(info.Recoveries):
+		info.State = StateRecovering
 	case !replicasAlive:
 		info.State = StateDegraded
 	default:
