@@ -16,9 +16,21 @@
 // records can never be chained back in; TruncateWAL does the same for a
 // replica that must drop records beyond the committed point.
 //
+// A base snapshot (CreateSnapshot, snapshot.go) is an exact image of the
+// volume at its checkpoint L, kept beside the volume file (<vol>.snap is an
+// A/B manifest with the SHA-256, <vol>.snap.0/.1 the sparse images): the
+// flusher pauses while the extent is copied (writes keep going into the
+// WAL; if they fill it the snapshot gives up, never the writers), the image
+// is fsynced before the manifest naming it, so a crash leaves the old
+// snapshot or the new one. OpenSnapshot verifies the image against its
+// manifest; a snapshot that fails is untrusted and never read. It is a
+// rebuild base while the WAL still holds (L, head] (SnapshotBase).
+// BeginRebuild deletes it.
+//
 // It owns: the on-disk format (superblock, WAL records, extent layout),
-// recovery, the index, the flusher goroutine, holds, fencing state and the
-// replica append path (ApplyReplicated, ScanWAL).
+// recovery, the index, the flusher goroutine, holds, fencing state, the
+// replica append path (ApplyReplicated, ScanWAL) and the base snapshot
+// files.
 //
 // It must never: retry a failed fsync (a failed Sync makes the volume
 // read-only for good), derive the recovered head from an LSN instead of the

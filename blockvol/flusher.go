@@ -66,6 +66,7 @@ func (v *Volume) Checkpoint() error {
 	target := v.written
 	v.mu.Unlock()
 	for {
+		v.waitSnapshotPause()
 		if _, err := v.flushOnce(); err != nil {
 			return err
 		}
@@ -89,7 +90,9 @@ func (v *Volume) flushOnce() (bool, error) {
 	defer v.flushMu.Unlock()
 
 	v.mu.Lock()
-	if v.failed != nil {
+	if v.failed != nil || v.snap.paused {
+		// A failed volume moves nothing; a snapshot being taken needs the
+		// extent to stay exactly at the checkpoint.
 		v.mu.Unlock()
 		return false, nil
 	}

@@ -25,6 +25,16 @@ func (v *Volume) BeginRebuild() error {
 		return err
 	}
 	defer v.ops.Done()
+	// A base snapshot of the history being replaced must never be
+	// shipped again: delete it durably first.
+	v.mu.Lock()
+	fenced := v.fenced
+	v.mu.Unlock()
+	if fenced {
+		if err := v.DeleteSnapshot(); err != nil {
+			return fmt.Errorf("%s: begin rebuild: %w", v.path, err)
+		}
+	}
 	v.flushMu.Lock()
 	defer v.flushMu.Unlock()
 	if err := v.lockFencedQuiet("begin rebuild"); err != nil {

@@ -117,6 +117,8 @@ type Volume struct {
 
 	rebuilding bool // between BeginRebuild and InstallBase
 
+	snap snapshots // the base snapshot (snapshot.go)
+
 	failed error
 	closed bool
 	ops    sync.WaitGroup
@@ -263,6 +265,10 @@ func openFile(path string, f File, opts Options) (*Volume, error) {
 		zeroBuf:   make([]byte, max(4096, int(sb.blockSize))),
 	}
 	v.cond = sync.NewCond(&v.mu)
+	v.snap.fs = opts.FS
+	if v.snap.fs == nil {
+		v.snap.fs = OSFS{}
+	}
 	if v.interval <= 0 {
 		v.interval = DefaultFlushInterval
 	}
