@@ -76,6 +76,13 @@ func Commands() []Command {
 			"\thealthy, no durable LSN behind another member's); a live old primary stays as a replica.\n" +
 			"\t-force accepts any alive server holding a copy: writes it lacks are lost (block.status warns).\n" +
 			"\tEither way the new primary serves only once the old primary's lease has run out.\n"},
+		{Name: "block.repair", Help: "bring copies of a block volume back through recovery: block.repair -name=NAME [-replica=SERVER] [-rebuild] [-json]\n" +
+			"\n\tWithout -replica every copy other than the primary is named. A named member of the current\n" +
+			"\tepoch already follows the primary and is left alone unless -rebuild: then it leaves the epoch\n" +
+			"\tand is rebuilt in full. Every named copy outside the epoch is planned again by the primary\n" +
+			"\t(catch-up, truncation or rebuild; -rebuild forces a full rebuild) and rejoins once in sync.\n" +
+			"\tThe primary itself cannot be repaired: block.promote another member first. block.status\n" +
+			"\tshows each recovery's phase, bytes and ETA.\n"},
 		{Name: "block.delete", Help: "delete a block volume: block.delete -name=NAME [-force]\n" +
 			"\n\tRefused while NBD/iSCSI clients are attached unless -force. The data is gone.\n"},
 	}
@@ -293,6 +300,46 @@ func ParsePromote(args []string, out io.Writer) (PromoteRequest, bool, error) {
 	return PromoteRequest{Name: *name, To: strings.TrimSpace(*to), Force: *force, JSON: c.json, Timeout: c.timeout}, false, nil
 }
 
+// RepairRequest is a parsed block.repair.
+type RepairRequest struct {
+	Name    string
+	Replica string // "" names every copy other than the primary
+	Rebuild bool
+	JSON    bool
+	Timeout time.Duration
+}
+
+// ParseRepair parses block.repair's arguments.
+func ParseRepair(args []string, out io.Writer) (RepairRequest, bool, error) {
+	const cmd = "block.repair"
+	var c common
+	fs := newFlagSet(cmd, &c)
+	name := fs.String("name", "", "volume name")
+	replica := fs.String("replica", "", "server id of the copy to repair (as block.status shows it); default: every copy but the primary")
+	rebuild := fs.Bool("rebuild", false, "rebuild in full, even a member in sync (it leaves the epoch until rebuilt)")
+	if err := parse(fs, helpOf(cmd), args, out); err != nil {
+		if err == errHelp {
+			return RepairRequest{}, true, nil
+		}
+		return RepairRequest{}, false, err
+	}
+	if fs.NArg() > 0 {
+		return RepairRequest{}, false, usagef(cmd, "unexpected arguments %q", fs.Args())
+	}
+	if err := CheckName(cmd, *name); err != nil {
+		return RepairRequest{}, false, err
+	}
+	return RepairRequest{Name: *name, Replica: strings.TrimSpace(*replica), Rebuild: *rebuild, JSON: c.json, Timeout: c.timeout}, false, nil
+}
+
+// RepairView is block.repair's -json output.
+type RepairView struct {
+	Repairing []string   `json:"repairing"`
+	InSync    []string   `json:"in_sync"`
+	Rebuild   bool       `json:"rebuild"`
+	Volume    VolumeView `json:"volume"`
+}
+
 // ListRequest is a parsed block.list.
 type ListRequest struct {
 	JSON    bool
@@ -405,6 +452,27 @@ func Run(ctx context.Context, env Env, cmd string, args []string, out io.Writer)
 		}
 		fmt.Fprintf(out, "promoted %s to primary of %s in epoch %d\n", orNone(v.Primary), v.Name, v.Epoch)
 		return WriteStatus(out, v, now(env))
+	case "block.repair":
+		req, help, err := ParseRepair(args, out)
+		if help || err != nil {
+			return err
+		}
+		var resp *blockpb.RepairVolumeResponse
+		err = call(ctx, env, cmd, req.Name, req.Timeout, func(ctx context.Context, c blockpb.BlockMasterClient) error {
+			var err error
+			resp, err = c.RepairVolume(ctx, &blockpb.RepairVolumeRequest{Name: req.Name, ReplicaServerId: req.Replica, Rebuild: req.Rebuild})
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		rv := RepairView{Repairing: append([]string{}, resp.GetRepairing()...), InSync: append([]string{}, resp.GetInSync()...),
+			Rebuild: req.Rebuild, Volume: NewVolumeView(resp.GetVolume())}
+		if req.JSON {
+			return writeJSON(out, rv)
+		}
+		writeRepair(out, rv)
+		return WriteStatus(out, rv.Volume, now(env))
 	case "block.delete":
 		req, help, err := ParseDelete(args, out)
 		if help || err != nil {
@@ -426,6 +494,33 @@ func Run(ctx context.Context, env Env, cmd string, args []string, out io.Writer)
 		return err
 	}
 	return fmt.Errorf("unknown block command %q: %w", cmd, ErrUsage)
+}
+
+// writeRepair says what block.repair set in motion.
+func writeRepair(out io.Writer, rv RepairView) {
+	name := rv.Volume.Name
+	if len(rv.Repairing) == 0 {
+		fmt.Fprintf(out, "nothing to repair on %s: %s in sync with the primary %s (add -rebuild to rebuild anyway)\n",
+			name, strings.Join(rv.InSync, ", "), orNone(rv.Volume.Primary))
+		return
+	}
+	how := "planned again by the primary (catch-up, truncation or rebuild, whichever is cheapest and safe)"
+	if rv.Rebuild {
+		how = "rebuilt in full by the primary"
+	}
+	fmt.Fprintf(out, "repair of %s on %s requested: %s will be %s, then rejoin the epoch\n",
+		name, strings.Join(rv.Repairing, ", "), plural(len(rv.Repairing), "it", "they"), how)
+	if len(rv.InSync) > 0 {
+		fmt.Fprintf(out, "left alone (members in sync): %s\n", strings.Join(rv.InSync, ", "))
+	}
+	fmt.Fprintf(out, "follow it with: block.status -name=%s\n", name)
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 func now(env Env) time.Time {

@@ -127,9 +127,38 @@ func TestCommandsHaveHelp(t *testing.T) {
 			t.Errorf("command %q: summary %q", c.Name, first)
 		}
 	}
-	for _, n := range []string{"block.create", "block.list", "block.status", "block.delete", "block.promote"} {
+	for _, n := range []string{"block.create", "block.list", "block.status", "block.delete", "block.promote", "block.repair"} {
 		if !names[n] {
 			t.Errorf("missing %s", n)
+		}
+	}
+}
+
+func TestParseRepair(t *testing.T) {
+	r, help, err := ParseRepair([]string{"-name=db1"}, &bytes.Buffer{})
+	if err != nil || help || r.Name != "db1" || r.Replica != "" || r.Rebuild || r.JSON || r.Timeout != DefaultTimeout {
+		t.Fatalf("defaults: %+v %v %v", r, help, err)
+	}
+	r, _, err = ParseRepair([]string{"-name=db1", "-replica= 10.0.0.2:8080 ", "-rebuild", "-json", "-timeout=3s"}, &bytes.Buffer{})
+	if err != nil || r.Replica != "10.0.0.2:8080" || !r.Rebuild || !r.JSON || r.Timeout != 3*time.Second {
+		t.Fatalf("flags: %+v %v", r, err)
+	}
+	var out bytes.Buffer
+	if _, help, err := ParseRepair([]string{"-h"}, &out); err != nil || !help || !containsOK(out.String(), "-replica", "-rebuild", "block.repair") {
+		t.Fatalf("-h: %v %v\n%s", help, err, out.String())
+	}
+	for _, c := range []struct {
+		args []string
+		msg  string
+	}{
+		{nil, "-name is required"},
+		{[]string{"-name=DB"}, "bad volume name"},
+		{[]string{"-name=db1", "extra"}, "unexpected arguments"},
+		{[]string{"-name=db1", "-rebuild=maybe"}, "invalid boolean"},
+	} {
+		_, _, err := ParseRepair(c.args, &bytes.Buffer{})
+		if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), c.msg) || !strings.Contains(err.Error(), "block.repair") {
+			t.Errorf("ParseRepair(%q): %v, want a usage error with %q", c.args, err, c.msg)
 		}
 	}
 }

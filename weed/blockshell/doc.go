@@ -1,9 +1,14 @@
 // Package blockshell is the `weed shell` face of block volumes: the
-// commands block.create, block.list, block.status, block.promote and
-// block.delete — their flags, size parsing, the calls to the master
-// leader's BlockMaster gRPC service, the text and JSON output (failover
-// count, loss warnings and replica lag included), and the mapping of gRPC
-// errors to messages an operator can act on.
+// commands block.create, block.list, block.status, block.promote,
+// block.repair and block.delete — their flags, size parsing, the calls to
+// the master leader's BlockMaster gRPC service, the text and JSON output
+// (failover count, loss warnings, replica lag and the primary's recoveries
+// of copies — phase, plan, bytes done/total, ETA, last outcome — included),
+// and the mapping of gRPC errors to messages an operator can act on.
+//
+// block.repair -name=N [-replica=SERVER] [-rebuild] [-json] calls
+// RepairVolume and says which copies will be recovered and which members
+// were left alone as in sync; -json prints RepairView.
 //
 // It does not import upstream SeaweedFS, so its tests build and run in
 // seconds. The connection to the master comes in through Env: package

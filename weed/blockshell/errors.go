@@ -50,6 +50,12 @@ func (e *Error) Error() string {
 func (e *Error) summary() string {
 	switch e.Code {
 	case codes.InvalidArgument:
+		switch {
+		case isUnknownReplica(e.Msg):
+			return "unknown replica"
+		case isNoCopy(e.Msg):
+			return "no copy on that server"
+		}
 		return "invalid request"
 	case codes.AlreadyExists:
 		return "already exists"
@@ -68,6 +74,10 @@ func (e *Error) summary() string {
 			return "not enough block servers"
 		case isAttached(e.Msg):
 			return "volume is attached"
+		case isPromoteFirst(e.Msg):
+			return "cannot repair the primary"
+		case isNoLivePrimary(e.Msg):
+			return "no live primary"
 		}
 		return "refused"
 	case codes.Unavailable:
@@ -86,8 +96,12 @@ func isNotLeader(msg string) bool { return strings.HasPrefix(msg, "not leader") 
 func isNotEnoughServers(msg string) bool {
 	return strings.Contains(msg, "not enough") && strings.Contains(msg, "servers")
 }
-func isAttached(msg string) bool      { return strings.Contains(msg, "attached") }
-func isUnknownServer(msg string) bool { return strings.HasPrefix(msg, "unknown server") }
+func isAttached(msg string) bool       { return strings.Contains(msg, "attached") }
+func isUnknownServer(msg string) bool  { return strings.HasPrefix(msg, "unknown server") }
+func isUnknownReplica(msg string) bool { return strings.HasPrefix(msg, "unknown replica") }
+func isNoCopy(msg string) bool         { return strings.Contains(msg, "holds no copy") }
+func isPromoteFirst(msg string) bool   { return strings.Contains(msg, "promote first") }
+func isNoLivePrimary(msg string) bool  { return strings.Contains(msg, "no live primary") }
 
 // leaderFrom extracts X from the master's "not leader; leader is X", or "".
 func leaderFrom(msg string) string {
@@ -126,8 +140,16 @@ func friendly(op, volume, master string, err error) error {
 		e.Hint = "block.list shows the volumes"
 	case codes.ResourceExhausted:
 		e.Hint = "free space under -block.dir, add volume servers or create a smaller volume"
+	case codes.InvalidArgument:
+		if isUnknownReplica(e.Msg) || isNoCopy(e.Msg) {
+			e.Hint = fmt.Sprintf("block.status -name=%s lists the members; a lost copy is re-created by the master by itself", volume)
+		}
 	case codes.FailedPrecondition:
 		switch {
+		case isPromoteFirst(e.Msg):
+			e.Hint = fmt.Sprintf("block.promote -name=%s -to=ANOTHER_MEMBER, then block.repair it", volume)
+		case isNoLivePrimary(e.Msg):
+			e.Hint = fmt.Sprintf("a repair copies from the primary; block.status -name=%s shows the failover", volume)
 		case isNotLeader(e.Msg):
 			e.Hint = "run weed shell against the leader, or retry once the masters agree on one"
 		case isNotEnoughServers(e.Msg):

@@ -30,6 +30,7 @@ type fakeMaster struct {
 	vols    map[string]*blockpb.VolumeInfo
 	creates []*blockpb.VolumeSpec
 	deletes []*blockpb.DeleteVolumeRequest
+	repairs []*blockpb.RepairVolumeRequest
 }
 
 func (f *fakeMaster) CreateVolume(_ context.Context, r *blockpb.CreateVolumeRequest) (*blockpb.CreateVolumeResponse, error) {
@@ -114,6 +115,53 @@ func (f *fakeMaster) PromoteVolume(_ context.Context, r *blockpb.PromoteVolumeRe
 	}
 	f.vols[r.GetName()] = info
 	return &blockpb.PromoteVolumeResponse{Volume: info}, nil
+}
+
+func (f *fakeMaster) RepairVolume(_ context.Context, r *blockpb.RepairVolumeRequest) (*blockpb.RepairVolumeResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return nil, f.err
+	}
+	f.repairs = append(f.repairs, proto.Clone(r).(*blockpb.RepairVolumeRequest))
+	info, ok := f.vols[r.GetName()]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "volume %q not found", r.GetName())
+	}
+	primary := info.GetConfig().GetPrimaryServerId()
+	switch id := r.GetReplicaServerId(); {
+	case id == primary:
+		return nil, status.Errorf(codes.FailedPrecondition, "%q is the primary of %q: promote first (block.promote -name=%s -to=ANOTHER_MEMBER), then repair it", id, r.GetName(), r.GetName())
+	case id != "" && !strings.HasPrefix(id, "10.0.0."):
+		return nil, status.Errorf(codes.InvalidArgument, "unknown replica %q: not a member of %q and no server of that id reports a copy", id, r.GetName())
+	}
+	resp := &blockpb.RepairVolumeResponse{}
+	for _, mem := range info.GetConfig().GetMembers() {
+		id := mem.GetServer().GetServerId()
+		if id == primary || (r.GetReplicaServerId() != "" && id != r.GetReplicaServerId()) {
+			continue
+		}
+		if r.GetRebuild() {
+			resp.Repairing = append(resp.Repairing, id)
+		} else {
+			resp.InSync = append(resp.InSync, id)
+		}
+	}
+	info = proto.Clone(info).(*blockpb.VolumeInfo)
+	if len(resp.Repairing) > 0 {
+		info.History = append(info.History, info.Config)
+		cfg := proto.Clone(info.Config).(*blockpb.EpochConfig)
+		cfg.Epoch++
+		cfg.Reason = "repair: rebuild requested (" + strings.Join(resp.Repairing, ", ") + ")"
+		cfg.Members = cfg.Members[:1]
+		info.Config = cfg
+		info.State = "recovering"
+		info.Recoveries = []*blockpb.RecoveryProgress{{ServerId: resp.Repairing[0], Phase: "rebuild", Plan: "rebuild: full (forced by block.repair)",
+			BytesDone: 64 << 20, BytesTotal: 256 << 20, EtaMs: 12_000, TargetLsn: 1234, AchievedLsn: 0, Attempt: 1, ForcedRebuild: true}}
+	}
+	f.vols[r.GetName()] = info
+	resp.Volume = info
+	return resp, nil
 }
 
 // startFake serves a fakeMaster on 127.0.0.1 until the test ends.
@@ -481,3 +529,106 @@ func TestRunPromote(t *testing.T) {
 }
 
 func containsOK(s string, subs ...string) bool { return containsAll(s, subs...) == nil }
+
+func TestRunRepair(t *testing.T) {
+	f := startFake(t)
+	env := envFor(t, f.addr, nil)
+	ctx := context.Background()
+	if err := Run(ctx, env, "block.create", []string{"-name=db1", "-size=256MiB", "-rf=2"}, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
+	// Members in sync are left alone without -rebuild.
+	var out bytes.Buffer
+	if err := Run(ctx, env, "block.repair", []string{"-name=db1"}, &out); err != nil {
+		t.Fatalf("repair: %v", err)
+	}
+	if err := containsAll(out.String(), "nothing to repair on db1: 10.0.0.2:8080 in sync with the primary 10.0.0.1:8080", "-rebuild",
+		"block volume db1"); err != nil {
+		t.Fatalf("repair output: %v\n%s", err, out.String())
+	}
+	if len(f.repairs) != 1 || f.repairs[0].GetReplicaServerId() != "" || f.repairs[0].GetRebuild() {
+		t.Fatalf("master got %v", f.repairs)
+	}
+	// -rebuild of one replica: the master drops it from the epoch, the
+	// primary rebuilds it; status shows the recovery.
+	out.Reset()
+	if err := Run(ctx, env, "block.repair", []string{"-name=db1", "-replica=10.0.0.2:8080", "-rebuild"}, &out); err != nil {
+		t.Fatalf("repair -rebuild: %v", err)
+	}
+	if r := f.repairs[1]; r.GetReplicaServerId() != "10.0.0.2:8080" || !r.GetRebuild() || r.GetName() != "db1" {
+		t.Fatalf("master got %v", r)
+	}
+	if err := containsAll(out.String(), "repair of db1 on 10.0.0.2:8080 requested: it will be rebuilt in full by the primary",
+		"block.status -name=db1", "state:       recovering", "epoch:       8 (repair: rebuild requested (10.0.0.2:8080))",
+		"recoveries (by the primary):", "rebuild (forced rebuild)", "64 MiB of 256 MiB (25%)", " 12s ", "0/1234", "(running)",
+		"rebuild: full (forced by block.repair)"); err != nil {
+		t.Fatalf("repair -rebuild output: %v\n%s", err, out.String())
+	}
+	out.Reset()
+	if err := Run(ctx, env, "block.status", []string{"-name=db1", "-json"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	var v VolumeView
+	if err := json.Unmarshal(out.Bytes(), &v); err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Recoveries) != 1 || !v.Recoveries[0].Running || v.Recoveries[0].ServerID != "10.0.0.2:8080" || v.Recoveries[0].BytesTotal != 256<<20 ||
+		v.Recoveries[0].EtaMs != 12_000 || !v.Recoveries[0].ForcedRebuild || v.State != "recovering" {
+		t.Fatalf("status -json recoveries: %+v", v)
+	}
+	out.Reset()
+	if err := Run(ctx, env, "block.repair", []string{"-name=db1", "-rebuild", "-json"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	var rv RepairView
+	if err := json.Unmarshal(out.Bytes(), &rv); err != nil || !rv.Rebuild || rv.Volume.Name != "db1" || rv.InSync == nil || rv.Repairing == nil {
+		t.Fatalf("repair -json: %v %+v\n%s", err, rv, out.String())
+	}
+
+	// Errors the master gives, rewritten.
+	err := Run(ctx, env, "block.repair", []string{"-name=db1", "-replica=10.0.0.1:8080"}, &bytes.Buffer{})
+	var e *Error
+	if !errors.As(err, &e) || e.Code != codes.FailedPrecondition ||
+		!containsOK(err.Error(), "block.repair db1: cannot repair the primary", "promote first", "block.promote -name=db1 -to=ANOTHER_MEMBER") {
+		t.Fatalf("repair of the primary: %v", err)
+	}
+	err = Run(ctx, env, "block.repair", []string{"-name=db1", "-replica=elsewhere:1"}, &bytes.Buffer{})
+	if !errors.As(err, &e) || e.Code != codes.InvalidArgument || !containsOK(err.Error(), "block.repair db1: unknown replica", "elsewhere:1", "block.status -name=db1 lists") {
+		t.Fatalf("unknown replica: %v", err)
+	}
+	err = Run(ctx, env, "block.repair", []string{"-name=nope"}, &bytes.Buffer{})
+	if !errors.As(err, &e) || e.Code != codes.NotFound || !containsOK(err.Error(), "block.repair nope: no such block volume") {
+		t.Fatalf("unknown volume: %v", err)
+	}
+	f.mu.Lock()
+	f.err = status.Error(codes.FailedPrecondition, `volume "db1" has no live primary (a is not alive) to copy from; wait for the failover or block.promote a member`)
+	f.mu.Unlock()
+	var sink bytes.Buffer
+	err = Run(ctx, env, "block.repair", []string{"-name=db1"}, &sink)
+	if !errors.As(err, &e) || sink.Len() != 0 || !containsOK(err.Error(), "block.repair db1: no live primary", "a repair copies from the primary") {
+		t.Fatalf("no live primary: %v (output %q)", err, sink.String())
+	}
+}
+
+func TestStatusShowsFinishedRecovery(t *testing.T) {
+	info := sampleInfo("db1")
+	info.Recoveries = []*blockpb.RecoveryProgress{{ServerId: "10.0.0.3:8080", Phase: "done", Plan: "catch-up from 900 to 1200",
+		BytesDone: 3 << 20, BytesTotal: 3 << 20, TargetLsn: 1200, AchievedLsn: 1200, Attempt: 2, LastOutcome: "in-sync", CatchUps: 2, Rebuilds: 1}}
+	var out bytes.Buffer
+	if err := WriteStatus(&out, NewVolumeView(info), time.UnixMilli(1_800_000_000_000)); err != nil {
+		t.Fatal(err)
+	}
+	if err := containsAll(out.String(), "10.0.0.3:8080", "done", "3 MiB of 3 MiB (100%)", "1200/1200", "in-sync [2 catch-ups, 1 rebuilds done]",
+		"catch-up from 900 to 1200"); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	if v := NewVolumeView(info); v.Recoveries[0].Running {
+		t.Fatal("a finished recovery shows as running")
+	}
+	// No recoveries: no section.
+	out.Reset()
+	WriteStatus(&out, NewVolumeView(sampleInfo("db1")), time.Now())
+	if strings.Contains(out.String(), "recoveries") {
+		t.Fatalf("empty recoveries printed:\n%s", out.String())
+	}
+}

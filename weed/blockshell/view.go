@@ -40,8 +40,11 @@ type VolumeView struct {
 	// FailoverBlocked says why the master cannot promote a new primary.
 	FailoverBlocked string        `json:"failover_blocked,omitempty"`
 	Replicas        []ReplicaView `json:"replicas"`
-	Attach          AttachView    `json:"attach"`
-	History         []EpochView   `json:"history,omitempty"`
+	// Recoveries are the primary's recoveries of copies, live or last
+	// finished (block.repair, returning or lost copies).
+	Recoveries []RecoveryView `json:"recoveries,omitempty"`
+	Attach     AttachView     `json:"attach"`
+	History    []EpochView    `json:"history,omitempty"`
 }
 
 // ReplicaView is one member of the current epoch: the master's
@@ -72,6 +75,56 @@ type ReplicaView struct {
 	ReplicaState string `json:"replica_state,omitempty"`
 	LagLSN       uint64 `json:"lag_lsn,omitempty"`
 	LagBytes     uint64 `json:"lag_bytes,omitempty"`
+}
+
+// RecoveryView is the primary's recovery of one copy (DESIGN §6).
+type RecoveryView struct {
+	ServerID string `json:"server_id"`
+	// Phase: plan, catch-up, truncate, rebuild, follow, done, failed.
+	Phase         string `json:"phase"`
+	Running       bool   `json:"running"`
+	Plan          string `json:"plan,omitempty"`
+	BytesDone     uint64 `json:"bytes_done"`
+	BytesTotal    uint64 `json:"bytes_total"`
+	EtaMs         int64  `json:"eta_ms,omitempty"`
+	TargetLSN     uint64 `json:"target_lsn,omitempty"`
+	AchievedLSN   uint64 `json:"achieved_lsn,omitempty"`
+	Attempt       uint64 `json:"attempt,omitempty"`
+	StartedUnixMs int64  `json:"started_unix_ms,omitempty"`
+	// LastOutcome: in-sync, needs-rebuild: why, aborted: why; "" while
+	// running.
+	LastOutcome   string `json:"last_outcome,omitempty"`
+	ForcedRebuild bool   `json:"forced_rebuild,omitempty"`
+	Rebuilds      uint64 `json:"rebuilds,omitempty"`
+	CatchUps      uint64 `json:"catch_ups,omitempty"`
+}
+
+// newRecoveryView derives the printed form of one recovery.
+func newRecoveryView(r *blockpb.RecoveryProgress) RecoveryView {
+	v := RecoveryView{
+		ServerID: r.GetServerId(), Phase: r.GetPhase(), Plan: r.GetPlan(),
+		BytesDone: r.GetBytesDone(), BytesTotal: r.GetBytesTotal(), EtaMs: r.GetEtaMs(),
+		TargetLSN: r.GetTargetLsn(), AchievedLSN: r.GetAchievedLsn(), Attempt: r.GetAttempt(),
+		StartedUnixMs: r.GetStartedUnixMs(), LastOutcome: r.GetLastOutcome(), ForcedRebuild: r.GetForcedRebuild(),
+		Rebuilds: r.GetRebuilds(), CatchUps: r.GetCatchUps(),
+	}
+	switch v.Phase {
+	case "", "done", "failed":
+	default:
+		v.Running = v.LastOutcome == ""
+	}
+	return v
+}
+
+// progress is "1 MiB of 4 MiB (25%)", or what is known of it.
+func (r RecoveryView) progress() string {
+	switch {
+	case r.BytesTotal > 0:
+		return fmt.Sprintf("%s of %s (%d%%)", FormatSize(r.BytesDone), FormatSize(r.BytesTotal), r.BytesDone*100/r.BytesTotal)
+	case r.BytesDone > 0:
+		return FormatSize(r.BytesDone)
+	}
+	return "-"
 }
 
 // AttachView says how a host attaches the volume (on its primary).
@@ -181,6 +234,9 @@ func NewVolumeView(info *blockpb.VolumeInfo) VolumeView {
 			r.ReplicaState, r.LagLSN, r.LagBytes = lags[i].GetState(), lags[i].GetLagLsn(), lags[i].GetLagBytes()
 		}
 		v.Replicas = append(v.Replicas, r)
+	}
+	for _, r := range info.GetRecoveries() {
+		v.Recoveries = append(v.Recoveries, newRecoveryView(r))
 	}
 	for _, h := range append(append([]*blockpb.EpochConfig{}, info.GetHistory()...), cfg) {
 		if h == nil || h.GetEpoch() == 0 {
@@ -328,6 +384,7 @@ func WriteStatus(out io.Writer, v VolumeView, now time.Time) error {
 			r.AttachedSessions, health)
 	}
 	tw.Flush()
+	writeRecoveries(&b, v.Recoveries)
 	b.WriteString("  attach:\n")
 	if v.Attach.NBDURI == "" && v.Attach.ISCSIPortal == "" {
 		b.WriteString("    no NBD or iSCSI listener on the primary (start weed volume with -block.nbd / -block.iscsi)\n")
@@ -343,6 +400,46 @@ func WriteStatus(out io.Writer, v VolumeView, now time.Time) error {
 	}
 	_, err := io.WriteString(out, b.String())
 	return err
+}
+
+// writeRecoveries prints the primary's recoveries as a table.
+func writeRecoveries(b *strings.Builder, recs []RecoveryView) {
+	if len(recs) == 0 {
+		return
+	}
+	b.WriteString("  recoveries (by the primary):\n")
+	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "    SERVER\tPHASE\tPROGRESS\tETA\tLSN (ACHIEVED/TARGET)\tATTEMPT\tLAST OUTCOME\tPLAN")
+	for _, r := range recs {
+		phase := r.Phase
+		if phase == "" {
+			phase = "-"
+		}
+		if r.ForcedRebuild {
+			phase += " (forced rebuild)"
+		}
+		eta := "-"
+		if r.Running && r.EtaMs > 0 {
+			eta = (time.Duration(r.EtaMs) * time.Millisecond).Round(time.Second).String()
+		}
+		outcome := r.LastOutcome
+		if outcome == "" {
+			outcome = "-"
+			if r.Running {
+				outcome = "(running)"
+			}
+		}
+		if r.Rebuilds+r.CatchUps > 0 {
+			outcome += fmt.Sprintf(" [%d catch-ups, %d rebuilds done]", r.CatchUps, r.Rebuilds)
+		}
+		plan := r.Plan
+		if plan == "" {
+			plan = "-"
+		}
+		fmt.Fprintf(tw, "    %s\t%s\t%s\t%s\t%d/%d\t%d\t%s\t%s\n", r.ServerID, phase, r.progress(), eta,
+			r.AchievedLSN, r.TargetLSN, r.Attempt, outcome, plan)
+	}
+	tw.Flush()
 }
 
 func leaseText(expiresUnixMs int64, now time.Time) string {

@@ -34,7 +34,7 @@ func TestInstallAppendsOnce(t *testing.T) {
 			}
 		}
 	}
-	for _, n := range []string{"block.create", "block.list", "block.status", "block.delete", "block.promote", "volume.list"} {
+	for _, n := range []string{"block.create", "block.list", "block.status", "block.delete", "block.promote", "block.repair", "volume.list"} {
 		if seen[n] != 1 {
 			t.Errorf("%s appears %d times", n, seen[n])
 		}
