@@ -36,11 +36,15 @@ func (lu *LogicalUnit) read(r *request) ([]byte, error) {
 	if rg.n == 0 {
 		return nil, nil
 	}
-	buf := make([]byte, int(rg.n)*int(lu.bs))
-	if err := lu.dev.ReadAt(buf, lu.off(rg.lba)); err != nil {
+	// A recycled buffer (not zeroed: ReadAt fills all of it), returned
+	// by the transport through ReleaseDataIn once sent.
+	b := lu.readBufs.get(int(rg.n) * int(lu.bs))
+	if err := lu.dev.ReadAt(*b, lu.off(rg.lba)); err != nil {
+		lu.readBufs.put(b)
 		return nil, ioError(err, false)
 	}
-	return buf, nil
+	r.buf = b
+	return *b, nil
 }
 
 // writable reports WRITE PROTECTED for a read-only unit.

@@ -61,4 +61,7 @@ type Response struct {
 	// DataIn is the data to return to the initiator (may be longer than
 	// ExpectedInLength: the transport truncates and reports overflow).
 	DataIn []byte
+	// buf, when set, is the recycled buffer behind DataIn (READ); see
+	// LogicalUnit.ReleaseDataIn.
+	buf *[]byte
 }

@@ -85,6 +85,8 @@ type LogicalUnit struct {
 	// written with FUA.
 	wce    atomic.Bool
 	ranges rangeLock
+	// readBufs recycles READ data-in buffers (see ReleaseDataIn).
+	readBufs readBuffers
 
 	mu      sync.Mutex
 	nexuses map[Nexus]*nexusState
@@ -180,6 +182,8 @@ type request struct {
 	cdb   []byte
 	nexus Nexus
 	info  *commandInfo
+	// buf is set by a handler whose data-in is a recycled buffer.
+	buf *[]byte
 }
 
 // Execute runs one command and returns its outcome. It never panics on a
@@ -208,9 +212,12 @@ func (lu *LogicalUnit) Execute(cmd *Command) *Response {
 	req := &request{cmd: cmd, cdb: cdb[:info.cdbLen], nexus: cmd.Nexus, info: info}
 	data, err := info.run(lu, req)
 	if err != nil {
+		if req.buf != nil {
+			lu.readBufs.put(req.buf)
+		}
 		return lu.failure(info, err)
 	}
-	return &Response{Status: StatusGood, DataIn: data}
+	return &Response{Status: StatusGood, DataIn: data, buf: req.buf}
 }
 
 // failure turns a handler error into a response.
