@@ -3,6 +3,7 @@ package blockmaster
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 
 	"github.com/golang/glog"
@@ -175,6 +176,11 @@ func (m *Master) DeleteVolume(ctx context.Context, req *blockpb.DeleteVolumeRequ
 	delete(m.fenceUntil, name)
 	delete(m.pauseFrom, name)
 	delete(m.lastPause, name)
+	for key := range m.allocNext {
+		if strings.HasPrefix(key, name+"\x00") {
+			delete(m.allocNext, key)
+		}
+	}
 	glog.Infof("blockmaster: deleted %q (last epoch %d)", name, cfg.Epoch)
 	return &blockpb.DeleteVolumeResponse{}, nil
 }
