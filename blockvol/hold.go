@@ -78,7 +78,13 @@ func (h *Hold) Advance(lsn uint64) error {
 	}
 	if lsn > h.lsn {
 		h.lsn = lsn
-		h.v.kickFlusher()
+		// Wake the flusher only when WAL room is short (it also runs on
+		// its timer): a replica's hold advances on every ack, and a
+		// flusher round per advance costs fsyncs that writers' flushes
+		// then queue behind.
+		if v := h.v; v.waitRoom > 0 || v.writeAbs-v.tailAbs > v.walSize/2 {
+			v.kickFlusher()
+		}
 	}
 	return nil
 }

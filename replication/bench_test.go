@@ -3,23 +3,34 @@ package replication
 import (
 	"math/rand"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
 // BenchmarkReplicatedWrite compares RF=1, RF=2 sync and RF=3 quorum on
-// loopback: 4 KiB random writes from 16 goroutines with a Flush every 32
-// writes per goroutine (qd16), and one goroutine doing write+flush (qd1).
+// loopback, each in the same run, on the same engine:
+//
+//   - qd16: 4 KiB random writes from 16 goroutines, each flushing every 32
+//     of its own writes (flushes overlap with other writers' writes);
+//   - qd16-fio: what fio does for --iodepth=16 --fsync=32 (the product
+//     row): 32 writes with 16 in flight, then every write done and one
+//     Flush alone, repeated;
+//   - qd1: one goroutine doing write+flush.
+//
 // It reports IOPS and, for RF>1, the ratio to the RF=1 figure of the same
-// workload (run RF=1 first: -bench 'ReplicatedWrite/qd16').
+// workload (RF=1 runs first, so run the whole workload:
+// -bench 'ReplicatedWrite/qd16-fio').
 func BenchmarkReplicatedWrite(b *testing.B) {
 	for _, wl := range []struct {
 		name       string
 		writers    int
 		flushEvery int
+		drain      bool // flush after every flushEvery writes of all writers, alone
 	}{
-		{"qd16", 16, 32},
-		{"qd1", 1, 1},
+		{"qd16", 16, 32, false},
+		{"qd16-fio", 16, 32, true},
+		{"qd1", 1, 1, false},
 	} {
 		b.Run(wl.name, func(b *testing.B) {
 			var rf1 float64
@@ -34,43 +45,19 @@ func BenchmarkReplicatedWrite(b *testing.B) {
 			} {
 				b.Run(cfg.name, func(b *testing.B) {
 					c := newCluster(b, clusterOpts{rf: cfg.rf, mode: cfg.mode, size: 256 << 20, walSize: 64 << 20, direct: true})
-					bs := int64(c.dev.BlockSize())
-					nb := c.dev.Size() / bs
-					per := (b.N + wl.writers - 1) / wl.writers
-					var wg sync.WaitGroup
-					errs := make(chan error, wl.writers)
-					b.SetBytes(bs)
+					prefillDev(b, c)
+					b.SetBytes(int64(c.dev.BlockSize()))
 					b.ResetTimer()
 					start := time.Now()
-					for w := 0; w < wl.writers; w++ {
-						wg.Add(1)
-						go func(w int) {
-							defer wg.Done()
-							rng := rand.New(rand.NewSource(int64(w)))
-							p := make([]byte, bs)
-							rng.Read(p)
-							for i := 0; i < per; i++ {
-								if err := c.dev.WriteAt(p, rng.Int63n(nb)*bs, false); err != nil {
-									errs <- err
-									return
-								}
-								if i%wl.flushEvery == wl.flushEvery-1 || i == per-1 {
-									if err := c.dev.Flush(); err != nil {
-										errs <- err
-										return
-									}
-								}
-							}
-						}(w)
+					var n int
+					if wl.drain {
+						n = drainedLoad(b, c.dev, b.N, wl.writers, wl.flushEvery)
+					} else {
+						n = writerLoad(b, c.dev, b.N, wl.writers, wl.flushEvery)
 					}
-					wg.Wait()
 					el := time.Since(start)
 					b.StopTimer()
-					close(errs)
-					for err := range errs {
-						b.Fatal(err)
-					}
-					iops := float64(per*wl.writers) / el.Seconds()
+					iops := float64(n) / el.Seconds()
 					b.ReportMetric(iops, "IOPS")
 					if cfg.rf == 1 {
 						rf1 = iops
@@ -80,5 +67,122 @@ func BenchmarkReplicatedWrite(b *testing.B) {
 				})
 			}
 		})
+	}
+}
+
+// writerLoad runs writers goroutines of 4 KiB random writes, each flushing
+// every flushEvery of its writes, about total writes in all. It returns
+// the number of writes done.
+func writerLoad(b *testing.B, dev *Volume, total, writers, flushEvery int) int {
+	bs := int64(dev.BlockSize())
+	nb := dev.Size() / bs
+	per := (total + writers - 1) / writers
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			rng := rand.New(rand.NewSource(int64(w)))
+			p := make([]byte, bs)
+			rng.Read(p)
+			for i := 0; i < per; i++ {
+				if err := dev.WriteAt(p, rng.Int63n(nb)*bs, false); err != nil {
+					errs <- err
+					return
+				}
+				if i%flushEvery == flushEvery-1 || i == per-1 {
+					if err := dev.Flush(); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+	return per * writers
+}
+
+// drainedLoad does rounds of flushEvery 4 KiB random writes with writers
+// in flight, then one Flush once all of them are done, until about total
+// writes. It returns the number of writes done.
+func drainedLoad(b *testing.B, dev *Volume, total, writers, flushEvery int) int {
+	bs := int64(dev.BlockSize())
+	nb := dev.Size() / bs
+	rounds := (total + flushEvery - 1) / flushEvery
+	var failed atomic.Bool
+	var firstErr error
+	var errOnce sync.Once
+	report := func(err error) {
+		errOnce.Do(func() { firstErr = err })
+		failed.Store(true)
+	}
+	type job struct{ off int64 }
+	jobs := make(chan job, flushEvery)
+	var wg sync.WaitGroup
+	var round sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			p := make([]byte, bs)
+			rand.New(rand.NewSource(int64(w))).Read(p)
+			for j := range jobs {
+				if !failed.Load() {
+					if err := dev.WriteAt(p, j.off, false); err != nil {
+						report(err)
+					}
+				}
+				round.Done()
+			}
+		}(w)
+	}
+	rng := rand.New(rand.NewSource(1))
+	for r := 0; r < rounds && !failed.Load(); r++ {
+		round.Add(flushEvery)
+		for i := 0; i < flushEvery; i++ {
+			jobs <- job{rng.Int63n(nb) * bs}
+		}
+		round.Wait()
+		if err := dev.Flush(); err != nil {
+			report(err)
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	if firstErr != nil {
+		b.Fatal(firstErr)
+	}
+	return rounds * flushEvery
+}
+
+func prefillDev(t testing.TB, c *cluster) {
+	p := make([]byte, 1<<20)
+	for off := int64(0); off < c.dev.Size(); off += int64(len(p)) {
+		if err := c.dev.WriteAt(p, off, false); err != nil {
+			t.Fatal(err)
+		}
+		if off%(16<<20) == 0 {
+			if err := c.dev.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := c.dev.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range c.nodes {
+		c.waitCaughtUp(t, n.id)
+		if err := n.vol.Checkpoint(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.pvol.Checkpoint(); err != nil {
+		t.Fatal(err)
 	}
 }
