@@ -456,3 +456,51 @@ func TestRegistryHomesAndRepairs(t *testing.T) {
 		t.Fatalf("homes from config and history: %v", h)
 	}
 }
+
+// rf=3 with both replicas' files gone at once: one epoch drops both, both
+// get a recovery copy, and each rejoins on its own ReportCaughtUp.
+func TestTwoLostCopiesAtOnce(t *testing.T) {
+	c := newCluster(t, 3, blockpb.Durability_DURABILITY_QUORUM, "a", "b", "c", "d")
+	c.set("a", 1, primary, 10)
+	c.set("b", 1, replica, 10)
+	c.set("c", 1, replica, 10)
+	c.beatAll()
+	delete(c.rep, "b")
+	delete(c.rep, "c")
+	c.pass(5 * foPulse / 2)
+	info := c.info()
+	if info.Config.Epoch != 2 || len(info.Config.Members) != 1 || !strings.Contains(info.Config.Reason, "copy lost: b") ||
+		!strings.Contains(info.Config.Reason, "copy lost: c") {
+		t.Fatalf("after losing b and c: %v", info.Config)
+	}
+	for _, id := range []string{"b", "c"} {
+		f := c.h.vols[id]
+		eventually(t, "recovery copy on "+id, func() bool {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return f.allocated["v"].GetRecoveryCopy()
+		})
+	}
+	if c.h.vols["d"].hasVolume("v") {
+		t.Fatal("d was never a home of v and got a copy")
+	}
+	c.set("a", 2, primary, 10)
+	c.set("b", 2, none, 10)
+	c.set("c", 2, none, 10)
+	c.beatAll()
+	resp := c.beat("a")
+	if targetFor(resp, "b") == nil || targetFor(resp, "c") == nil || targetFor(resp, "d") != nil {
+		t.Fatalf("targets %v", resp.CatchUp)
+	}
+	if _, err := c.caughtUp(2, "c", "a"); err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.caughtUp(3, "b", "a")
+	if err != nil || r.Config.Epoch != 4 || len(r.Config.Members) != 3 {
+		t.Fatalf("both back: %v %v", r, err)
+	}
+	g := gather(t, c.h.m)
+	if v, _ := metricValue(g["weedblock_master_copies_lost_total"], "reason", "lost"); v != 2 {
+		t.Fatalf("copies lost %v", v)
+	}
+}
