@@ -23,7 +23,7 @@ func BenchmarkBuildHeartbeat(b *testing.B) {
 	const n = 64
 	for i := range n {
 		m.opMu.Lock()
-		_, err := m.allocateLocked(spec(fmt.Sprintf("v%02d", i), 1<<20), epochConfig(1, testServerID))
+		_, err := m.allocateLocked(spec(fmt.Sprintf("v%02d", i), 1<<20), epochConfig(1, testServerID), allocMember)
 		m.opMu.Unlock()
 		if err != nil {
 			b.Fatal(err)

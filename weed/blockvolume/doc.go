@@ -89,23 +89,23 @@
 // member without a replication address) they stay refused.
 //
 // Heartbeat answers' catch_up targets for volumes this server is the
-// confirmed primary of (at that epoch) each get an async Primary whose only
-// member is that server; once its cursor is in sync the primary calls
-// ReportCaughtUp and the master's next epoch makes it a member. A target
-// that cannot be caught up from the WAL (behind the tail, or holding
-// records the primary does not have) is logged and reported as
-// needs-rebuild; it is never made a member from here. When this server
-// took over as primary in this process (it was not primary before), a
-// returning copy it never shipped to is first asked its head with a
-// hello: one beyond the head this primary had when it took over holds
-// records this primary never had (an old primary's last writes) — it has
-// diverged, is reported needs-rebuild and is never caught up. The same
-// check covers the members of the epoch it took over with (RF=3's third
-// copy, an old primary demoted by a promote): the Primary gets the takeover
-// head (replication.Takeover) and a member it never shipped to whose head
-// is beyond it goes needs-rebuild, gets nothing, and is reported to the
-// master for removal. The primary's view
-// of each member and catch-up is reported in VolumeReport.replicas.
+// confirmed primary of (at that epoch) are recovered (see Recovery below):
+// a catch-up, truncation or rebuild through v2bridge, then an async
+// Primary whose only member is that server follows the live stream; once
+// its cursor is in sync the primary calls ReportCaughtUp and the master's
+// next epoch makes it a member. When this server took over as primary in
+// this process (it was not primary before), a returning copy it never
+// shipped to whose durable LSN is beyond the head this primary had when it
+// took over holds records this primary never had (an old primary's last
+// writes): it has diverged and is rebuilt, never caught up as it is. The
+// same check covers the members of the epoch it took over with (RF=3's
+// third copy, an old primary demoted by a promote): the Primary gets the
+// takeover head (replication.Takeover) and a member it never shipped to
+// whose head is beyond it goes needs-rebuild, gets nothing, and is
+// reported to the master for removal (it then comes back as a catch-up
+// target and is rebuilt). The primary's view of each member and catch-up
+// is reported in VolumeReport.replicas, its recoveries in
+// VolumeReport.recoveries.
 //
 // # Master connection
 //

@@ -347,7 +347,7 @@ func (m *Manager) applyResponse(resp *blockpb.BlockHeartbeatResponse, sentAt tim
 // registry — stays fenced until an assignment arrives.
 func (m *Manager) renewLocked(v *volume, until time.Time) {
 	st := v.vol.Status()
-	if v.confirmed == 0 || v.confirmed != st.Epoch || !st.Healthy {
+	if v.confirmed == 0 || v.confirmed != st.Epoch || !st.Healthy || st.Untrusted {
 		return
 	}
 	cfg := v.config()
@@ -365,7 +365,8 @@ func (m *Manager) renewLocked(v *volume, until time.Time) {
 // applyAssignmentLocked makes the volume of a serve epoch a.Config: fence
 // at the epoch and store the config, then unfence as primary (with the
 // lease) or replica; a non-member stays fenced. A volume this server does
-// not have yet is created from a.Spec when it is a member.
+// not have is created from a.Spec when it is a member — empty and
+// untrusted (allocLost), never serving until the primary rebuilds it.
 func (m *Manager) applyAssignmentLocked(a *blockpb.Assignment, leaseUntil time.Time) error {
 	spec, cfg := a.GetSpec(), a.GetConfig()
 	if spec == nil || cfg == nil {
@@ -382,7 +383,9 @@ func (m *Manager) applyAssignmentLocked(a *blockpb.Assignment, leaseUntil time.T
 			// Sent before the master deleted the volume: stale.
 			return nil
 		}
-		if _, err := m.allocateLocked(spec, cfg); err != nil {
+		// This server should have a copy and has none (its file was
+		// lost): an empty, untrusted one waits for a rebuild.
+		if _, err := m.allocateLocked(spec, cfg, allocLost); err != nil {
 			return err
 		}
 		v = m.lookup(name)
@@ -412,7 +415,12 @@ func (m *Manager) applyConfigLocked(v *volume, cfg *blockpb.EpochConfig, leaseUn
 	}
 	role := roleIn(cfg, m.serverID)
 	newer := cfg.GetEpoch() > st.Epoch
-	keepServing := newer && role == blockpb.Role_ROLE_PRIMARY && assigned && !leaseUntil.IsZero()
+	keepServing := newer && role == blockpb.Role_ROLE_PRIMARY && assigned && !leaseUntil.IsZero() && !st.Untrusted
+	if role == blockpb.Role_ROLE_NONE {
+		// Not a member of cfg: no reads from before the epoch is
+		// visible (syncReplLocked keeps the flag from then on).
+		v.dev.notMember.Store(true)
+	}
 	if newer && !keepServing {
 		v.confirmed = 0
 		if err := v.vol.FenceEpoch(cfg.GetEpoch()); err != nil {
@@ -424,6 +432,16 @@ func (m *Manager) applyConfigLocked(v *volume, cfg *blockpb.EpochConfig, leaseUn
 			return err
 		}
 		glog.Infof("blockvolume: %s now in epoch %d as %v", v.name, cfg.GetEpoch(), role)
+	}
+	if st.Untrusted && role != blockpb.Role_ROLE_NONE {
+		// A copy waiting for (or in) a rebuild is never unfenced as
+		// primary or replica: the master must take it out of the epoch
+		// and have it rebuilt.
+		v.confirmed = 0
+		if role == blockpb.Role_ROLE_PRIMARY && assigned {
+			return fmt.Errorf("%s: this copy is untrusted (waiting for a rebuild): it does not serve as primary of epoch %d", v.name, cfg.GetEpoch())
+		}
+		return nil
 	}
 	switch role {
 	case blockpb.Role_ROLE_PRIMARY:

@@ -182,20 +182,20 @@ func TestNewerEpochWithoutThisServerFences(t *testing.T) {
 	}
 }
 
-// TestAssignmentMakesPrimaryAndCreatesVolume: an assignment for a volume
-// this server does not have (it is a member) creates it; a re-sent
-// assignment for the current epoch does not interrupt writes.
-func TestAssignmentMakesPrimaryAndCreatesVolume(t *testing.T) {
+// TestAssignmentMakesPrimary: an assignment naming this server primary of
+// a volume it has unfences it; a re-sent assignment for the current epoch
+// does not interrupt writes.
+func TestAssignmentMakesPrimary(t *testing.T) {
 	f := startFakeMaster(t)
 	cfg := epochConfig(4, testServerID)
+	dir := t.TempDir()
+	m := startManager(t, dir, withMasters(f.addr))
+	allocate(t, m, "av", 1<<20, epochConfig(3, testServerID))
 	f.setRespond(func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
 		// Re-sent on every heartbeat, even once reported: must be harmless.
 		return &blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), LeaseMs: 1000,
 			Assignments: []*blockpb.Assignment{{Spec: spec("av", 1<<20), Config: cfg, Role: blockpb.Role_ROLE_PRIMARY}}}, nil
 	})
-	dir := t.TempDir()
-	m := startManager(t, dir, withMasters(f.addr))
-	eventually(t, 5*time.Second, "volume created by the assignment", func() bool { return m.lookup("av") != nil })
 	c := dialNBD(t, m.Endpoints().GetNbdAddress(), "av")
 	pat := bytes.Repeat([]byte{9}, 4096)
 	eventually(t, 5*time.Second, "writable", func() bool { return c.write(0, pat) == 0 })
@@ -205,11 +205,94 @@ func TestAssignmentMakesPrimaryAndCreatesVolume(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if st := m.lookup("av").vol.Status(); st.Epoch != 4 {
-		t.Fatalf("epoch %d", st.Epoch)
+	if st := m.lookup("av").vol.Status(); st.Epoch != 4 || st.Untrusted {
+		t.Fatalf("epoch %d untrusted %v", st.Epoch, st.Untrusted)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "av"+FileExt)); err != nil {
+}
+
+// TestAssignmentForLostCopyCreatesUntrusted: an assignment for a volume
+// this server should hold but does not (its file was lost) creates an
+// empty copy that is durably untrusted: never unfenced (not even as
+// primary of the assignment), serving no reads or writes, reported
+// untrusted with a rebuild phase — also after a restart.
+func TestAssignmentForLostCopyCreatesUntrusted(t *testing.T) {
+	for _, role := range []blockpb.Role{blockpb.Role_ROLE_PRIMARY, blockpb.Role_ROLE_REPLICA} {
+		t.Run(role.String(), func(t *testing.T) {
+			f := startFakeMaster(t)
+			cfg := epochConfig(4, testServerID)
+			if role == blockpb.Role_ROLE_REPLICA {
+				cfg = &blockpb.EpochConfig{Epoch: 4, PrimaryServerId: "vs2", Members: []*blockpb.Member{
+					{Server: &blockpb.ServerEndpoints{ServerId: "vs2", ReplAddress: "127.0.0.1:1"}, Role: blockpb.Role_ROLE_PRIMARY},
+					{Server: &blockpb.ServerEndpoints{ServerId: testServerID}, Role: blockpb.Role_ROLE_REPLICA},
+				}}
+			}
+			f.setRespond(func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
+				return &blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), LeaseMs: 1000,
+					Assignments: []*blockpb.Assignment{{Spec: spec("lost", 1<<20), Config: cfg, Role: role}}}, nil
+			})
+			dir := t.TempDir()
+			m := startManager(t, dir, withMasters(f.addr))
+			eventually(t, 5*time.Second, "copy created by the assignment", func() bool { return m.lookup("lost") != nil })
+			eventually(t, 5*time.Second, "reported untrusted", func() bool {
+				r := f.lastReport("lost")
+				return r.GetUntrusted() && r.GetEpoch() == 4 && r.GetRecovery().GetPhase() == "rebuild"
+			})
+			c := dialNBD(t, m.Endpoints().GetNbdAddress(), "lost")
+			for i := 0; i < 10; i++ {
+				if e := c.write(0, make([]byte, 4096)); e != nbdEPERM {
+					t.Fatalf("write to an untrusted copy: errno %d, want EPERM", e)
+				}
+				if e, _ := c.read(0, 4096); e != nbdEIO {
+					t.Fatalf("read from an untrusted copy: errno %d, want EIO", e)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			st := m.lookup("lost").vol.Status()
+			if !st.Untrusted || !st.Fenced || st.Epoch != 4 {
+				t.Fatalf("lost copy status: untrusted %v fenced %v epoch %d", st.Untrusted, st.Fenced, st.Epoch)
+			}
+			if r := f.lastReport("lost"); !r.GetFenced() {
+				t.Fatalf("reported unfenced: %v", r)
+			}
+			// A restart keeps it untrusted and fenced.
+			m.Close()
+			m2 := startManager(t, dir, withMasters(f.addr))
+			time.Sleep(300 * time.Millisecond) // several answers with the assignment
+			st = m2.lookup("lost").vol.Status()
+			if !st.Untrusted || !st.Fenced {
+				t.Fatalf("after a restart: untrusted %v fenced %v", st.Untrusted, st.Fenced)
+			}
+		})
+	}
+}
+
+// TestRecoveryCopyAllocation: AllocateVolume with recovery_copy creates an
+// empty untrusted copy even though this server is not a member of the
+// config, is idempotent, and leaves an existing copy alone.
+func TestRecoveryCopyAllocation(t *testing.T) {
+	m := startManager(t, "", nil)
+	cfg := epochConfig(5, "vs2")
+	req := &blockpb.AllocateVolumeRequest{Spec: spec("rc", 1<<20), Config: cfg, RecoveryCopy: true}
+	for i := 0; i < 2; i++ {
+		resp, err := m.GRPCService().AllocateVolume(t.Context(), req)
+		if err != nil {
+			t.Fatalf("allocate recovery copy (%d): %v", i, err)
+		}
+		if r := resp.GetVolume(); !r.GetUntrusted() || !r.GetFenced() || r.GetEpoch() != 5 || r.GetRole() != blockpb.Role_ROLE_NONE {
+			t.Fatalf("recovery copy report: %v", r)
+		}
+	}
+	// Without recovery_copy a non-member is refused, as before.
+	_, err := m.GRPCService().AllocateVolume(t.Context(), &blockpb.AllocateVolumeRequest{Spec: spec("rc2", 1<<20), Config: cfg})
+	wantCode(t, err, codes.FailedPrecondition, "allocate for a non-member")
+	// An existing trusted copy is left as it is.
+	allocate(t, m, "keep", 1<<20, epochConfig(2, testServerID))
+	resp, err := m.GRPCService().AllocateVolume(t.Context(), &blockpb.AllocateVolumeRequest{Spec: spec("keep", 1<<20), Config: cfg, RecoveryCopy: true})
+	if err != nil {
 		t.Fatal(err)
+	}
+	if r := resp.GetVolume(); r.GetUntrusted() || r.GetEpoch() != 2 {
+		t.Fatalf("existing copy changed by a recovery-copy allocation: %v", r)
 	}
 }
 
@@ -403,6 +486,7 @@ func TestReplicaAssignment(t *testing.T) {
 			Assignments: []*blockpb.Assignment{{Spec: spec("rep", 1<<20), Config: cfg, Role: blockpb.Role_ROLE_REPLICA}}}, nil
 	})
 	m := startManager(t, "", withMasters(f.addr))
+	allocate(t, m, "rep", 1<<20, cfg)
 	eventually(t, 5*time.Second, "reported as replica of epoch 3", func() bool {
 		r := f.lastReport("rep")
 		return r.GetEpoch() == 3 && r.GetRole() == blockpb.Role_ROLE_REPLICA
@@ -435,12 +519,12 @@ func TestISCSIRedirectToPrimary(t *testing.T) {
 			{Server: a.Endpoints(), Role: blockpb.Role_ROLE_REPLICA},
 		},
 	}
+	allocate(t, b, "rr", 1<<20, cfg) // before its assignment (which would create it untrusted)
 	f.setRespond(func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
 		return &blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), LeaseMs: 1000,
 			Assignments: []*blockpb.Assignment{{Spec: spec("rr", 1<<20), Config: cfg, Role: blockpb.Role_ROLE_PRIMARY}}}, nil
 	})
 	allocate(t, a, "rr", 1<<20, cfg)
-	eventually(t, 5*time.Second, "primary created by its assignment", func() bool { return b.lookup("rr") != nil })
 	cb := dialNBD(t, b.Endpoints().GetNbdAddress(), "rr")
 	eventually(t, 5*time.Second, "primary writable", func() bool { return cb.write(0, make([]byte, 4096)) == 0 })
 
@@ -485,5 +569,8 @@ func TestLateAssignmentDoesNotResurrect(t *testing.T) {
 	f.setRespond(func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
 		return &blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), LeaseMs: 1000, Assignments: []*blockpb.Assignment{fresh}}, nil
 	})
-	eventually(t, 5*time.Second, "the new incarnation created", func() bool { return m.lookup("zz") != nil })
+	eventually(t, 5*time.Second, "the new incarnation created (untrusted: an assignment creates no data)", func() bool {
+		v := m.lookup("zz")
+		return v != nil && v.vol.Status().Untrusted
+	})
 }

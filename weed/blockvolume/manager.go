@@ -18,9 +18,11 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/weedblock/weedblock/blockvol"
+	"github.com/weedblock/weedblock/engine"
 	"github.com/weedblock/weedblock/frontend/iscsi"
 	"github.com/weedblock/weedblock/frontend/nbd"
 	"github.com/weedblock/weedblock/replication"
+	"github.com/weedblock/weedblock/v2bridge"
 	"github.com/weedblock/weedblock/weed/pb/blockpb"
 )
 
@@ -95,6 +97,11 @@ type Manager struct {
 	iscsiL    net.Listener
 	replSrv   *replication.Server
 	replL     net.Listener
+	// recSvc is the replica side of recovery (v2bridge), routed on the
+	// replication listener; slots keeps at most one recovery attempt per
+	// copy this server recovers as primary.
+	recSvc *v2bridge.Service
+	slots  *engine.Slots
 
 	hb hbState
 	// assignErrs is the last error of each volume's assignment, so a
@@ -144,6 +151,7 @@ func New(opts Options) (*Manager, error) {
 		endpoints:  ep,
 		assignErrs: make(map[string]string),
 		deleted:    make(map[string]uint64),
+		slots:      engine.NewSlots(),
 	}, nil
 }
 
@@ -463,6 +471,16 @@ func (m *Manager) Close() error {
 		} else if m.replL != nil {
 			m.replL.Close()
 		}
+		if m.recSvc != nil {
+			m.recSvc.Close()
+		}
+		// Recoveries end with the context; their attempts are cancelled
+		// so that none waits for a slow replica.
+		m.opMu.Lock()
+		for _, v := range m.snapshot() {
+			m.stopRecoveriesLocked(v, 0, "server closing")
+		}
+		m.opMu.Unlock()
 		m.wg.Wait()
 		// Mutations in progress finish before the volumes go away.
 		m.opMu.Lock()

@@ -36,6 +36,14 @@ type metrics struct {
 	heartbeats  prometheus.Counter
 	hbErrors    prometheus.Counter
 	leaseGrants prometheus.Counter
+
+	// Recoveries this server ran as primary (label kind: the plan kind;
+	// outcome: in-sync, needs-rebuild, aborted).
+	recStarted  *prometheus.CounterVec
+	recFinished *prometheus.CounterVec
+	recBytes    *prometheus.CounterVec
+	recActive   prometheus.Gauge
+	recDuration *prometheus.HistogramVec
 }
 
 func newMetrics() *metrics {
@@ -69,6 +77,27 @@ func newMetrics() *metrics {
 			Name: metricPrefix + "server_lease_grants_total",
 			Help: "Heartbeat responses that granted or renewed a lease.",
 		}),
+		recStarted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: metricPrefix + "recoveries_started_total",
+			Help: "Recovery attempts this server started as primary, by plan kind (zero-gap, catch-up, truncate, rebuild).",
+		}, []string{"kind"}),
+		recFinished: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: metricPrefix + "recoveries_finished_total",
+			Help: "Recovery attempts finished, by plan kind and outcome (in-sync, needs-rebuild, aborted).",
+		}, []string{"kind", "outcome"}),
+		recBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: metricPrefix + "recovery_bytes_total",
+			Help: "Bytes sent to recovering copies (WAL records and base images), by plan kind.",
+		}, []string{"kind"}),
+		recActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: metricPrefix + "recoveries_active",
+			Help: "Recovery attempts running now.",
+		}),
+		recDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    metricPrefix + "recovery_duration_seconds",
+			Help:    "Duration of recovery attempts, by plan kind.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 3, 12), // 10 ms .. ~30 min
+		}, []string{"kind"}),
 	}
 }
 
@@ -116,6 +145,7 @@ type meteredDevice struct {
 	*blockvol.Volume
 	repl      atomic.Pointer[replication.Volume]
 	notMember atomic.Bool // reads fail with ErrNotMember
+	untrusted atomic.Bool // reads fail with ErrUntrusted
 	// wantRepl: writes must go through repl (a primary with members);
 	// until it is installed they are refused as if fenced.
 	wantRepl                       atomic.Bool
@@ -158,9 +188,12 @@ func (mt *metrics) device(name string, vol *blockvol.Volume) *meteredDevice {
 func (d *meteredDevice) ReadAt(p []byte, off int64) error {
 	start := time.Now()
 	var err error
-	if d.notMember.Load() {
+	switch {
+	case d.untrusted.Load():
+		err = fmt.Errorf("read %d@%d: %w", len(p), off, ErrUntrusted)
+	case d.notMember.Load():
 		err = fmt.Errorf("read %d@%d: %w", len(p), off, ErrNotMember)
-	} else {
+	default:
 		err = d.Volume.ReadAt(p, off)
 	}
 	d.read.done(start, int64(len(p)), err)
@@ -286,6 +319,7 @@ func (m *Manager) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		m.metrics.ops, m.metrics.bytes, m.metrics.errs, m.metrics.latency,
 		m.metrics.heartbeats, m.metrics.hbErrors, m.metrics.leaseGrants,
+		m.metrics.recStarted, m.metrics.recFinished, m.metrics.recBytes, m.metrics.recActive, m.metrics.recDuration,
 		&stateCollector{m: m},
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/weedblock/weedblock/blockvol"
 	"github.com/weedblock/weedblock/replication"
+	"github.com/weedblock/weedblock/v2bridge"
 	"github.com/weedblock/weedblock/weed/pb/blockpb"
 )
 
@@ -19,6 +20,10 @@ import (
 // current epoch (NBD EIO, SCSI unrecovered read error). Such a copy may
 // hold writes the current primary never had.
 var ErrNotMember = errors.New("blockvolume: this copy is not a member of the volume's current epoch")
+
+// ErrUntrusted: a read from a copy being rebuilt (or created empty to be
+// rebuilt): its data is not trusted until the rebuild commits.
+var ErrUntrusted = errors.New("blockvolume: this copy is being rebuilt and serves no data")
 
 // masterCallTimeout bounds one membership RPC to the master.
 const masterCallTimeout = 5 * time.Second
@@ -31,7 +36,6 @@ type catchUp struct {
 	serverID  string
 	p         *replication.Primary
 	reporting atomic.Bool // a ReportCaughtUp call is in flight
-	rebuild   bool        // needs-rebuild already logged (opMu)
 }
 
 // listenRepl opens the replication listener and its Server. Called from
@@ -52,6 +56,12 @@ func (m *Manager) listenRepl() error {
 		m.endpoints.ReplAddress = m.advertised(l)
 	}
 	m.replSrv = replication.NewServer()
+	// Recovery (v2bridge) shares the port: its connections start with
+	// v2bridge.Preface.
+	m.recSvc = v2bridge.NewService()
+	if err := m.replSrv.Route(v2bridge.Preface, m.recSvc); err != nil {
+		return fmt.Errorf("blockvolume: route recovery on the replication listener: %w", err)
+	}
 	return nil
 }
 
@@ -117,6 +127,7 @@ func (m *Manager) beforeConfigLocked(v *volume, cfg *blockpb.EpochConfig) {
 	role := roleIn(cfg, m.serverID)
 	if role == blockpb.Role_ROLE_PRIMARY {
 		m.unregisterLocked(v)
+		m.unregisterRecoveryLocked(v)
 		if len(replMembers(cfg, m.serverID)) > 0 {
 			// Writes wait for the Primary syncReplLocked starts.
 			v.dev.wantRepl.Store(true)
@@ -145,10 +156,13 @@ func (m *Manager) syncReplLocked(v *volume) {
 			len(replMembers(cfg, m.serverID)) > 0 && v.primary() == nil)
 	}()
 	// A copy outside its epoch's members may hold records the primary
-	// never had (a returning old primary): it serves no reads.
+	// never had (a returning old primary): it serves no reads. Nor does
+	// one being rebuilt.
 	v.dev.notMember.Store(role == blockpb.Role_ROLE_NONE && cfg != nil && cfg.GetEpoch() == st.Epoch)
-	if role == blockpb.Role_ROLE_PRIMARY && v.confirmed == st.Epoch {
+	v.dev.untrusted.Store(st.Untrusted)
+	if role == blockpb.Role_ROLE_PRIMARY && v.confirmed == st.Epoch && !st.Untrusted {
 		m.unregisterLocked(v)
+		m.unregisterRecoveryLocked(v)
 		members := replMembers(cfg, m.serverID)
 		m.noteShippedLocked(v)
 		if len(members)+1 < int(v.rf) {
@@ -161,6 +175,7 @@ func (m *Manager) syncReplLocked(v *volume) {
 			if len(members)+1 >= int(v.rf) && streaming(v.primary(), len(members)) {
 				m.rejoinHoldLocked(v, false)
 				m.closeCatchUpsLocked(v, st.Epoch)
+				m.stopRecoveriesLocked(v, st.Epoch, "the volume is whole")
 			}
 		}()
 		mode := durabilityMode(cfg.GetDurability())
@@ -215,8 +230,15 @@ func (m *Manager) syncReplLocked(v *volume) {
 	}
 	m.stopPrimaryLocked(v)
 	m.closeCatchUpsLocked(v, 0)
+	m.stopRecoveriesLocked(v, 0, "no longer the confirmed primary")
 	m.rejoinHoldLocked(v, false)
-	if m.replSrv == nil || !st.Healthy || cfg == nil {
+	// Every copy that is not the confirmed primary can be recovered by
+	// the primary of its epoch (v2bridge on the replication listener).
+	m.registerRecoveryLocked(v, st.Healthy)
+	if m.replSrv == nil || !st.Healthy || cfg == nil || st.Untrusted {
+		// An untrusted copy (a rebuild not finished, or a lost copy
+		// created empty) follows nothing and is never unfenced here:
+		// only its rebuild (v2bridge) moves it.
 		m.unregisterLocked(v)
 		return
 	}
@@ -263,6 +285,33 @@ func streaming(p *replication.Primary, n int) bool {
 	return k == n
 }
 
+// registerRecoveryLocked serves v's recovery (the replica side of
+// v2bridge) while healthy; unhealthy, it is unregistered.
+func (m *Manager) registerRecoveryLocked(v *volume, healthy bool) {
+	if m.recSvc == nil {
+		return
+	}
+	if !healthy {
+		m.unregisterRecoveryLocked(v)
+		return
+	}
+	if v.recoverable {
+		return
+	}
+	if err := m.recSvc.Register(v.name, v.vol); err != nil {
+		glog.Errorf("blockvolume: %s: register for recovery: %v", v.name, err)
+		return
+	}
+	v.recoverable = true
+}
+
+func (m *Manager) unregisterRecoveryLocked(v *volume) {
+	if v.recoverable && m.recSvc != nil {
+		m.recSvc.Unregister(v.name)
+	}
+	v.recoverable = false
+}
+
 func (m *Manager) unregisterLocked(v *volume) {
 	if v.registered && m.replSrv != nil {
 		m.replSrv.Unregister(v.name)
@@ -283,8 +332,10 @@ func (m *Manager) stopPrimaryLocked(v *volume) {
 // stopReplLocked ends everything replication does for v (delete, close).
 func (m *Manager) stopReplLocked(v *volume) {
 	m.unregisterLocked(v)
+	m.unregisterRecoveryLocked(v)
 	m.stopPrimaryLocked(v)
 	m.closeCatchUpsLocked(v, 0)
+	m.stopRecoveriesLocked(v, 0, "volume closed")
 	m.rejoinHoldLocked(v, false)
 }
 
@@ -332,11 +383,15 @@ func (m *Manager) closeCatchUpsLocked(v *volume, keep uint64) {
 	}
 }
 
-// applyCatchUpsLocked brings each listed non-member copy of a volume this
-// server is the confirmed primary of to the live stream, and reports it
-// caught up once its cursor is in sync. A copy that cannot be caught up
-// from the WAL is logged and reported (state needs-rebuild). Catch-ups no
-// longer listed stop.
+// applyCatchUpsLocked recovers each listed non-member copy of a volume
+// this server is the confirmed primary of: a recovery (recovery.go) plans
+// and runs a catch-up, truncation or rebuild through v2bridge; once it is
+// in sync the copy follows the live stream through an async Primary whose
+// only member it is, and is reported caught up once that cursor is in
+// sync. A live stream that finds the copy cannot be followed (behind the
+// WAL, diverged) sends it back to the recovery for a rebuild. A changed
+// repair_seq restarts the recovery (a rebuild when the target asks for
+// one). Recoveries and catch-ups no longer listed stop.
 func (m *Manager) applyCatchUpsLocked(targets []*blockpb.CatchUpTarget) {
 	want := map[string]map[string]*blockpb.CatchUpTarget{}
 	for _, t := range targets {
@@ -365,78 +420,122 @@ func (m *Manager) applyCatchUpsLocked(targets []*blockpb.CatchUpTarget) {
 				delete(v.catchUps, id)
 			}
 		}
+		var retire []*recovery
+		for id, rc := range v.recs {
+			if t, ok := ts[id]; !ok || t.GetEpoch() != rc.epoch || rc.epoch != st.Epoch || t.GetServer().GetReplAddress() != rc.addr {
+				retire = append(retire, rc)
+				delete(v.recs, id)
+			}
+		}
 		v.replMu.Unlock()
 		for _, cu := range stop {
 			cu.p.Close()
+		}
+		for _, rc := range retire {
+			m.retireRecovery(v, rc, "no longer a catch-up target at this epoch")
 		}
 		for id, t := range ts {
 			if t.GetEpoch() != st.Epoch {
 				continue
 			}
-			v.replMu.Lock()
-			cu := v.catchUps[id]
-			v.replMu.Unlock()
-			if cu == nil && !m.mayCatchUpLocked(v, id, t.GetServer().GetReplAddress(), st.Epoch) {
-				continue
-			}
-			if cu == nil {
-				p, err := replication.NewPrimary(v.vol, replication.PrimaryOptions{
-					Name:    v.name,
-					Mode:    replication.ModeAsync,
-					Epoch:   st.Epoch,
-					Members: []replication.Member{{ServerID: id, Addr: t.GetServer().GetReplAddress()}},
-					// Not a member: nothing to remove.
-					RemoveMember: func(string) error { return nil },
-					Takeover:     v.takeoverInfo(),
-				})
-				if err != nil {
-					glog.Errorf("blockvolume: %s: catch up %s: %v", v.name, id, err)
-					continue
-				}
-				cu = &catchUp{epoch: st.Epoch, serverID: id, p: p}
-				v.replMu.Lock()
-				if v.catchUps == nil {
-					v.catchUps = map[string]*catchUp{}
-				}
-				v.catchUps[id] = cu
-				v.replMu.Unlock()
-				glog.Infof("blockvolume: %s: catching up %s at epoch %d", v.name, id, st.Epoch)
-			}
-			rs := cu.p.Stats().Replicas
-			if len(rs) == 0 {
-				continue
-			}
-			switch rs[0].State {
-			case replication.StateCatchingUp, replication.StateLagging:
-				if v.takeover {
-					v.shipped[id] = true
-				}
-			case replication.StateNeedsRebuild:
-				if !cu.rebuild {
-					cu.rebuild = true
-					glog.Warningf("blockvolume: %s: %s cannot be caught up from the WAL and needs a rebuild: %s", v.name, id, rs[0].Err)
-				}
-			case replication.StateInSync:
-				if v.takeover {
-					v.shipped[id] = true
-				}
-				if cu.reporting.CompareAndSwap(false, true) {
-					m.reportCaughtUp(v.name, st.Epoch, cu)
-				}
-			}
+			m.recoverTargetLocked(v, id, t, st.Epoch)
 		}
 	}
 }
 
-// probeTimeout bounds the hello that reads a catch-up target's head.
-const probeTimeout = 2 * time.Second
+// recoverTargetLocked drives one catch-up target id of v at epoch (see
+// applyCatchUpsLocked). The caller holds opMu.
+func (m *Manager) recoverTargetLocked(v *volume, id string, t *blockpb.CatchUpTarget, epoch uint64) {
+	v.replMu.Lock()
+	rc, cu := v.recs[id], v.catchUps[id]
+	v.replMu.Unlock()
+	closeCU := func() {
+		v.replMu.Lock()
+		if v.catchUps[id] == cu {
+			delete(v.catchUps, id)
+		}
+		v.replMu.Unlock()
+		cu.p.Close()
+		cu = nil
+	}
+	switch {
+	case rc == nil:
+		rc = m.newRecoveryLocked(v, t, epoch)
+		v.replMu.Lock()
+		if v.recs == nil {
+			v.recs = map[string]*recovery{}
+		}
+		v.recs[id] = rc
+		v.replMu.Unlock()
+	case t.GetRepairSeq() != rc.seq():
+		glog.Infof("blockvolume: %s: repair %d of %s (rebuild %v): planning again", v.name, t.GetRepairSeq(), id, t.GetRebuild())
+		if cu != nil && cu.epoch == epoch {
+			closeCU()
+		}
+		rc.repair(t.GetRepairSeq(), t.GetRebuild())
+	default:
+		rc.setForced(t.GetRebuild())
+	}
+	if !rc.following() {
+		if cu != nil && cu.epoch == epoch {
+			closeCU()
+		}
+		return
+	}
+	if cu == nil {
+		// The recovery brought the copy to this primary's history: what
+		// it holds beyond the takeover head is ours.
+		if v.takeover {
+			v.shipped[id] = true
+		}
+		p, err := replication.NewPrimary(v.vol, replication.PrimaryOptions{
+			Name:    v.name,
+			Mode:    replication.ModeAsync,
+			Epoch:   epoch,
+			Members: []replication.Member{{ServerID: id, Addr: t.GetServer().GetReplAddress()}},
+			// Not a member: nothing to remove.
+			RemoveMember: func(string) error { return nil },
+			Takeover:     v.takeoverInfo(),
+		})
+		if err != nil {
+			glog.Errorf("blockvolume: %s: follow %s: %v", v.name, id, err)
+			return
+		}
+		cu = &catchUp{epoch: epoch, serverID: id, p: p}
+		v.replMu.Lock()
+		if v.catchUps == nil {
+			v.catchUps = map[string]*catchUp{}
+		}
+		v.catchUps[id] = cu
+		v.replMu.Unlock()
+		glog.Infof("blockvolume: %s: %s follows the live stream at epoch %d", v.name, id, epoch)
+	}
+	rs := cu.p.Stats().Replicas
+	if len(rs) == 0 {
+		return
+	}
+	switch rs[0].State {
+	case replication.StateCatchingUp, replication.StateLagging:
+		rc.releaseHandoff() // the cursor holds the WAL it needs now
+	case replication.StateNeedsRebuild:
+		why := rs[0].Err
+		glog.Warningf("blockvolume: %s: the live stream cannot follow %s (%s): rebuilding it", v.name, id, why)
+		closeCU()
+		rc.needsRebuild(why)
+	case replication.StateInSync:
+		rc.releaseHandoff()
+		if cu.reporting.CompareAndSwap(false, true) {
+			m.reportCaughtUp(v.name, epoch, cu)
+		}
+	}
+}
 
 // noteTakeoverLocked runs before an assignment moves v to cfg: when it
 // makes this server primary of a volume it was not primary of, the head
 // now is the end of the history it shares with the copies that left (the
 // old primary wrote nothing here after it). A returning copy whose head is
 // beyond it, and to which this primary never shipped, holds records this
-// primary never had: it diverged and is never caught up (only rebuilt).
+// primary never had: it diverged and is rebuilt (never caught up as is).
 func (m *Manager) noteTakeoverLocked(v *volume, cfg *blockpb.EpochConfig) {
 	st := v.vol.Status()
 	if roleIn(cfg, m.serverID) != blockpb.Role_ROLE_PRIMARY {
@@ -451,9 +550,6 @@ func (m *Manager) noteTakeoverLocked(v *volume, cfg *blockpb.EpochConfig) {
 	}
 	v.takeover, v.takeoverHead = true, st.Head
 	v.shipped = map[string]bool{}
-	v.replMu.Lock()
-	v.diverged = map[string]string{}
-	v.replMu.Unlock()
 	glog.Infof("blockvolume: %s: taking over as primary at epoch %d with head %d", v.name, cfg.GetEpoch(), st.Head)
 }
 
@@ -487,44 +583,6 @@ func (m *Manager) noteShippedLocked(v *volume) {
 			v.shipped[rs.ServerID] = true
 		}
 	}
-}
-
-// mayCatchUpLocked says whether the copy on server id (replication
-// address addr) may be caught up: after a takeover, one this primary never
-// shipped to must not hold records beyond the takeover head (read with a
-// hello at epoch). A diverged copy is remembered and reported as needing a
-// rebuild; one that does not answer yet is tried again later.
-func (m *Manager) mayCatchUpLocked(v *volume, id, addr string, epoch uint64) bool {
-	if !v.takeover || v.shipped[id] {
-		return true
-	}
-	v.replMu.Lock()
-	_, bad := v.diverged[id]
-	v.replMu.Unlock()
-	if bad {
-		return false
-	}
-	ctx, cancel := context.WithTimeout(m.ctx, probeTimeout)
-	defer cancel()
-	cn, err := replication.Dial(ctx, addr, v.name, epoch, replication.DialOptions{HelloTimeout: probeTimeout})
-	if err != nil {
-		glog.V(1).Infof("blockvolume: %s: probe %s before catching it up: %v", v.name, id, err)
-		return false
-	}
-	head := cn.ReplicaHead()
-	cn.Close()
-	if head <= v.takeoverHead {
-		// From now on this primary ships to it: records beyond the
-		// takeover head there are ours.
-		v.shipped[id] = true
-		return true
-	}
-	why := fmt.Sprintf("holds records up to lsn %d, beyond %d where this primary took over: diverged, needs a rebuild", head, v.takeoverHead)
-	v.replMu.Lock()
-	v.diverged[id] = why
-	v.replMu.Unlock()
-	glog.Warningf("blockvolume: %s: %s %s", v.name, id, why)
-	return false
 }
 
 // reportCaughtUp calls ReportCaughtUp in the background (m.wg); on failure
@@ -619,11 +677,6 @@ func (v *volume) replicaStates() []*blockpb.ReplicaState {
 	for _, cu := range cus {
 		rss = append(rss, cu.p.Stats().Replicas...)
 	}
-	v.replMu.Lock()
-	for id := range v.diverged {
-		rss = append(rss, replication.ReplicaStats{ServerID: id, State: replication.StateNeedsRebuild})
-	}
-	v.replMu.Unlock()
 	var out []*blockpb.ReplicaState
 	for _, rs := range rss {
 		if rs.State == replication.StateRemoved {

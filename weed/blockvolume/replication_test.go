@@ -5,6 +5,7 @@ import (
 	"context"
 	"net"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -330,12 +331,12 @@ func TestLostReplicaIsRemovedWithRealMaster(t *testing.T) {
 	bc.nc.Close()
 }
 
-// TestDivergedOldPrimaryNeverServes: the old primary comes back holding
+// TestDivergedOldPrimaryIsRebuilt: the old primary comes back holding
 // records the new primary never had (written after its last shipped
-// record): it stays outside the epoch — writes EPERM, reads EIO — the new
-// primary reports it as needing a rebuild, and the master does not re-add
-// it.
-func TestDivergedOldPrimaryNeverServes(t *testing.T) {
+// record): it never serves them — writes EPERM, and it is not re-added as
+// it is — the new primary rebuilds it, and only then is it caught up and
+// re-added, holding exactly the new primary's data.
+func TestDivergedOldPrimaryIsRebuilt(t *testing.T) {
 	t.Run("head beyond the new primary's", func(t *testing.T) { testDiverged(t, 16, 0) })
 	// The old primary's extra records have LSNs the new primary reused for
 	// its own writes: only the head where it took over tells them apart.
@@ -393,27 +394,32 @@ func testDiverged(t *testing.T, ghosts, later int) {
 
 	old := startNamedVolumeServer(t, prim.id, "r1", prim.dir, prim.mAddr)
 	oc := dialNBD(t, old.m.Endpoints().GetNbdAddress(), "dv")
-	eventually(t, 15*time.Second, "new primary reports the old one as needing a rebuild", func() bool {
-		for _, rs := range repl.m.lookup("dv").replicaStates() {
-			if rs.GetServerId() == prim.id && rs.GetState() == "needs-rebuild" {
-				return true
-			}
-		}
-		return false
-	})
 	if e := oc.write(0, pat); e != nbdEPERM {
 		t.Fatalf("write to the diverged old primary: errno %d, want EPERM", e)
 	}
-	if e, _ := oc.read(4096, 4096); e != nbdEIO {
-		t.Fatalf("read from the diverged old primary: errno %d, want EIO", e)
+	eventually(t, 20*time.Second, "the old primary rebuilt, caught up and re-added", func() bool {
+		in := lookupInfo(t, client, "dv")
+		return in != nil && in.GetConfig().GetPrimaryServerId() == repl.id && isMember(in.GetConfig(), prim.id)
+	})
+	var rec *blockpb.RecoveryProgress
+	for _, r := range repl.m.lookup("dv").recoveryReports() {
+		if r.GetServerId() == prim.id {
+			rec = r
+		}
 	}
-	time.Sleep(300 * time.Millisecond) // several pulses
-	if in := lookupInfo(t, client, "dv"); isMember(in.GetConfig(), prim.id) {
-		t.Fatalf("the master re-added a diverged copy: %v", in.GetConfig())
+	if rec == nil || rec.GetRebuilds() < 1 || !strings.Contains(rec.GetPlan(), "diverged") {
+		t.Fatalf("recovery of the diverged copy: %v", rec)
+	}
+	if e := oc.write(0, pat); e != nbdEPERM {
+		t.Fatalf("write to the re-added replica: errno %d, want EPERM", e)
 	}
 	if e, data := nc.read(4096, 4096); e != 0 || bytes.Equal(data, ghost) {
 		t.Fatalf("new primary read: errno %d, ghost data %v", e, bytes.Equal(data, ghost))
 	}
+	// The rebuilt copy holds exactly the primary's data: no ghost left.
+	eventually(t, 10*time.Second, "rebuilt copy equals the primary", func() bool {
+		return bytes.Equal(old.readLocal(t, "dv", 0, 4<<20), repl.readLocal(t, "dv", 0, 4<<20))
+	})
 	oc.nc.Close()
 	nc.nc.Close()
 }

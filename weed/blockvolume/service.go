@@ -47,7 +47,11 @@ func (s *service) AllocateVolume(ctx context.Context, req *blockpb.AllocateVolum
 	if err := m.checkOpen(); err != nil {
 		return nil, err
 	}
-	rep, err := m.allocateLocked(req.GetSpec(), req.GetConfig())
+	mode := allocMember
+	if req.GetRecoveryCopy() {
+		mode = allocRecoveryCopy
+	}
+	rep, err := m.allocateLocked(req.GetSpec(), req.GetConfig(), mode)
 	if err != nil {
 		return nil, err
 	}
@@ -97,8 +101,26 @@ func specGeometry(spec *blockpb.VolumeSpec) (geometry, error) {
 	return g, nil
 }
 
+// allocMode says what kind of copy allocateLocked creates.
+type allocMode int
+
+const (
+	// allocMember: AllocateVolume of a member of cfg; a trusted, empty
+	// (all zero) copy of a new volume.
+	allocMember allocMode = iota
+	// allocLost: an assignment names this server a member of a volume it
+	// does not have (its file was lost): the copy is created durably
+	// untrusted, stays fenced and waits for a rebuild. An assignment
+	// never creates a trusted copy.
+	allocLost
+	// allocRecoveryCopy: AllocateVolume with recovery_copy: like
+	// allocLost, for a server that need not be a member of cfg; an
+	// existing copy is left as it is.
+	allocRecoveryCopy
+)
+
 // allocateLocked is AllocateVolume under opMu; errors are gRPC statuses.
-func (m *Manager) allocateLocked(spec *blockpb.VolumeSpec, cfg *blockpb.EpochConfig) (*blockpb.VolumeReport, error) {
+func (m *Manager) allocateLocked(spec *blockpb.VolumeSpec, cfg *blockpb.EpochConfig, mode allocMode) (*blockpb.VolumeReport, error) {
 	if spec == nil || cfg == nil {
 		return nil, status.Error(codes.InvalidArgument, "allocate: spec and config are required")
 	}
@@ -110,7 +132,7 @@ func (m *Manager) allocateLocked(spec *blockpb.VolumeSpec, cfg *blockpb.EpochCon
 	if cfg.GetEpoch() == 0 {
 		return nil, status.Errorf(codes.InvalidArgument, "allocate %s: config epoch must be at least 1", name)
 	}
-	if roleIn(cfg, m.serverID) == blockpb.Role_ROLE_NONE {
+	if mode != allocRecoveryCopy && roleIn(cfg, m.serverID) == blockpb.Role_ROLE_NONE {
 		return nil, status.Errorf(codes.FailedPrecondition, "allocate %s: server %q is not a member of epoch %d", name, m.serverID, cfg.GetEpoch())
 	}
 	if v := m.lookup(name); v != nil {
@@ -119,6 +141,9 @@ func (m *Manager) allocateLocked(spec *blockpb.VolumeSpec, cfg *blockpb.EpochCon
 			return nil, status.Errorf(codes.AlreadyExists,
 				"allocate %s: a volume of that name exists with another geometry (size %d, block %d, WAL %d; asked size %d, block %d, WAL %d)",
 				name, st.Size, st.BlockSize, st.WALSize, g.size, g.blockSize, g.walSize)
+		}
+		if mode == allocRecoveryCopy {
+			return v.report(m.serverID, m.sessions(name)), nil // left as it is
 		}
 		if cfg.GetEpoch() < st.Epoch {
 			return nil, status.Errorf(codes.FailedPrecondition, "allocate %s: epoch %d is older than the volume's epoch %d", name, cfg.GetEpoch(), st.Epoch)
@@ -146,10 +171,19 @@ func (m *Manager) allocateLocked(spec *blockpb.VolumeSpec, cfg *blockpb.EpochCon
 		os.Remove(path)
 		return status.Errorf(codes.Internal, "allocate %s: %v", name, err)
 	}
+	untrusted := mode != allocMember
+	if untrusted {
+		// Durably untrusted before anything else sees the copy: it holds
+		// no data of the volume until a rebuild commits.
+		if err := vol.SetUntrusted(true); err != nil {
+			return nil, undo(err)
+		}
+	}
 	if err := vol.FenceEpoch(cfg.GetEpoch()); err != nil {
 		return nil, undo(err)
 	}
 	v := newVolume(name, vol, m.metrics)
+	v.dev.untrusted.Store(untrusted)
 	if err := v.setConfig(cfg); err != nil {
 		m.metrics.forget(name)
 		return nil, undo(err)
@@ -158,7 +192,11 @@ func (m *Manager) allocateLocked(spec *blockpb.VolumeSpec, cfg *blockpb.EpochCon
 		m.metrics.forget(name)
 		return nil, undo(err)
 	}
-	glog.Infof("blockvolume: allocated %s (%d bytes, %d-byte blocks, WAL %d) in epoch %d, fenced", path, g.size, g.blockSize, g.walSize, cfg.GetEpoch())
+	if untrusted {
+		glog.Warningf("blockvolume: created %s empty and untrusted in epoch %d (a lost copy): fenced until the primary rebuilds it", path, cfg.GetEpoch())
+	} else {
+		glog.Infof("blockvolume: allocated %s (%d bytes, %d-byte blocks, WAL %d) in epoch %d, fenced", path, g.size, g.blockSize, g.walSize, cfg.GetEpoch())
+	}
 	return m.lookup(name).report(m.serverID, 0), nil
 }
 

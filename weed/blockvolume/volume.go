@@ -44,13 +44,17 @@ type volume struct {
 	takeoverHead uint64
 	shipped      map[string]bool
 
-	// replMu guards prim and catchUps for readers (reports); changes
-	// also hold Manager.opMu.
+	// recoverable: registered with the recovery Service (opMu).
+	recoverable bool
+
+	// replMu guards prim, catchUps and the recoveries for readers
+	// (reports); changes also hold Manager.opMu.
 	replMu   sync.Mutex
 	prim     *replication.Primary
 	primMode replication.Mode // prim's mode (opMu)
 	catchUps map[string]*catchUp
-	diverged map[string]string // server id → why it needs a rebuild
+	recs     map[string]*recovery        // live recoveries by server id
+	recLast  map[string]recoveryProgress // finished ones, for reports
 }
 
 func newVolume(name string, vol *blockvol.Volume, mt *metrics) *volume {
@@ -167,6 +171,11 @@ func (v *volume) report(serverID string, sessions int) *blockpb.VolumeReport {
 		r.HealthMessage = st.Err.Error()
 	}
 	r.Replicas = v.replicaStates()
+	r.Recoveries = v.recoveryReports()
+	if st.Untrusted {
+		// This copy is being (or waits to be) rebuilt.
+		r.Recovery = &blockpb.RecoveryProgress{Phase: phaseRebuild, ServerId: serverID}
+	}
 	if !r.Fenced {
 		if st.LeaseUntil.IsZero() {
 			r.LeaseRemainingMs = math.MaxInt64 // no expiry (not granted by a master)
