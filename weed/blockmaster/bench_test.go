@@ -30,6 +30,7 @@ func BenchmarkApplyHeartbeat(b *testing.B) {
 				id := fmt.Sprintf("s%03d", i%nserv)
 				rec.config.PrimaryServerId = id
 				rec.config.Members[0].Server.ServerId = id
+				rec.addHomes(rec.config)
 				m.reg.volumes[rec.spec.Name] = rec
 				m.reg.indexAdd(rec)
 			}
