@@ -82,6 +82,9 @@ type SnapshotInfo struct {
 	Epoch      uint64
 	Created    time.Time
 	Seq        uint64 // manifest sequence number: changes with every replacement
+	// Retained: the WAL still holds every record after LSN (the snapshot's
+	// own hold keeps them, within half the WAL) — see BaseFor.
+	Retained bool
 	// Trusted: the manifest is valid and fits the volume, and the image has
 	// not failed verification. OpenSnapshot re-verifies the image.
 	Trusted bool
@@ -173,12 +176,25 @@ type snapshots struct {
 	curSlot  int      // its slot; -1 when neither slot is valid
 	corrupt  error    // no slot is valid although one was written
 	bad      error    // the current image failed verification
-	failed   error    // a manifest write failed: no more snapshot changes
-	files    [2]File  // open image handles, shared by readers
-	readers  [2]int
+	// failed: a manifest write failed, no more snapshot changes. Guarded
+	// by failMu alone (it is set under flushMu).
+	failMu  sync.Mutex
+	failed  error
+	files   [2]File // open image handles, shared by readers
+	readers [2]int
+	// hold keeps the WAL after the snapshot's LSN, so that it stays a
+	// rebuild base; revoked (like any hold) over its budget or when it
+	// blocks writers. nil when none could be taken.
+	hold *Hold
 
 	paused   bool // guarded by Volume.mu: the flusher makes no round
 	copyHook func(off int64)
+}
+
+func (s *snapshots) failedErr() error {
+	s.failMu.Lock()
+	defer s.failMu.Unlock()
+	return s.failed
 }
 
 func (v *Volume) manifestPath() string   { return v.path + ".snap" }
@@ -226,7 +242,18 @@ func (v *Volume) loadSnapLocked() {
 	if s.curSlot < 0 && written {
 		s.corrupt = fmt.Errorf("manifest %s: slot A: %v; slot B: %v", v.manifestPath(), errs[0], errs[1])
 	}
+	if s.cur.present && s.hold == nil {
+		// Keep the WAL after the snapshot if it still holds it (after a
+		// restart it usually does not: the snapshot is then no base until
+		// a new one is taken).
+		if h, err := v.Hold(s.cur.lsn+1, v.snapHoldBudget()); err == nil {
+			s.hold = h
+		}
+	}
 }
+
+// snapHoldBudget is the WAL a snapshot's hold may keep: half the WAL.
+func (v *Volume) snapHoldBudget() int64 { return v.walSize / 2 }
 
 // infoLocked describes the current snapshot; ok is false when there is none
 // (and no corrupt manifest either).
@@ -246,6 +273,7 @@ func (v *Volume) infoLocked() (SnapshotInfo, bool) {
 	}
 	v.mu.Lock()
 	cp, gen, epoch := v.checkpoint, v.gen, v.epoch
+	info.Retained = v.tailLSN <= m.lsn+1
 	v.mu.Unlock()
 	v.sbMu.Lock()
 	untrusted := v.sb.untrusted
@@ -254,8 +282,8 @@ func (v *Volume) infoLocked() (SnapshotInfo, bool) {
 	switch {
 	case s.bad != nil:
 		why = s.bad
-	case s.failed != nil:
-		why = fmt.Errorf("a manifest write failed: %w", s.failed)
+	case s.failedErr() != nil:
+		why = fmt.Errorf("a manifest write failed: %w", s.failedErr())
 	case int64(m.size) != v.size || int(m.blockSize) != v.bs:
 		why = fmt.Errorf("image of %d bytes in %d-byte blocks for a volume of %d bytes in %d-byte blocks", m.size, m.blockSize, v.size, v.bs)
 	case m.lsn > cp:
@@ -313,7 +341,7 @@ func (v *Volume) CreateSnapshot() (SnapshotInfo, error) {
 	defer s.createMu.Unlock()
 	s.mu.Lock()
 	v.loadSnapLocked()
-	failed := s.failed
+	failed := s.failedErr()
 	target := 0
 	if s.cur.present && s.corrupt == nil {
 		target = 1 - int(s.cur.image)
@@ -368,6 +396,18 @@ func (v *Volume) CreateSnapshot() (SnapshotInfo, error) {
 	if rebuilding || vfailed != nil {
 		return SnapshotInfo{}, fmt.Errorf("%s: create snapshot: volume is being rebuilt or failed: %w", v.path, ErrSnapshotAborted)
 	}
+	// Hold the WAL after L (the paused flusher keeps the tail ≤ L+1), so
+	// the new snapshot is a rebuild base from the moment it exists.
+	hold, err := v.Hold(m.lsn+1, v.snapHoldBudget())
+	if err != nil {
+		return SnapshotInfo{}, fmt.Errorf("%s: create snapshot: hold the WAL after %d: %w: %w", v.path, m.lsn, ErrSnapshotAborted, err)
+	}
+	kept := false
+	defer func() {
+		if !kept {
+			hold.Release()
+		}
+	}()
 
 	sum, err := v.writeImage(target)
 	if err != nil {
@@ -375,25 +415,38 @@ func (v *Volume) CreateSnapshot() (SnapshotInfo, error) {
 	}
 	m.sum = sum
 
-	// Commit under flushMu: a log reset (TruncateWAL, BeginRebuild,
-	// InstallBase) cannot slip between the check and the manifest.
+	if err := v.commitManifest(&m, nextSlot); err != nil {
+		return SnapshotInfo{}, err
+	}
+	kept = true
+	s.mu.Lock()
+	old := s.hold
+	s.cur, s.curSlot, s.corrupt, s.bad, s.hold = m, nextSlot, nil, nil, hold
+	info, _ := v.infoLocked()
+	s.mu.Unlock()
+	if old != nil {
+		old.Release()
+	}
+	glog.V(1).Infof("blockvol %s: base snapshot at %d (slot %d, seq %d)", v.path, m.lsn, target, m.seq)
+	return info, nil
+}
+
+// commitManifest writes the manifest of a new snapshot under flushMu, so
+// that a log reset (TruncateWAL, BeginRebuild, InstallBase) cannot slip
+// between the generation check and the manifest.
+func (v *Volume) commitManifest(m *manifest, slot int) error {
 	v.flushMu.Lock()
 	defer v.flushMu.Unlock()
 	v.mu.Lock()
 	gen := v.gen
 	v.mu.Unlock()
 	if gen != m.generation {
-		return SnapshotInfo{}, fmt.Errorf("%s: create snapshot at %d: the log was reset meanwhile (generation %d → %d): %w", v.path, m.lsn, m.generation, gen, ErrSnapshotAborted)
+		return fmt.Errorf("%s: create snapshot at %d: the log was reset meanwhile (generation %d → %d): %w", v.path, m.lsn, m.generation, gen, ErrSnapshotAborted)
 	}
-	if err := v.writeManifest(&m, nextSlot); err != nil {
-		return SnapshotInfo{}, fmt.Errorf("%s: create snapshot at %d: %w", v.path, m.lsn, err)
+	if err := v.writeManifest(m, slot); err != nil {
+		return fmt.Errorf("%s: create snapshot at %d: %w", v.path, m.lsn, err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.cur, s.curSlot, s.corrupt, s.bad = m, nextSlot, nil, nil
-	info, _ := v.infoLocked()
-	glog.V(1).Infof("blockvol %s: base snapshot at %d (slot %d, seq %d)", v.path, m.lsn, target, m.seq)
-	return info, nil
+	return nil
 }
 
 // writeManifest writes m into manifest slot and fsyncs. A failure is final
@@ -411,9 +464,9 @@ func (v *Volume) writeManifest(m *manifest, slot int) error {
 	buf := make([]byte, snapSlotSize)
 	m.encode(buf)
 	fail := func(err error) error {
-		s.mu.Lock()
+		s.failMu.Lock()
 		s.failed = err
-		s.mu.Unlock()
+		s.failMu.Unlock()
 		glog.Errorf("blockvol %s: snapshot manifest write failed, snapshots are untrusted until reopen: %v", v.path, err)
 		return err
 	}
@@ -579,7 +632,7 @@ func (v *Volume) DeleteSnapshot() error {
 	defer s.createMu.Unlock()
 	s.mu.Lock()
 	v.loadSnapLocked()
-	cur, curSlot, corrupt, failed := s.cur, s.curSlot, s.corrupt, s.failed
+	cur, curSlot, corrupt, failed := s.cur, s.curSlot, s.corrupt, s.failedErr()
 	s.mu.Unlock()
 	if failed != nil {
 		return fmt.Errorf("%s: delete snapshot: an earlier manifest write failed: %w", v.path, failed)
@@ -600,6 +653,10 @@ func (v *Volume) DeleteSnapshot() error {
 	}
 	s.mu.Lock()
 	s.cur, s.curSlot, s.corrupt, s.bad = m, slot, nil, nil
+	if s.hold != nil {
+		s.hold.Release()
+		s.hold = nil
+	}
 	var free []int
 	for i := 0; i < 2; i++ {
 		if s.readers[i] == 0 {

@@ -676,3 +676,64 @@ func crashSnapshotSweep(t *testing.T, withOld bool) {
 		t.Fatalf("sweep saw new=%v old=%v", sawNew, sawOld)
 	}
 }
+
+// TestSnapshotHoldsWAL: a snapshot keeps the WAL after its LSN (it stays a
+// rebuild base while the flusher runs), within half the WAL; past that its
+// hold is revoked and it is no base any more (still trusted), until a new
+// snapshot is taken.
+func TestSnapshotHoldsWAL(t *testing.T) {
+	const size = 4 << 20
+	v, _ := newSnapVolume(t, size, 256<<10, false)
+	m := &lsnModel{size: size}
+	rng := rand.New(rand.NewPCG(15, 16))
+	for i := 0; i < 20; i++ {
+		m.write(t, v, rng)
+	}
+	info, err := v.CreateSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.Retained || v.Status().Holds != 1 {
+		t.Fatalf("new snapshot %+v, %d holds", info, v.Status().Holds)
+	}
+	p := make([]byte, 4*snapBS)
+	for i := 0; i < 4; i++ { // 64 KiB: within the 128 KiB budget
+		if err := v.WriteAt(p, int64(i)*int64(len(p)), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := v.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	st := v.Status()
+	if b, ok := v.SnapshotBase(); !ok || st.Tail > info.LSN+1 || st.Checkpoint <= info.LSN {
+		t.Fatalf("after a checkpoint: base %+v (ok %v), status %+v", b, ok, st)
+	}
+	for i := 0; i < 40; i++ { // 640 KiB: beyond the budget
+		if err := v.WriteAt(p, int64(i%16)*int64(len(p)), false); err != nil {
+			t.Fatal(err)
+		}
+		if err := v.Checkpoint(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, ok := v.Snapshot()
+	if !ok || !got.Trusted || got.Retained || v.Status().Tail <= info.LSN+1 {
+		t.Fatalf("after the budget: %+v (ok %v), tail %d", got, ok, v.Status().Tail)
+	}
+	if _, ok := v.SnapshotBase(); ok {
+		t.Fatal("a snapshot whose WAL tail is gone offered as a base")
+	}
+	if _, err := v.CreateSnapshot(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := v.SnapshotBase(); !ok {
+		t.Fatal("a new snapshot is no base")
+	}
+	if err := v.DeleteSnapshot(); err != nil {
+		t.Fatal(err)
+	}
+	if h := v.Status().Holds; h != 0 {
+		t.Fatalf("%d holds after delete", h)
+	}
+}

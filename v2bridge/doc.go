@@ -53,8 +53,17 @@
 // catch-up and the replay; steady-state appends from package replication
 // to that volume fail meanwhile (the primary's cursor retries).
 //
-// Snapshot rebuilds (engine.Snapshot) are not possible yet: blockvol has no
-// snapshots, so PinBase returns executor.ErrBaseUnavailable for them.
+// Snapshot rebuilds (engine.Snapshot, snapshot.go): View reports the
+// primary volume's blockvol base snapshot (LSN, trusted) as the view's Base;
+// PinBase opens exactly the snapshot at the plan's BaseLSN, verifying its
+// image against the manifest's SHA-256, and fails closed with
+// ErrSnapshotDrifted (replaced or deleted since planning) or
+// ErrSnapshotUntrusted, both wrapping executor.ErrBaseUnavailable (the
+// executor escalates). TransferBase then reads the pinned image instead of
+// the live extent, over the same wire; VerifyBase sends the manifest's
+// SHA-256 (after checking the bytes read hash to it), so the replica checks
+// what it received against the manifest. The image is exact, so Commit
+// replays nothing beyond the executor's target.
 //
 // It owns: the recovery wire format, the replica-side recovery handlers and
 // the executor I/O adapter (Peer.IO).

@@ -229,8 +229,9 @@ func (p *Peer) Report(ctx context.Context, tok engine.Token) (engine.ReplicaRepo
 
 // View is the primary's view for engine.PlanRecovery (terms as given), with
 // the WAL held from its tail until tok's attempt ends, so that the records a
-// plan binds (a catch-up's From, a full rebuild's Tail-1) cannot leave the
-// WAL between planning and the executor's own pin. The hold has the peer's
+// plan binds (a catch-up's From, a full rebuild's Tail-1, a snapshot's LSN)
+// cannot leave the WAL between planning and the executor's own pin. Base is
+// the volume's base snapshot (snapshot.go). The hold has the peer's
 // budget and is released when tok is released or cancelled.
 func (p *Peer) View(tok engine.Token, terms []engine.Term) (engine.PrimaryView, error) {
 	if err := p.slots.Check(tok); err != nil {
@@ -253,7 +254,7 @@ func (p *Peer) View(tok engine.Token, terms []engine.Term) (engine.PrimaryView, 
 		if p.o.Committed != nil {
 			committed = min(p.o.Committed(), st.Durable)
 		}
-		return engine.PrimaryView{Epoch: st.Epoch, Committed: committed, Durable: st.Durable, Head: st.Head, Tail: st.Tail, Terms: terms}, nil
+		return engine.PrimaryView{Epoch: st.Epoch, Committed: committed, Durable: st.Durable, Head: st.Head, Tail: st.Tail, Terms: terms, Base: p.snapshotBase()}, nil
 	}
 }
 
@@ -398,14 +399,18 @@ func (b *basePin) Release() error {
 
 // PinBase pins the primary's extent (engine.Full) at its durable LSN. The
 // caller must hold the WAL after that LSN before the first TransferBase (the
-// executor does). Snapshots do not exist in blockvol yet: engine.Snapshot
-// fails with executor.ErrBaseUnavailable.
+// executor does). engine.Snapshot pins exactly the volume's base snapshot
+// at lsn (pinSnapshot, snapshot.go) or fails with ErrSnapshotDrifted /
+// ErrSnapshotUntrusted, which wrap executor.ErrBaseUnavailable.
 func (p *Peer) PinBase(tok engine.Token, src engine.Source, lsn uint64) (executor.Base, error) {
 	if err := p.slots.Check(tok); err != nil {
 		return executor.Base{}, err
 	}
+	if src == engine.Snapshot {
+		return p.pinSnapshot(lsn)
+	}
 	if src != engine.Full {
-		return executor.Base{}, fmt.Errorf("v2bridge: %s base at %d: blockvol has no snapshots yet: %w", src, lsn, executor.ErrBaseUnavailable)
+		return executor.Base{}, fmt.Errorf("v2bridge: %s base at %d: %w", src, lsn, executor.ErrBaseUnavailable)
 	}
 	st := p.vol.Status()
 	p.mu.Lock()
@@ -439,7 +444,7 @@ func (p *Peer) TransferBase(ctx context.Context, tok engine.Token, b executor.Ba
 		p.chunk = make([]byte, n)
 	}
 	buf := p.chunk[:n]
-	if err := p.vol.ReadAt(buf, offset); err != nil {
+	if err := p.readBase(b, buf, offset); err != nil {
 		return 0, fmt.Errorf("v2bridge: read base at %d: %w", offset, err)
 	}
 	// Pipelined requests of applyChunk bytes.
@@ -453,7 +458,7 @@ func (p *Peer) TransferBase(ctx context.Context, tok engine.Token, b executor.Ba
 	}
 	p.baseSum.Write(buf)
 	p.baseNext += n
-	if p.baseNext == b.Size {
+	if p.baseNext == b.Size && b.Source != engine.Snapshot {
 		p.readHead = p.vol.Status().Head
 	}
 	return n, nil
@@ -473,6 +478,11 @@ func (p *Peer) VerifyBase(tok engine.Token, b executor.Base) error {
 	}
 	req := &request{Op: opVerify, A: b.LSN, C: uint64(b.Size)}
 	p.baseSum.Sum(req.Sum[:0])
+	sum, derr := p.baseDigestLocked(b, req.Sum) // a snapshot's: its manifest's
+	if derr != nil {
+		return derr
+	}
+	req.Sum = sum
 	_, err := p.callLocked(tok.Context(), tok, req)
 	return err
 }
