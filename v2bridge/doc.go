@@ -11,14 +11,27 @@
 // to Service.ServeConn. Service.Serve accepts on a listener of its own
 // (tests), checking the preface itself. After the preface the stream has
 // the data plane's shape: length-prefixed frames with a CRC32C, requests
-// answered in order
-// (the Peer pipelines apply and base requests of 1 MiB, with one fsync per
-// batch), and every request naming the volume, the sender's epoch and the
-// attempt number of its token. The replica refuses an epoch other than its
+// answered in order, and every request naming the volume, the sender's
+// epoch and the attempt number of its token. The replica refuses an epoch other than its
 // volume's (replication.ErrStaleEpoch / replication.ErrEpochAhead) and an
 // attempt older than the newest one it has seen at that epoch
 // (engine.ErrStaleToken), so a superseded attempt fails closed on both sides;
 // the Peer calls Slots.Check(tok) before every request too.
+//
+// Throughput: StreamWAL encodes records straight from the WAL scan into
+// pipelined apply requests of about 1 MiB; only the last request of a call
+// asks the replica to fsync before it answers, so the durable LSN it
+// reports covers the whole call. Base chunks (1 MiB) are not awaited one by
+// one: TransferBase returns once its chunks are sent, with at most 16 of
+// them unanswered, so the primary reads and hashes the next batch while the
+// replica writes this one; a refusal among those answers fails a later
+// TransferBase or VerifyBase, which waits for all of them (nothing is
+// trusted before VerifyBase and Commit anyway). Runs of zero blocks of at
+// least 64 KiB travel as zero ranges (opZero: offset and length, no bytes)
+// and become holes on the replica. The replica's connection handler reads
+// and checks the next frames while it applies the current one. The rebuild
+// fsyncs the replica's extent once, in InstallBase (VerifyBase), not per
+// chunk.
 //
 // Rebuild from the primary's extent (engine.Full): the base LSN is the
 // primary's durable LSN when the base is pinned; the executor holds the WAL
@@ -29,7 +42,8 @@
 // The manifest (base LSN, size) travels with the first chunk; the SHA-256
 // is computed by the primary over exactly the bytes it sent and checked by
 // the replica over exactly the bytes it received (VerifyBase), because a
-// fuzzy image has no digest before it is read. executor.Base.SHA256 is
+// fuzzy image has no digest before it is read. It is the plain SHA-256 of
+// the image: a zero range counts as its zero bytes on both sides. executor.Base.SHA256 is
 // therefore left zero by PinBase.
 //
 // Because of that, Commit first replays the WAL on to the primary's head as

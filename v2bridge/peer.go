@@ -2,8 +2,10 @@ package v2bridge
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash"
@@ -69,6 +71,14 @@ type Peer struct {
 	// write the fuzzy image may show is at or below it
 	readHead uint64
 	chunk    []byte
+	zeroBlk  []byte // one zero block, to spot zero blocks in chunk
+	// Base chunks are not waited for one by one: TransferBase returns once
+	// they are sent, and their answers are read later (at most baseWindow
+	// unread), before any other request's and by VerifyBase.
+	pending int   // answers owed by the replica for base chunks sent
+	baseErr error // the first refusal of a base chunk: the transfer is lost
+	// apply payloads of StreamWAL, reused
+	abufs [][]byte
 	// terms of the latest View (Report is conservative across them)
 	terms []engine.Term
 	// pins counts pins held; doubles counts second releases (a bug).
@@ -109,6 +119,13 @@ func (p *Peer) dropLocked() {
 		p.conn.Close()
 		p.conn, p.br, p.bw = nil, nil, nil
 	}
+	if p.pending > 0 {
+		// Base chunks whose fate is unknown: that transfer cannot go on.
+		if p.baseErr == nil {
+			p.baseErr = fmt.Errorf("v2bridge: base %s: connection to %s lost with %d chunks unanswered", p.o.Name, p.o.Addr, p.pending)
+		}
+		p.pending = 0
+	}
 }
 
 // call sends one request under tok and waits for the answer. A transport
@@ -129,9 +146,29 @@ func (p *Peer) callLocked(ctx context.Context, tok engine.Token, req *request) (
 // exchangeLocked sends reqs back to back (pipelined) and then reads their
 // answers in order. It returns the last answer, or the first refusal.
 func (p *Peer) exchangeLocked(ctx context.Context, tok engine.Token, reqs []*request) (response, error) {
-	what := reqs[0].Op
+	return p.roundLocked(ctx, reqs[0].Op, len(reqs), func() error {
+		for _, req := range reqs {
+			if err := p.writeRequestLocked(tok, req); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// session is one use of the connection under a context: the deadline is
+// armed (and cut short when ctx ends) until end is called.
+type session struct {
+	p    *Peer
+	ctx  context.Context
+	what op
+	stop func() bool
+}
+
+// openLocked dials if needed and arms the connection's deadline.
+func (p *Peer) openLocked(ctx context.Context, what op) (*session, error) {
 	if p.closed {
-		return response{}, fmt.Errorf("v2bridge: %s to %s: peer closed", what, p.o.Addr)
+		return nil, fmt.Errorf("v2bridge: %s to %s: peer closed", what, p.o.Addr)
 	}
 	if ctx == nil {
 		ctx = context.Background()
@@ -141,7 +178,7 @@ func (p *Peer) exchangeLocked(ctx context.Context, tok engine.Token, reqs []*req
 		c, err := p.dial(dctx)
 		cancel()
 		if err != nil {
-			return response{}, fmt.Errorf("v2bridge: dial %s: %w", p.o.Addr, err)
+			return nil, fmt.Errorf("v2bridge: dial %s: %w", p.o.Addr, err)
 		}
 		p.conn, p.br, p.bw = c, bufio.NewReaderSize(c, 64<<10), bufio.NewWriterSize(c, 256<<10)
 		// The preface goes out with the first request.
@@ -154,44 +191,86 @@ func (p *Peer) exchangeLocked(ctx context.Context, tok engine.Token, reqs []*req
 	}
 	c.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	fail := func(err error) (response, error) {
-		p.dropLocked()
-		if cerr := ctx.Err(); cerr != nil {
-			err = fmt.Errorf("%w (%v)", err, context.Cause(ctx))
-		}
-		return response{}, fmt.Errorf("v2bridge: %s to %s: %w", what, p.o.Addr, err)
+	return &session{p: p, ctx: ctx, what: what, stop: stop}, nil
+}
+
+func (ss *session) end() { ss.stop() }
+
+// fail drops the connection after a transport failure.
+func (ss *session) fail(err error) error {
+	ss.p.dropLocked()
+	if cerr := ss.ctx.Err(); cerr != nil {
+		err = fmt.Errorf("%w (%v)", err, context.Cause(ss.ctx))
+	}
+	return fmt.Errorf("v2bridge: %s to %s: %w", ss.what, ss.p.o.Addr, err)
+}
+
+// roundLocked writes n requests with send, then reads their n answers (the
+// answers still owed for base chunks first). It returns the last answer, or
+// the first refusal.
+func (p *Peer) roundLocked(ctx context.Context, what op, n int, send func() error) (response, error) {
+	ss, err := p.openLocked(ctx, what)
+	if err != nil {
+		return response{}, err
+	}
+	defer ss.end()
+	if err := p.settleLocked(0); err != nil {
+		return response{}, ss.fail(err)
 	}
 	// The answers are small: the replica never blocks writing them while
 	// this side is still writing requests.
-	for _, req := range reqs {
-		req.Volume, req.Epoch, req.Attempt = p.o.Name, tok.Epoch, tok.Attempt
-		p.wbuf = req.encode(p.wbuf[:0])
-		if err := writeFrame(p.bw, p.wbuf); err != nil {
-			return fail(err)
-		}
+	if err := send(); err != nil {
+		return response{}, ss.fail(err)
+	}
+	if err := p.bw.Flush(); err != nil {
+		return response{}, ss.fail(err)
 	}
 	var last response
 	var first error
-	for range reqs {
-		payload, err := readFrame(p.br, p.rbuf)
+	for range n {
+		resp, err := p.readAnswerLocked()
 		if err != nil {
-			return fail(err)
-		}
-		p.rbuf = payload[:0]
-		resp, err := decodeResponse(payload)
-		if err != nil {
-			return fail(err)
+			return response{}, ss.fail(err)
 		}
 		if err := errorFor(resp); err != nil && first == nil {
 			first = fmt.Errorf("v2bridge: %s %s: %w", what, p.o.Name, err)
 		}
 		last = resp
 	}
-	if first != nil {
-		return last, first
+	return last, first
+}
+
+// writeRequestLocked writes one request frame (not flushed) under tok.
+func (p *Peer) writeRequestLocked(tok engine.Token, req *request) error {
+	req.Volume, req.Epoch, req.Attempt = p.o.Name, tok.Epoch, tok.Attempt
+	p.wbuf = req.encodeHead(p.wbuf[:0])
+	return writeFrameParts(p.bw, p.wbuf, req.Data)
+}
+
+func (p *Peer) readAnswerLocked() (response, error) {
+	payload, err := readFrame(p.br, p.rbuf)
+	if err != nil {
+		return response{}, err
 	}
-	return last, nil
+	p.rbuf = payload[:0]
+	return decodeResponse(payload)
+}
+
+// settleLocked reads the answers owed for base chunks until at most keep
+// are owed. A refusal among them is kept in baseErr (the transfer is lost);
+// the error returned is a transport failure.
+func (p *Peer) settleLocked(keep int) error {
+	for p.pending > keep {
+		resp, err := p.readAnswerLocked()
+		if err != nil {
+			return err
+		}
+		p.pending--
+		if err := errorFor(resp); err != nil && p.baseErr == nil {
+			p.baseErr = fmt.Errorf("v2bridge: base %s: %w", p.o.Name, err)
+		}
+	}
+	return nil
 }
 
 func (p *Peer) dial(ctx context.Context) (net.Conn, error) {
@@ -229,9 +308,8 @@ func (p *Peer) Report(ctx context.Context, tok engine.Token) (engine.ReplicaRepo
 
 // View is the primary's view for engine.PlanRecovery (terms as given), with
 // the WAL held from its tail until tok's attempt ends, so that the records a
-// plan binds (a catch-up's From, a full rebuild's Tail-1, a snapshot's LSN)
-// cannot leave the WAL between planning and the executor's own pin. Base is
-// the volume's base snapshot (snapshot.go). The hold has the peer's
+// plan binds (a catch-up's From, a full rebuild's Tail-1) cannot leave the
+// WAL between planning and the executor's own pin. The hold has the peer's
 // budget and is released when tok is released or cancelled.
 func (p *Peer) View(tok engine.Token, terms []engine.Term) (engine.PrimaryView, error) {
 	if err := p.slots.Check(tok); err != nil {
@@ -254,7 +332,7 @@ func (p *Peer) View(tok engine.Token, terms []engine.Term) (engine.PrimaryView, 
 		if p.o.Committed != nil {
 			committed = min(p.o.Committed(), st.Durable)
 		}
-		return engine.PrimaryView{Epoch: st.Epoch, Committed: committed, Durable: st.Durable, Head: st.Head, Tail: st.Tail, Terms: terms, Base: p.snapshotBase()}, nil
+		return engine.PrimaryView{Epoch: st.Epoch, Committed: committed, Durable: st.Durable, Head: st.Head, Tail: st.Tail, Terms: terms}, nil
 	}
 }
 
@@ -323,26 +401,43 @@ func (p *Peer) StreamWAL(ctx context.Context, tok engine.Token, after, upTo uint
 	if upTo <= after {
 		return executor.Progress{Achieved: after}, nil
 	}
-	// Records go out in pipelined requests of about applyChunk bytes; only
-	// the last one asks the replica to fsync.
-	var reqs []*request
-	var cur *request
-	var bytes, curBytes int64
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	// Records go out in pipelined requests of about applyChunk bytes,
+	// encoded straight from the WAL scan into reused payloads; only the
+	// last one asks the replica to fsync.
+	head := (&request{Op: opApply, Volume: p.o.Name, Epoch: tok.Epoch, Attempt: tok.Attempt}).encodeFixed(nil)
+	bAt := 1 + 4 + len(p.o.Name) + 3*8 // request.B in head: after op, volume, epoch, attempt, A
+	var cur []byte
+	var count uint32
+	used := 0
+	finish := func() {
+		binary.BigEndian.PutUint32(cur[len(head):], count)
+		cur = putU32(cur, 0) // no Data
+		p.abufs[used-1] = cur
+	}
+	var sent int64
 	var last uint64
 	err := p.vol.ScanWAL(after+1, func(r blockvol.Record) error {
 		if ctx != nil && ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
-		if cur == nil || curBytes >= applyChunk {
-			cur, curBytes = &request{Op: opApply}, 0
-			reqs = append(reqs, cur)
+		if cur == nil || len(cur) >= applyChunk {
+			if cur != nil {
+				finish()
+			}
+			if used == len(p.abufs) {
+				p.abufs = append(p.abufs, nil)
+			}
+			cur = putU32(append(p.abufs[used][:0], head...), 0)
+			count = 0
+			used++
 		}
-		r.Data = append([]byte(nil), r.Data...)
-		cur.Recs = append(cur.Recs, r)
-		bytes += int64(len(r.Data))
-		curBytes += int64(len(r.Data))
+		cur = appendRecord(cur, &r)
+		count++
+		sent += int64(len(r.Data))
 		last = r.LSN
-		if r.LSN >= upTo || bytes >= maxBatchBytes {
+		if r.LSN >= upTo || sent >= maxBatchBytes {
 			return errScanDone
 		}
 		return nil
@@ -353,20 +448,26 @@ func (p *Peer) StreamWAL(ctx context.Context, tok engine.Token, after, upTo uint
 		}
 		return executor.Progress{}, fmt.Errorf("v2bridge: read WAL after %d: %w", after, err)
 	}
-	if len(reqs) == 0 {
+	if used == 0 {
 		return executor.Progress{Achieved: after}, nil
 	}
-	reqs[len(reqs)-1].B = 1 // fsync, then answer
+	finish()
+	binary.BigEndian.PutUint64(p.abufs[used-1][bAt:], 1) // fsync, then answer
 	if err := p.slots.Check(tok); err != nil {
 		return executor.Progress{}, err
 	}
-	p.mu.Lock()
-	resp, err := p.exchangeLocked(ctx, tok, reqs)
-	p.mu.Unlock()
+	resp, err := p.roundLocked(ctx, opApply, used, func() error {
+		for _, b := range p.abufs[:used] {
+			if err := writeFrameParts(p.bw, b, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return executor.Progress{}, err
 	}
-	return executor.Progress{Achieved: max(after, min(resp.Durable, last)), Bytes: bytes}, nil
+	return executor.Progress{Achieved: max(after, min(resp.Durable, last)), Bytes: sent}, nil
 }
 
 // Truncate drops the replica's records (to, ∞); executor.ErrTruncationUnsafe
@@ -392,6 +493,7 @@ type basePin struct {
 func (b *basePin) Release() error {
 	b.p.mu.Lock()
 	b.p.baseSum, b.p.baseNext = nil, 0
+	b.p.endBaseLocked()
 	b.p.mu.Unlock()
 	b.p.release(&b.done)
 	return nil
@@ -399,18 +501,14 @@ func (b *basePin) Release() error {
 
 // PinBase pins the primary's extent (engine.Full) at its durable LSN. The
 // caller must hold the WAL after that LSN before the first TransferBase (the
-// executor does). engine.Snapshot pins exactly the volume's base snapshot
-// at lsn (pinSnapshot, snapshot.go) or fails with ErrSnapshotDrifted /
-// ErrSnapshotUntrusted, which wrap executor.ErrBaseUnavailable.
+// executor does). Snapshots do not exist in blockvol yet: engine.Snapshot
+// fails with executor.ErrBaseUnavailable.
 func (p *Peer) PinBase(tok engine.Token, src engine.Source, lsn uint64) (executor.Base, error) {
 	if err := p.slots.Check(tok); err != nil {
 		return executor.Base{}, err
 	}
-	if src == engine.Snapshot {
-		return p.pinSnapshot(lsn)
-	}
 	if src != engine.Full {
-		return executor.Base{}, fmt.Errorf("v2bridge: %s base at %d: %w", src, lsn, executor.ErrBaseUnavailable)
+		return executor.Base{}, fmt.Errorf("v2bridge: %s base at %d: blockvol has no snapshots yet: %w", src, lsn, executor.ErrBaseUnavailable)
 	}
 	st := p.vol.Status()
 	p.mu.Lock()
@@ -420,9 +518,35 @@ func (p *Peer) PinBase(tok engine.Token, src engine.Source, lsn uint64) (executo
 	return executor.Base{Source: engine.Full, LSN: st.Durable, Size: st.Size, Pin: &basePin{p: p}}, nil
 }
 
+// endBaseLocked forgets a base transfer: answers still owed for its chunks
+// are not worth waiting for (the connection is dropped), and its refusal,
+// if any, is cleared.
+func (p *Peer) endBaseLocked() {
+	if p.pending > 0 {
+		p.dropLocked()
+	}
+	p.baseErr = nil
+}
+
+// Base transfer tuning.
+const (
+	// baseWindow is how many base chunks may be sent and not yet answered.
+	baseWindow = 16
+	// minZeroRun is the shortest run of zero bytes sent as a zero range
+	// rather than as data (shorter runs are punched by the replica anyway).
+	minZeroRun = 64 << 10
+)
+
 // TransferBase reads up to max bytes of the primary's extent at offset
-// (rounded down to whole blocks, at least one) and writes them to the
-// replica. Offsets must follow each other from 0.
+// (rounded down to whole blocks, at least one) and sends them to the
+// replica: runs of zero blocks as zero ranges, the rest as data chunks of
+// applyChunk bytes. Offsets must follow each other from 0.
+//
+// It returns once the chunks are sent, without waiting for the replica's
+// answers: up to baseWindow chunks stay unanswered, so that reading and
+// hashing the next batch here overlaps writing this one there. A refusal
+// is returned by a later TransferBase or by VerifyBase, which waits for
+// every answer; nothing is trusted before VerifyBase and Commit.
 func (p *Peer) TransferBase(ctx context.Context, tok engine.Token, b executor.Base, offset, max int64) (int64, error) {
 	if err := p.slots.Check(tok); err != nil {
 		return 0, err
@@ -435,6 +559,12 @@ func (p *Peer) TransferBase(ctx context.Context, tok engine.Token, b executor.Ba
 	if offset != p.baseNext {
 		return 0, fmt.Errorf("v2bridge: base transfer at %d, next is %d", offset, p.baseNext)
 	}
+	if offset == 0 {
+		p.endBaseLocked() // a new transfer: nothing of an older one counts
+	}
+	if p.baseErr != nil {
+		return 0, p.baseErr
+	}
 	bs := int64(p.vol.BlockSize())
 	n := min(max, b.Size-offset, maxBatchBytes) / bs * bs
 	if n <= 0 {
@@ -444,29 +574,100 @@ func (p *Peer) TransferBase(ctx context.Context, tok engine.Token, b executor.Ba
 		p.chunk = make([]byte, n)
 	}
 	buf := p.chunk[:n]
-	if err := p.readBase(b, buf, offset); err != nil {
+	if err := p.vol.ReadAt(buf, offset); err != nil {
 		return 0, fmt.Errorf("v2bridge: read base at %d: %w", offset, err)
 	}
-	// Pipelined requests of applyChunk bytes.
-	var reqs []*request
-	for i := int64(0); i < n; i += applyChunk {
-		j := min(i+applyChunk, n)
-		reqs = append(reqs, &request{Op: opBase, A: uint64(offset + i), B: b.LSN, C: uint64(b.Size), Data: buf[i:j]})
-	}
-	if _, err := p.exchangeLocked(ctx, tok, reqs); err != nil {
+	reqs := p.baseRequests(buf, offset, b)
+	ss, err := p.openLocked(ctx, opBase)
+	if err != nil {
 		return 0, err
 	}
+	defer ss.end()
+	for i := range reqs {
+		if err := p.writeRequestLocked(tok, &reqs[i]); err != nil {
+			return 0, ss.fail(err)
+		}
+	}
+	if err := p.bw.Flush(); err != nil {
+		return 0, ss.fail(err)
+	}
+	p.pending += len(reqs)
+	// Sent: hash (the replica writes meanwhile), then wait for the answers
+	// beyond the window.
 	p.baseSum.Write(buf)
 	p.baseNext += n
-	if p.baseNext == b.Size && b.Source != engine.Snapshot {
+	if p.baseNext == b.Size {
 		p.readHead = p.vol.Status().Head
+	}
+	if err := p.settleLocked(baseWindow); err != nil {
+		return 0, ss.fail(err)
+	}
+	if p.baseErr != nil {
+		return 0, p.baseErr
 	}
 	return n, nil
 }
 
-// VerifyBase sends the manifest's SHA-256 (of exactly the bytes sent) and
-// size; the replica compares them with what it received and installs the
-// base (executor.ErrBaseMismatch when they differ).
+// baseRequests cuts buf (the base at offset) into requests: zero runs of
+// at least minZeroRun bytes become opZero, the rest opBase chunks of at
+// most applyChunk bytes (slices of buf).
+func (p *Peer) baseRequests(buf []byte, offset int64, b executor.Base) []request {
+	bs := p.vol.BlockSize()
+	if len(p.zeroBlk) != bs {
+		p.zeroBlk = make([]byte, bs)
+	}
+	isZero := func(i int) bool { return bytes.Equal(buf[i:i+bs], p.zeroBlk) }
+	// zeroRun is the end of the run of zero blocks from i.
+	zeroRun := func(i int) int {
+		for i < len(buf) && isZero(i) {
+			i += bs
+		}
+		return i
+	}
+	var reqs []request
+	add := func(o op, i, j int) {
+		r := request{Op: o, A: uint64(offset) + uint64(i), B: b.LSN, C: uint64(b.Size)}
+		if o == opZero {
+			r.D = uint64(j - i)
+		} else {
+			r.Data = buf[i:j]
+		}
+		reqs = append(reqs, r)
+	}
+	if len(buf)%bs != 0 {
+		// The volume's last partial block: data as it is.
+		add(opBase, 0, len(buf))
+		return reqs
+	}
+	for i := 0; i < len(buf); {
+		if z := zeroRun(i); z-i >= minZeroRun {
+			add(opZero, i, z)
+			i = z
+			continue
+		}
+		// Data up to applyChunk bytes, or up to a long zero run.
+		j := i + bs
+		for j < len(buf) && j-i < applyChunk {
+			if !isZero(j) {
+				j += bs
+				continue
+			}
+			z := zeroRun(j)
+			if z-j >= minZeroRun {
+				break
+			}
+			j = min(z, i+applyChunk)
+		}
+		add(opBase, i, j)
+		i = j
+	}
+	return reqs
+}
+
+// VerifyBase waits for every answer owed for base chunks, then sends the
+// manifest's SHA-256 (of exactly the bytes sent) and size; the replica
+// compares them with what it received and installs the base
+// (executor.ErrBaseMismatch when they differ).
 func (p *Peer) VerifyBase(tok engine.Token, b executor.Base) error {
 	if err := p.slots.Check(tok); err != nil {
 		return err
@@ -478,12 +679,12 @@ func (p *Peer) VerifyBase(tok engine.Token, b executor.Base) error {
 	}
 	req := &request{Op: opVerify, A: b.LSN, C: uint64(b.Size)}
 	p.baseSum.Sum(req.Sum[:0])
-	sum, derr := p.baseDigestLocked(b, req.Sum) // a snapshot's: its manifest's
-	if derr != nil {
-		return derr
-	}
-	req.Sum = sum
+	// The round reads the owed answers first; a refusal among them fails
+	// the verification even if the replica's digest happened to match.
 	_, err := p.callLocked(tok.Context(), tok, req)
+	if p.baseErr != nil {
+		return p.baseErr
+	}
 	return err
 }
 

@@ -44,6 +44,7 @@ type replicaVol struct {
 	size       uint64
 	next       uint64
 	sum        hash.Hash
+	zeros      []byte // zeroChunk zero bytes, allocated on first use
 }
 
 // NewService returns a service with no volumes; call Serve to accept.
@@ -184,20 +185,64 @@ func (s *Service) Close() error {
 	return nil
 }
 
-// serveConn answers c's requests in order until c ends.
+// readAhead is how many frames a connection's reader may hold read while
+// the request before them is being handled.
+const readAhead = 2
+
+// inFrame is one frame read ahead (or the read's error).
+type inFrame struct {
+	p   []byte
+	err error
+}
+
+// serveConn answers c's requests in order until c ends. A reader goroutine
+// (owned here, stopped before return) reads and checks the next frames
+// while the current request is handled, in buffers that go round between
+// the two.
 func (s *Service) serveConn(c net.Conn) {
 	br := bufio.NewReaderSize(c, 256<<10)
 	bw := bufio.NewWriterSize(c, 64<<10)
-	var buf, out []byte
+	free := make(chan []byte, readAhead+1)
+	for i := 0; i <= readAhead; i++ {
+		free <- nil
+	}
+	frames := make(chan inFrame, readAhead)
+	stop, readerDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		for {
+			var buf []byte
+			select {
+			case buf = <-free:
+			case <-stop:
+				return
+			}
+			p, err := readFrame(br, buf)
+			select {
+			case frames <- inFrame{p: p, err: err}:
+			case <-stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		c.Close() // ends a read in progress
+		<-readerDone
+	}()
+	var out []byte
 	for {
-		p, err := readFrame(br, buf)
-		if err != nil {
-			if errors.Is(err, ErrBadFrame) {
-				glog.Warningf("v2bridge: %s: %v", c.RemoteAddr(), err)
+		f := <-frames
+		if f.err != nil {
+			if errors.Is(f.err, ErrBadFrame) {
+				glog.Warningf("v2bridge: %s: %v", c.RemoteAddr(), f.err)
 			}
 			return
 		}
-		buf = p[:0]
+		p := f.p
 		var resp response
 		req, err := decodeRequest(p)
 		if err != nil {
@@ -205,6 +250,7 @@ func (s *Service) serveConn(c net.Conn) {
 		} else {
 			resp = s.handle(&req)
 		}
+		free <- p[:0] // req's slices of p are not used after this
 		out = resp.encode(out[:0])
 		if err := writeFrame(bw, out); err != nil {
 			return
@@ -238,6 +284,8 @@ func (s *Service) handle(req *request) response {
 		err = rv.begin(req)
 	case opBase:
 		err = rv.base(req)
+	case opZero:
+		err = rv.zero(req)
 	case opVerify:
 		err = rv.verify(req)
 	case opCommit:
@@ -368,7 +416,8 @@ func (rv *replicaVol) begin(req *request) error {
 	return nil
 }
 
-func (rv *replicaVol) base(req *request) error {
+// chunk checks that a base chunk of n bytes at req.A comes next.
+func (rv *replicaVol) chunk(req *request, n uint64) error {
 	if !rv.rebuilding {
 		return errors.New("no rebuild in progress (begin it first)")
 	}
@@ -385,14 +434,52 @@ func (rv *replicaVol) base(req *request) error {
 	if req.A != rv.next {
 		return fmt.Errorf("chunk at %d, expected %d", req.A, rv.next)
 	}
-	if uint64(len(req.Data)) > rv.size-rv.next {
-		return fmt.Errorf("chunk of %d bytes at %d overruns the %d byte base", len(req.Data), req.A, rv.size)
+	if n == 0 {
+		return fmt.Errorf("empty chunk at %d", req.A)
+	}
+	if n > rv.size-rv.next {
+		return fmt.Errorf("chunk of %d bytes at %d overruns the %d byte base", n, req.A, rv.size)
+	}
+	return nil
+}
+
+func (rv *replicaVol) base(req *request) error {
+	if err := rv.chunk(req, uint64(len(req.Data))); err != nil {
+		return err
 	}
 	if err := rv.vol.WriteBase(req.Data, int64(req.A)); err != nil {
 		return err
 	}
 	rv.sum.Write(req.Data)
 	rv.next += uint64(len(req.Data))
+	return nil
+}
+
+// zeroChunk is the largest piece of a zero range written (and hashed) at
+// once.
+const zeroChunk = 1 << 20
+
+// zero writes a zero range of the base (req.D bytes at req.A): holes in
+// the extent, and zeros in the digest, as if they had been sent.
+func (rv *replicaVol) zero(req *request) error {
+	if err := rv.chunk(req, req.D); err != nil {
+		return err
+	}
+	if bs := uint64(rv.vol.BlockSize()); req.A%bs != 0 || req.D%bs != 0 {
+		return fmt.Errorf("zero range %d@%d is not in whole %d byte blocks", req.D, req.A, bs)
+	}
+	if rv.zeros == nil {
+		rv.zeros = make([]byte, zeroChunk)
+	}
+	for done := uint64(0); done < req.D; {
+		n := min(req.D-done, zeroChunk)
+		if err := rv.vol.WriteBase(rv.zeros[:n], int64(req.A+done)); err != nil {
+			return err
+		}
+		rv.sum.Write(rv.zeros[:n])
+		rv.next += n
+		done += n
+	}
 	return nil
 }
 

@@ -37,6 +37,7 @@ const (
 	opBase                   // base chunk: Data at offset A; manifest B = base LSN, C = size
 	opVerify                 // A = base LSN, C = size, Sum = SHA-256 of what was sent
 	opCommit                 // A = achieved: checkpoint and clear untrusted
+	opZero                   // base zero range: D bytes of zeros at A; manifest as opBase
 )
 
 func (o op) String() string {
@@ -55,6 +56,8 @@ func (o op) String() string {
 		return "verify"
 	case opCommit:
 		return "commit"
+	case opZero:
+		return "base-zero"
 	}
 	return fmt.Sprintf("op(%d)", uint8(o))
 }
@@ -65,6 +68,7 @@ type request struct {
 	Epoch   uint64
 	Attempt uint64
 	A, B, C uint64
+	D       uint64
 	Sum     [32]byte
 	Recs    []blockvol.Record
 	Data    []byte
@@ -98,7 +102,24 @@ func putU64(b []byte, v uint64) []byte { return binary.BigEndian.AppendUint64(b,
 func putU32(b []byte, v uint32) []byte { return binary.BigEndian.AppendUint32(b, v) }
 func putBytes(b, p []byte) []byte      { return append(putU32(b, uint32(len(p))), p...) }
 
+// encode appends r's payload to b.
 func (r *request) encode(b []byte) []byte {
+	return append(r.encodeHead(b), r.Data...)
+}
+
+// encodeHead appends r's payload except the bytes of r.Data (which end
+// it): the frame is then written from both parts without copying Data.
+func (r *request) encodeHead(b []byte) []byte {
+	b = r.encodeFixed(b)
+	b = putU32(b, uint32(len(r.Recs)))
+	for i := range r.Recs {
+		b = appendRecord(b, &r.Recs[i])
+	}
+	return putU32(b, uint32(len(r.Data)))
+}
+
+// encodeFixed appends the fields before the record count.
+func (r *request) encodeFixed(b []byte) []byte {
 	b = append(b, byte(r.Op))
 	b = putBytes(b, []byte(r.Volume))
 	b = putU64(b, r.Epoch)
@@ -106,18 +127,18 @@ func (r *request) encode(b []byte) []byte {
 	b = putU64(b, r.A)
 	b = putU64(b, r.B)
 	b = putU64(b, r.C)
-	b = append(b, r.Sum[:]...)
-	b = putU32(b, uint32(len(r.Recs)))
-	for i := range r.Recs {
-		rec := &r.Recs[i]
-		b = putU64(b, rec.LSN)
-		b = putU64(b, rec.Epoch)
-		b = append(b, byte(rec.Kind))
-		b = putU64(b, rec.LBA)
-		b = putU32(b, rec.Blocks)
-		b = putBytes(b, rec.Data)
-	}
-	return putBytes(b, r.Data)
+	b = putU64(b, r.D)
+	return append(b, r.Sum[:]...)
+}
+
+// appendRecord appends one record of an apply request.
+func appendRecord(b []byte, rec *blockvol.Record) []byte {
+	b = putU64(b, rec.LSN)
+	b = putU64(b, rec.Epoch)
+	b = append(b, byte(rec.Kind))
+	b = putU64(b, rec.LBA)
+	b = putU32(b, rec.Blocks)
+	return putBytes(b, rec.Data)
 }
 
 func (r *response) encode(b []byte) []byte {
@@ -193,7 +214,7 @@ func decodeRequest(p []byte) (request, error) {
 	r.Volume = string(d.bytes())
 	r.Epoch = d.u64()
 	r.Attempt = d.u64()
-	r.A, r.B, r.C = d.u64(), d.u64(), d.u64()
+	r.A, r.B, r.C, r.D = d.u64(), d.u64(), d.u64(), d.u64()
 	copy(r.Sum[:], d.take(32))
 	n := d.u32()
 	// Every record takes at least 33 bytes: bound n before allocating.
@@ -217,7 +238,7 @@ func decodeRequest(p []byte) (request, error) {
 	if err := d.done(); err != nil {
 		return request{}, fmt.Errorf("decode request: %w", err)
 	}
-	if r.Op < opHello || r.Op > opCommit {
+	if r.Op < opHello || r.Op > opZero {
 		return request{}, fmt.Errorf("decode request: %w: unknown op %d", ErrBadFrame, r.Op)
 	}
 	return r, nil
@@ -239,19 +260,30 @@ func decodeResponse(p []byte) (response, error) {
 
 // writeFrame writes one frame and flushes w.
 func writeFrame(w *bufio.Writer, payload []byte) error {
-	if len(payload) > maxFrame {
-		return fmt.Errorf("write frame: %d bytes exceed the %d byte limit", len(payload), maxFrame)
-	}
-	var h [frameHeader]byte
-	binary.BigEndian.PutUint32(h[0:4], uint32(len(payload)))
-	binary.BigEndian.PutUint32(h[4:8], crc32.Checksum(payload, castagnoli))
-	if _, err := w.Write(h[:]); err != nil {
-		return err
-	}
-	if _, err := w.Write(payload); err != nil {
+	if err := writeFrameParts(w, payload, nil); err != nil {
 		return err
 	}
 	return w.Flush()
+}
+
+// writeFrameParts writes one frame whose payload is head then data,
+// without flushing w.
+func writeFrameParts(w *bufio.Writer, head, data []byte) error {
+	n := len(head) + len(data)
+	if n > maxFrame {
+		return fmt.Errorf("write frame: %d bytes exceed the %d byte limit", n, maxFrame)
+	}
+	var h [frameHeader]byte
+	binary.BigEndian.PutUint32(h[0:4], uint32(n))
+	binary.BigEndian.PutUint32(h[4:8], crc32.Update(crc32.Checksum(head, castagnoli), castagnoli, data))
+	if _, err := w.Write(h[:]); err != nil {
+		return err
+	}
+	if _, err := w.Write(head); err != nil {
+		return err
+	}
+	_, err := w.Write(data)
+	return err
 }
 
 // readFrame reads one frame into buf (grown as needed) and returns the

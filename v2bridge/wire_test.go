@@ -54,7 +54,7 @@ func TestBadBytesAreErrors(t *testing.T) {
 		decodeResponse(p)
 	}
 	// A huge record count in a small frame is refused before allocating.
-	p := append([]byte(nil), good[:1+4+1+8*5+32]...)
+	p := append([]byte(nil), good[:1+4+1+8*6+32]...)
 	p = append(p, 0xff, 0xff, 0xff, 0xff)
 	if _, err := decodeRequest(p); !errors.Is(err, ErrBadFrame) {
 		t.Fatalf("huge record count: %v", err)
