@@ -3,9 +3,11 @@ package blockmaster
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,15 +26,23 @@ type realVolumeServer struct {
 	dir string
 	mgr *blockvolume.Manager
 	srv *grpc.Server
+
+	stopped bool
 }
 
 func startRealVolumeServer(t *testing.T, id, rack string, masterAddr string, pulse time.Duration) *realVolumeServer {
+	t.Helper()
+	return startRealVolumeServerIn(t, t.TempDir(), id, rack, masterAddr, pulse)
+}
+
+// startRealVolumeServerIn is startRealVolumeServer on an existing
+// directory (a restart of a server).
+func startRealVolumeServerIn(t *testing.T, dir, id, rack string, masterAddr string, pulse time.Duration) *realVolumeServer {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
 	mgr, err := blockvolume.New(blockvolume.Options{
 		Dir:       dir,
 		ServerID:  id,
@@ -57,13 +67,20 @@ func startRealVolumeServer(t *testing.T, id, rack string, masterAddr string, pul
 		t.Fatal(err)
 	}
 	v := &realVolumeServer{id: id, dir: dir, mgr: mgr, srv: srv}
-	t.Cleanup(func() {
-		if err := mgr.Close(); err != nil {
-			t.Errorf("close %s: %v", id, err)
-		}
-		srv.Stop()
-	})
+	t.Cleanup(v.stop)
 	return v
+}
+
+// stop closes the server (idempotent).
+func (v *realVolumeServer) stop() {
+	if v.stopped {
+		return
+	}
+	v.stopped = true
+	if err := v.mgr.Close(); err != nil {
+		panic(fmt.Sprintf("close %s: %v", v.id, err))
+	}
+	v.srv.Stop()
 }
 
 func (v *realVolumeServer) status(t *testing.T, name string) *blockpb.VolumeReport {
@@ -192,4 +209,122 @@ func TestWithRealVolumeServers(t *testing.T) {
 	if r := p2.status(t, "db2"); !r.Fenced || r.LeaseRemainingMs > 0 {
 		t.Fatalf("primary still writable after the master's lease view ended: %v", r)
 	}
+}
+
+// With real volume servers: a replica whose volume file is deleted while
+// it is down comes back with no copy; the master leaves it out of the
+// epoch, has an empty copy made on it (recovery copy, or the volume
+// server's own for an assignment), the primary rebuilds it and the master
+// makes it a member again through ReportCaughtUp.
+func TestRealLostCopyIsRebuilt(t *testing.T) {
+	const pulse = 100 * time.Millisecond
+	h := newHarness(t, func(o *Options) {
+		o.Clock = nil
+		o.Pulse = pulse
+		o.Lease = 1500 * time.Millisecond
+		o.Margin = 200 * time.Millisecond
+		o.DialVolume = nil
+		o.DialConn = func(ctx context.Context, addr string) (*grpc.ClientConn, error) {
+			return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		}
+	})
+	servers := map[string]*realVolumeServer{
+		"vs1": startRealVolumeServer(t, "vs1", "r1", h.addr, pulse),
+		"vs2": startRealVolumeServer(t, "vs2", "r2", h.addr, pulse),
+	}
+	eventually(t, "both volume servers alive", func() bool {
+		h.m.mu.Lock()
+		defer h.m.mu.Unlock()
+		return len(h.m.candidatesLocked(time.Now())) == 2
+	})
+	info, err := h.create(&blockpb.VolumeSpec{Name: "db1", SizeBytes: 4 << 20, WalSizeBytes: 256 << 10, ReplicationFactor: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	primaryID := info.Config.PrimaryServerId
+	replicaID := "vs1"
+	if primaryID == "vs1" {
+		replicaID = "vs2"
+	}
+	waitState := func(what string, ok func(*blockpb.VolumeInfo) bool) *blockpb.VolumeInfo {
+		t.Helper()
+		var last *blockpb.VolumeInfo
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			if info, err := h.lookup("db1"); err == nil {
+				last = info
+				if ok(info) {
+					return info
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatalf("timed out waiting for %s; last: %v", what, last)
+		return nil
+	}
+	waitState("db1 ok with both members", func(i *blockpb.VolumeInfo) bool {
+		return i.State == StateOK && len(i.Config.Members) == 2
+	})
+	start := info.Config.Epoch
+
+	rs := servers[replicaID]
+	rs.stop()
+	if err := os.Remove(filepath.Join(rs.dir, "db1.blk")); err != nil {
+		t.Fatal(err)
+	}
+	servers[replicaID] = startRealVolumeServerIn(t, rs.dir, replicaID, "r-"+replicaID, h.addr, pulse)
+	final := waitState("the wiped replica rebuilt and a member again", func(i *blockpb.VolumeInfo) bool {
+		return i.Config.Epoch > start+1 && roleOf(i.Config, replicaID) == replica && i.State == StateOK
+	})
+	var left, back bool
+	for _, e := range append(final.History, final.Config) {
+		if e.Epoch > start && roleOf(e, replicaID) == none {
+			left = true
+		}
+		if left && strings.Contains(e.Reason, "member "+replicaID+" caught up") {
+			back = true
+		}
+	}
+	if !left || !back {
+		t.Fatalf("history does not show %s leaving and rejoining: %v", replicaID, final.History)
+	}
+	rep := servers[replicaID].status(t, "db1")
+	if rep.Untrusted || !rep.Healthy || rep.Role != replica || rep.Epoch != final.Config.Epoch {
+		t.Fatalf("rebuilt replica reports %v", rep)
+	}
+	if final.Config.PrimaryServerId != primaryID {
+		t.Fatalf("primary moved to %s", final.Config.PrimaryServerId)
+	}
+
+	// Again, but the primary removed the replica while it was down: it
+	// comes back as a non-member without a copy, and only the master's
+	// recovery copy brings it back.
+	rs = servers[replicaID]
+	rs.stop()
+	ctx := context.Background()
+	if _, err := h.client.RemoveMember(ctx, &blockpb.RemoveMemberRequest{Name: "db1", Epoch: final.Config.Epoch,
+		ServerId: replicaID, CallerServerId: primaryID, Reason: "stopped answering"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(rs.dir, "db1.blk")); err != nil {
+		t.Fatal(err)
+	}
+	second := final.Config.Epoch
+	servers[replicaID] = startRealVolumeServerIn(t, rs.dir, replicaID, "r-"+replicaID, h.addr, pulse)
+	final = waitState("the wiped non-member rebuilt and a member again", func(i *blockpb.VolumeInfo) bool {
+		return i.Config.Epoch > second+1 && roleOf(i.Config, replicaID) == replica && i.State == StateOK
+	})
+	if rep := servers[replicaID].status(t, "db1"); rep.Untrusted || !rep.Healthy || rep.Role != replica {
+		t.Fatalf("rebuilt replica reports %v", rep)
+	}
+	g := gather(t, h.m)
+	if v, _ := metricValue(g["weedblock_master_recovery_copies_total"], "", ""); v != 1 {
+		t.Fatalf("recovery copies %v, want 1", v)
+	}
+	t.Logf("epochs: %v", func() (out []string) {
+		for _, e := range append(final.History, final.Config) {
+			out = append(out, fmt.Sprintf("%d %s", e.Epoch, e.Reason))
+		}
+		return
+	}())
 }
