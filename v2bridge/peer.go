@@ -308,8 +308,9 @@ func (p *Peer) Report(ctx context.Context, tok engine.Token) (engine.ReplicaRepo
 
 // View is the primary's view for engine.PlanRecovery (terms as given), with
 // the WAL held from its tail until tok's attempt ends, so that the records a
-// plan binds (a catch-up's From, a full rebuild's Tail-1) cannot leave the
-// WAL between planning and the executor's own pin. The hold has the peer's
+// plan binds (a catch-up's From, a full rebuild's Tail-1, a snapshot's LSN)
+// cannot leave the WAL between planning and the executor's own pin. Base is
+// the volume's base snapshot (snapshot.go). The hold has the peer's
 // budget and is released when tok is released or cancelled.
 func (p *Peer) View(tok engine.Token, terms []engine.Term) (engine.PrimaryView, error) {
 	if err := p.slots.Check(tok); err != nil {
@@ -332,7 +333,7 @@ func (p *Peer) View(tok engine.Token, terms []engine.Term) (engine.PrimaryView, 
 		if p.o.Committed != nil {
 			committed = min(p.o.Committed(), st.Durable)
 		}
-		return engine.PrimaryView{Epoch: st.Epoch, Committed: committed, Durable: st.Durable, Head: st.Head, Tail: st.Tail, Terms: terms}, nil
+		return engine.PrimaryView{Epoch: st.Epoch, Committed: committed, Durable: st.Durable, Head: st.Head, Tail: st.Tail, Terms: terms, Base: p.snapshotBase()}, nil
 	}
 }
 
@@ -501,14 +502,18 @@ func (b *basePin) Release() error {
 
 // PinBase pins the primary's extent (engine.Full) at its durable LSN. The
 // caller must hold the WAL after that LSN before the first TransferBase (the
-// executor does). Snapshots do not exist in blockvol yet: engine.Snapshot
-// fails with executor.ErrBaseUnavailable.
+// executor does). engine.Snapshot pins exactly the volume's base snapshot
+// at lsn (pinSnapshot, snapshot.go) or fails with ErrSnapshotDrifted /
+// ErrSnapshotUntrusted, which wrap executor.ErrBaseUnavailable.
 func (p *Peer) PinBase(tok engine.Token, src engine.Source, lsn uint64) (executor.Base, error) {
 	if err := p.slots.Check(tok); err != nil {
 		return executor.Base{}, err
 	}
+	if src == engine.Snapshot {
+		return p.pinSnapshot(lsn)
+	}
 	if src != engine.Full {
-		return executor.Base{}, fmt.Errorf("v2bridge: %s base at %d: blockvol has no snapshots yet: %w", src, lsn, executor.ErrBaseUnavailable)
+		return executor.Base{}, fmt.Errorf("v2bridge: %s base at %d: %w", src, lsn, executor.ErrBaseUnavailable)
 	}
 	st := p.vol.Status()
 	p.mu.Lock()
@@ -574,7 +579,7 @@ func (p *Peer) TransferBase(ctx context.Context, tok engine.Token, b executor.Ba
 		p.chunk = make([]byte, n)
 	}
 	buf := p.chunk[:n]
-	if err := p.vol.ReadAt(buf, offset); err != nil {
+	if err := p.readBase(b, buf, offset); err != nil {
 		return 0, fmt.Errorf("v2bridge: read base at %d: %w", offset, err)
 	}
 	reqs := p.baseRequests(buf, offset, b)
@@ -596,7 +601,7 @@ func (p *Peer) TransferBase(ctx context.Context, tok engine.Token, b executor.Ba
 	// beyond the window.
 	p.baseSum.Write(buf)
 	p.baseNext += n
-	if p.baseNext == b.Size {
+	if p.baseNext == b.Size && b.Source != engine.Snapshot {
 		p.readHead = p.vol.Status().Head
 	}
 	if err := p.settleLocked(baseWindow); err != nil {
@@ -679,6 +684,11 @@ func (p *Peer) VerifyBase(tok engine.Token, b executor.Base) error {
 	}
 	req := &request{Op: opVerify, A: b.LSN, C: uint64(b.Size)}
 	p.baseSum.Sum(req.Sum[:0])
+	sum, derr := p.baseDigestLocked(b, req.Sum) // a snapshot's: its manifest's
+	if derr != nil {
+		return derr
+	}
+	req.Sum = sum
 	// The round reads the owed answers first; a refusal among them fails
 	// the verification even if the replica's digest happened to match.
 	_, err := p.callLocked(tok.Context(), tok, req)
