@@ -321,6 +321,32 @@ func TestRealLostCopyIsRebuilt(t *testing.T) {
 	if v, _ := metricValue(g["weedblock_master_recovery_copies_total"], "", ""); v != 1 {
 		t.Fatalf("recovery copies %v, want 1", v)
 	}
+
+	// block.repair -rebuild of the member in sync: it leaves the epoch, is
+	// rebuilt in full and rejoins; the forced flag is cleared.
+	third := final.Config.Epoch
+	rr, err := h.client.RepairVolume(ctx, &blockpb.RepairVolumeRequest{Name: "db1", ReplicaServerId: replicaID, Rebuild: true})
+	if err != nil || len(rr.Repairing) != 1 || rr.Volume.Config.Epoch != third+1 {
+		t.Fatalf("RepairVolume: %v %v", rr, err)
+	}
+	final = waitState("the repaired replica rebuilt and a member again", func(i *blockpb.VolumeInfo) bool {
+		return i.Config.Epoch > third+1 && roleOf(i.Config, replicaID) == replica && i.State == StateOK
+	})
+	var forced *blockpb.RecoveryProgress
+	for _, r := range final.Recoveries {
+		if r.ServerId == replicaID {
+			forced = r
+		}
+	}
+	if forced == nil || forced.Rebuilds == 0 || forced.LastOutcome != "in-sync" {
+		t.Fatalf("primary's recovery of %s after the forced rebuild: %v", replicaID, final.Recoveries)
+	}
+	h.m.mu.Lock()
+	mk := h.m.reg.get("db1").repairs[replicaID]
+	h.m.mu.Unlock()
+	if mk.Rebuild || mk.Seq != 1 {
+		t.Fatalf("repair mark after rejoining: %+v", mk)
+	}
 	t.Logf("epochs: %v", func() (out []string) {
 		for _, e := range append(final.History, final.Config) {
 			out = append(out, fmt.Sprintf("%d %s", e.Epoch, e.Reason))
