@@ -134,8 +134,9 @@
 // highest durable LSN among the members other than the current primary,
 // quorum heard); a live old primary stays as a replica and is fenced at
 // once by its new assignment. force accepts any alive server that reports
-// a copy of this incarnation (never one without), drops the old primary
-// and marks the epoch may_have_lost_writes. Promotions count in
+// a trusted copy of this incarnation (never one without, nor an untrusted
+// one), drops the old primary and marks the epoch may_have_lost_writes.
+// Promotions count in
 // VolumeInfo.failovers (persisted); the pause from losing the primary to
 // the new primary's first unfenced report in its epoch is
 // last_failover_pause_ms (memory only); member_lag is the primary's

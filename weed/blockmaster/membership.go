@@ -232,6 +232,11 @@ func (m *Master) PromoteVolume(ctx context.Context, req *blockpb.PromoteVolumeRe
 		if !m.aliveLocked(to, now) || rep == nil || rep.GetEpoch() < rec.firstEpoch {
 			return nil, status.Errorf(codes.FailedPrecondition, "cannot force %q to primary of %q: it must be alive and report a copy of this volume", to, name)
 		}
+		if rep.GetUntrusted() {
+			// Empty or half rebuilt: it has nothing to serve, and the
+			// volume server never unfences it.
+			return nil, status.Errorf(codes.FailedPrecondition, "cannot force %q to primary of %q: its copy is untrusted (waiting for or in a rebuild)", to, name)
+		}
 		note = fmt.Sprintf("forced promote of %s (durable LSN %d); writes it lacks are lost", to, rep.GetDurableLsn())
 	} else {
 		if _, why := m.eligibleLocked(rec, to, now); why != "" {

@@ -339,8 +339,10 @@ func TestUntrustedPrimaryReplacedNeverPromoted(t *testing.T) {
 	if info.Config.Epoch != 1 || info.State != StateUnavailable || !strings.Contains(info.FailoverBlocked, "b is untrusted") {
 		t.Fatalf("untrusted replica promoted, or no reason: %v state %q blocked %q", info.Config, info.State, info.FailoverBlocked)
 	}
-	_, err := d.h.client.PromoteVolume(context.Background(), &blockpb.PromoteVolumeRequest{Name: "v", ToServerId: "b"})
-	wantCode(t, err, codes.FailedPrecondition, "untrusted")
+	for _, force := range []bool{false, true} {
+		_, err := d.h.client.PromoteVolume(context.Background(), &blockpb.PromoteVolumeRequest{Name: "v", ToServerId: "b", Force: force})
+		wantCode(t, err, codes.FailedPrecondition, "untrusted")
+	}
 }
 
 // A primary whose file is gone is replaced (after its lease) and gets a
