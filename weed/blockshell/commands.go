@@ -74,7 +74,7 @@ func Commands() []Command {
 			"\n\tThe master persists a new epoch with SERVER (a server id as block.status shows it) as primary.\n" +
 			"\tWithout -force SERVER must be a member an automatic failover could pick (alive, trusted,\n" +
 			"\thealthy, no durable LSN behind another member's); a live old primary stays as a replica.\n" +
-			"\t-force accepts any alive server holding a copy: writes it lacks are lost (block.status warns).\n" +
+			"\t-force accepts any alive server holding a trusted copy: writes it lacks are lost (block.status warns).\n" +
 			"\tEither way the new primary serves only once the old primary's lease has run out.\n"},
 		{Name: "block.repair", Help: "bring copies of a block volume back through recovery: block.repair -name=NAME [-replica=SERVER] [-rebuild] [-json]\n" +
 			"\n\tWithout -replica every copy other than the primary is named. A named member of the current\n" +
