@@ -19,10 +19,11 @@
 // A base snapshot (CreateSnapshot, snapshot.go) is an exact image of the
 // volume at its checkpoint L, kept beside the volume file (<vol>.snap is an
 // A/B manifest with the SHA-256, <vol>.snap.0/.1 the sparse images): the
-// flusher pauses while the extent is copied (writes keep going into the
-// WAL; if they fill it the snapshot gives up, never the writers), the image
-// is fsynced before the manifest naming it, so a crash leaves the old
-// snapshot or the new one. OpenSnapshot verifies the image against its
+// extent is copied while writes and the flusher go on (before the flusher
+// changes a block the copier has not reached, the block's old content is
+// copied into the image: copy-on-write), the image is fsynced before the
+// manifest naming it, so a crash leaves the old snapshot or the new one.
+// The snapshot holds the WAL after L within half the WAL. OpenSnapshot verifies the image against its
 // manifest; a snapshot that fails is untrusted and never read. It is a
 // rebuild base while the WAL still holds (L, head] (SnapshotBase).
 // BeginRebuild deletes it.

@@ -66,7 +66,6 @@ func (v *Volume) Checkpoint() error {
 	target := v.written
 	v.mu.Unlock()
 	for {
-		v.waitSnapshotPause()
 		if _, err := v.flushOnce(); err != nil {
 			return err
 		}
@@ -90,9 +89,7 @@ func (v *Volume) flushOnce() (bool, error) {
 	defer v.flushMu.Unlock()
 
 	v.mu.Lock()
-	if v.failed != nil || v.snap.paused {
-		// A failed volume moves nothing; a snapshot being taken needs the
-		// extent to stay exactly at the checkpoint.
+	if v.failed != nil {
 		v.mu.Unlock()
 		return false, nil
 	}
@@ -244,6 +241,7 @@ func (v *Volume) applyToExtent(todo []recMeta) error {
 	for i := range todo {
 		m := &todo[i]
 		off := v.extentOff + int64(m.lba)*bs
+		v.snapSave(m.lba, uint64(m.blocks)) // a snapshot being taken keeps the old blocks
 		switch m.kind {
 		case KindWrite:
 			n := int(m.dataLen)

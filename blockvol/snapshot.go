@@ -25,7 +25,8 @@ import (
 //	<vol>.snap.0   image slot 0: exactly size bytes, raw, sparse
 //	<vol>.snap.1   image slot 1
 //
-// CreateSnapshot writes the image slot the current manifest does not name,
+// CreateSnapshot (snapshot_cow.go: copy-on-write, the flusher keeps
+// running) writes the image slot the current manifest does not name,
 // fsyncs it, and only then writes the manifest slot that names it (one
 // pwrite of 4 KiB + fsync). A crash at any point leaves the old manifest
 // (naming the untouched old image) or the new one (naming a durable image):
@@ -54,9 +55,9 @@ var (
 	// fit the volume, or its image does not hash to the manifest. It is
 	// never used; CreateSnapshot or DeleteSnapshot replaces it.
 	ErrSnapshotUntrusted = errors.New("blockvol: base snapshot untrusted")
-	// ErrSnapshotAborted: CreateSnapshot gave up (writers waited for WAL
-	// room the paused flusher would free, the volume closed, or its log
-	// was reset meanwhile). The previous snapshot, if any, is unchanged.
+	// ErrSnapshotAborted: CreateSnapshot gave up (the volume is being
+	// rebuilt, closed or failed, or its log was reset meanwhile). The
+	// previous snapshot, if any, is unchanged.
 	ErrSnapshotAborted = errors.New("blockvol: snapshot creation aborted")
 	// ErrSnapshotBusy: the image slot a new snapshot would overwrite is
 	// still open by a reader of an older snapshot.
@@ -187,8 +188,8 @@ type snapshots struct {
 	// blocks writers. nil when none could be taken.
 	hold *Hold
 
-	paused   bool // guarded by Volume.mu: the flusher makes no round
-	copyHook func(off int64)
+	cow      snapCOW         // the image being written by CreateSnapshot
+	copyHook func(off int64) // tests: called before each chunk is copied
 }
 
 func (s *snapshots) failedErr() error {
@@ -323,114 +324,6 @@ func (v *Volume) SnapshotBase() (SnapshotInfo, bool) {
 	return info, info.BaseFor(tail)
 }
 
-// CreateSnapshot replaces the base snapshot with an exact image of the
-// volume at its checkpoint L: it checkpoints, pauses the flusher (writes
-// keep flowing into the WAL), copies the extent (sparse: holes stay holes)
-// into the image slot the current manifest does not name while hashing it,
-// fsyncs it, then durably writes the manifest that names it. If writers
-// run out of WAL room while the flusher is paused, it gives up with
-// ErrSnapshotAborted instead of stalling them. The previous snapshot stays
-// valid until the new manifest is durable.
-func (v *Volume) CreateSnapshot() (SnapshotInfo, error) {
-	if err := v.enter(); err != nil {
-		return SnapshotInfo{}, err
-	}
-	defer v.ops.Done()
-	s := &v.snap
-	s.createMu.Lock()
-	defer s.createMu.Unlock()
-	s.mu.Lock()
-	v.loadSnapLocked()
-	failed := s.failedErr()
-	target := 0
-	if s.cur.present && s.corrupt == nil {
-		target = 1 - int(s.cur.image)
-	}
-	busy := s.readers[target] > 0
-	nextSeq := s.cur.seq + 1
-	if s.corrupt != nil {
-		nextSeq = 1 // no slot is valid: any sequence number wins
-	}
-	nextSlot := 0
-	if s.curSlot >= 0 {
-		nextSlot = 1 - s.curSlot
-	}
-	s.mu.Unlock()
-	if failed != nil {
-		return SnapshotInfo{}, fmt.Errorf("%s: create snapshot: an earlier manifest write failed: %w", v.path, failed)
-	}
-	if busy {
-		return SnapshotInfo{}, fmt.Errorf("%s: create snapshot: image slot %d: %w", v.path, target, ErrSnapshotBusy)
-	}
-	v.sbMu.Lock()
-	untrusted := v.sb.untrusted
-	v.sbMu.Unlock()
-	if untrusted {
-		return SnapshotInfo{}, fmt.Errorf("%s: create snapshot: the volume is untrusted (being rebuilt): %w", v.path, ErrSnapshotAborted)
-	}
-	if err := v.Checkpoint(); err != nil {
-		return SnapshotInfo{}, fmt.Errorf("%s: create snapshot: %w", v.path, err)
-	}
-
-	// Pause the flusher: after the round in progress (flushMu) the extent
-	// is exactly the state at the checkpoint and stays so.
-	v.mu.Lock()
-	s.paused = true
-	v.mu.Unlock()
-	defer func() {
-		v.mu.Lock()
-		s.paused = false
-		v.cond.Broadcast()
-		v.mu.Unlock()
-		v.kickFlusher()
-	}()
-	v.flushMu.Lock()
-	v.mu.Lock()
-	m := manifest{
-		seq: nextSeq, present: true, lsn: v.checkpoint, size: uint64(v.size), blockSize: uint32(v.bs),
-		image: uint32(target), generation: v.gen, epoch: v.epoch, created: time.Now().UnixNano(),
-	}
-	rebuilding, vfailed := v.rebuilding, v.failed
-	v.mu.Unlock()
-	v.flushMu.Unlock()
-	if rebuilding || vfailed != nil {
-		return SnapshotInfo{}, fmt.Errorf("%s: create snapshot: volume is being rebuilt or failed: %w", v.path, ErrSnapshotAborted)
-	}
-	// Hold the WAL after L (the paused flusher keeps the tail ≤ L+1), so
-	// the new snapshot is a rebuild base from the moment it exists.
-	hold, err := v.Hold(m.lsn+1, v.snapHoldBudget())
-	if err != nil {
-		return SnapshotInfo{}, fmt.Errorf("%s: create snapshot: hold the WAL after %d: %w: %w", v.path, m.lsn, ErrSnapshotAborted, err)
-	}
-	kept := false
-	defer func() {
-		if !kept {
-			hold.Release()
-		}
-	}()
-
-	sum, err := v.writeImage(target)
-	if err != nil {
-		return SnapshotInfo{}, fmt.Errorf("%s: create snapshot at %d: %w", v.path, m.lsn, err)
-	}
-	m.sum = sum
-
-	if err := v.commitManifest(&m, nextSlot); err != nil {
-		return SnapshotInfo{}, err
-	}
-	kept = true
-	s.mu.Lock()
-	old := s.hold
-	s.cur, s.curSlot, s.corrupt, s.bad, s.hold = m, nextSlot, nil, nil, hold
-	info, _ := v.infoLocked()
-	s.mu.Unlock()
-	if old != nil {
-		old.Release()
-	}
-	glog.V(1).Infof("blockvol %s: base snapshot at %d (slot %d, seq %d)", v.path, m.lsn, target, m.seq)
-	return info, nil
-}
-
 // commitManifest writes the manifest of a new snapshot under flushMu, so
 // that a log reset (TruncateWAL, BeginRebuild, InstallBase) cannot slip
 // between the generation check and the manifest.
@@ -477,146 +370,6 @@ func (v *Volume) writeManifest(m *manifest, slot int) error {
 		return fail(fmt.Errorf("fsync manifest %s: %w", v.manifestPath(), err))
 	}
 	return nil
-}
-
-// openImage opens (creating if needed) image slot i for writing.
-func (v *Volume) openImage(i int) (File, error) {
-	f, err := v.snap.fs.Open(v.imagePath(i))
-	if errors.Is(err, iofs.ErrNotExist) {
-		f, err = v.snap.fs.Create(v.imagePath(i))
-	}
-	if err != nil {
-		return nil, fmt.Errorf("open image %s: %w", v.imagePath(i), err)
-	}
-	return f, nil
-}
-
-// writeImage copies the (paused) extent into image slot i and returns the
-// SHA-256 of the image.
-func (v *Volume) writeImage(i int) ([32]byte, error) {
-	var sum [32]byte
-	f, err := v.openImage(i)
-	if err != nil {
-		return sum, err
-	}
-	defer f.Close()
-	path := v.imagePath(i)
-	// Empty it first so every old block becomes a hole.
-	if err := f.Truncate(0); err != nil {
-		return sum, fmt.Errorf("truncate %s: %w", path, err)
-	}
-	if err := f.Truncate(v.size); err != nil {
-		return sum, fmt.Errorf("truncate %s: %w", path, err)
-	}
-	h := sha256.New()
-	buf := make([]byte, snapCopyChunk)
-	zero := make([]byte, snapCopyChunk)
-	hashZeros := func(n int64) {
-		for n > 0 {
-			k := min(n, int64(len(zero)))
-			h.Write(zero[:k])
-			n -= k
-		}
-	}
-	seeker, _ := v.f.(dataSeeker)
-	bs := int64(v.bs)
-	for off := int64(0); off < v.size; {
-		if err := v.snapshotGoOn(off); err != nil {
-			return sum, err
-		}
-		end := min(off+snapCopyChunk, v.size)
-		if seeker != nil {
-			data, ok, err := seeker.seekData(v.extentOff + off)
-			if err != nil {
-				seeker = nil // no SEEK_DATA here: read everything
-				continue
-			}
-			if !ok || data-v.extentOff >= end {
-				hashZeros(end - off)
-				off = end
-				continue
-			}
-			if d := data - v.extentOff; d > off {
-				// A hole, then data; file system blocks may be smaller
-				// than ours, so keep whole volume blocks together.
-				d = d / bs * bs
-				if d > off {
-					hashZeros(d - off)
-					off = d
-					continue
-				}
-			}
-			if hole, err := seeker.seekHole(v.extentOff + off); err == nil {
-				if he := alignUp(hole-v.extentOff, bs); he > off && he < end {
-					end = he
-				}
-			}
-		}
-		p := buf[:end-off]
-		if err := v.readFull(p, v.extentOff+off); err != nil {
-			return sum, fmt.Errorf("read extent: %w", err)
-		}
-		h.Write(p)
-		// Non-zero runs of blocks are written; zero blocks stay holes.
-		for j := int64(0); j < int64(len(p)); {
-			k := min(j+bs, int64(len(p)))
-			zero := isZero(p[j:k])
-			e := k
-			for e < int64(len(p)) && isZero(p[e:min(e+bs, int64(len(p)))]) == zero {
-				e = min(e+bs, int64(len(p)))
-			}
-			if !zero {
-				if _, err := f.WriteAt(p[j:e], off+j); err != nil {
-					return sum, fmt.Errorf("write %s at %d: %w", path, off+j, err)
-				}
-			}
-			j = e
-		}
-		off = end
-	}
-	if err := f.Sync(); err != nil {
-		return sum, fmt.Errorf("fsync %s: %w", path, err)
-	}
-	copy(sum[:], h.Sum(nil))
-	return sum, nil
-}
-
-// snapshotGoOn says whether the copy may continue: not when writers wait
-// for WAL room the paused flusher would free, nor once the volume closes
-// or fails.
-func (v *Volume) snapshotGoOn(off int64) error {
-	v.mu.Lock()
-	waiting, closed, failed, hook := v.waitRoom, v.closed, v.failed, v.snap.copyHook
-	v.mu.Unlock()
-	switch {
-	case waiting > 0:
-		return fmt.Errorf("%w: the WAL is full and %d writers wait for the paused flusher", ErrSnapshotAborted, waiting)
-	case closed:
-		return fmt.Errorf("%w: volume closing", ErrSnapshotAborted)
-	case failed != nil:
-		return fmt.Errorf("%w: volume failed: %v", ErrSnapshotAborted, failed)
-	}
-	if hook != nil {
-		hook(off)
-		// The hook may have let writers fill the WAL: check again.
-		v.mu.Lock()
-		waiting = v.waitRoom
-		v.mu.Unlock()
-		if waiting > 0 {
-			return fmt.Errorf("%w: the WAL is full and %d writers wait for the paused flusher", ErrSnapshotAborted, waiting)
-		}
-	}
-	return nil
-}
-
-// waitSnapshotPause waits while CreateSnapshot holds the flusher (for
-// Checkpoint, which must not spin on rounds that do nothing).
-func (v *Volume) waitSnapshotPause() {
-	v.mu.Lock()
-	for v.snap.paused && v.failed == nil {
-		v.cond.Wait()
-	}
-	v.mu.Unlock()
 }
 
 // DeleteSnapshot durably removes the base snapshot (also a corrupt one):
