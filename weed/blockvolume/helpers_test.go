@@ -246,6 +246,28 @@ type fakeMaster struct {
 	got     []*blockpb.BlockHeartbeat
 	streams int
 	gotAt   map[uint64]time.Time // receive time per seq
+	caught  []*blockpb.ReportCaughtUpRequest
+}
+
+// ReportCaughtUp records the call (the fake master changes no epoch).
+func (f *fakeMaster) ReportCaughtUp(ctx context.Context, req *blockpb.ReportCaughtUpRequest) (*blockpb.ReportCaughtUpResponse, error) {
+	f.mu.Lock()
+	f.caught = append(f.caught, req)
+	f.mu.Unlock()
+	return &blockpb.ReportCaughtUpResponse{}, nil
+}
+
+// caughtUp reports whether ReportCaughtUp named server id of volume name
+// at epoch.
+func (f *fakeMaster) caughtUp(name, id string, epoch uint64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, r := range f.caught {
+		if r.GetName() == name && r.GetServerId() == id && r.GetEpoch() == epoch {
+			return true
+		}
+	}
+	return false
 }
 
 func startFakeMaster(t *testing.T) *fakeMaster {

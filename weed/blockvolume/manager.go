@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/golang/glog"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/weedblock/weedblock/blockvol"
 	"github.com/weedblock/weedblock/engine"
+	"github.com/weedblock/weedblock/executor"
 	"github.com/weedblock/weedblock/frontend/iscsi"
 	"github.com/weedblock/weedblock/frontend/nbd"
 	"github.com/weedblock/weedblock/replication"
@@ -102,6 +104,9 @@ type Manager struct {
 	// copy this server recovers as primary.
 	recSvc *v2bridge.Service
 	slots  *engine.Slots
+	// stepHook, when set (tests), runs before every batch of a recovery
+	// attempt with the recovery's context; an error aborts the attempt.
+	stepHook atomic.Pointer[func(context.Context, executor.Step) error]
 
 	hb hbState
 	// assignErrs is the last error of each volume's assignment, so a

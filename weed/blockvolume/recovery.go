@@ -442,6 +442,11 @@ func (rc *recovery) onStep(s executor.Step) error {
 	}
 	rc.prog.target = max(rc.prog.target, s.Goal)
 	rc.mu.Unlock()
+	if h := rc.m.stepHook.Load(); h != nil {
+		if err := (*h)(rc.ctx, s); err != nil {
+			return err
+		}
+	}
 	if s.Achieved > 0 && s.Phase != executor.PhaseTransfer {
 		rc.holdFrom(s.Achieved + 1)
 	}

@@ -1,0 +1,408 @@
+package blockvolume
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"math/rand"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/weedblock/weedblock/engine"
+	"github.com/weedblock/weedblock/executor"
+	"github.com/weedblock/weedblock/weed/pb/blockpb"
+)
+
+const (
+	recVol  = "rv"
+	recSize = 4 << 20
+)
+
+// recCluster is a fake master driving a primary (vs1) and a second copy
+// (vs2) of volume recVol (RF=2) in process over loopback: it assigns the
+// config it holds to both, lists the catch-up targets it holds to the
+// primary and records ReportCaughtUp (it never changes the epoch itself).
+type recCluster struct {
+	t    *testing.T
+	f    *fakeMaster
+	p, c *Manager
+
+	mu      sync.Mutex
+	cfg     *blockpb.EpochConfig
+	targets []*blockpb.CatchUpTarget
+	rng     *rand.Rand
+}
+
+func newRecCluster(t *testing.T) *recCluster {
+	t.Helper()
+	rc := &recCluster{t: t, f: startFakeMaster(t), rng: rand.New(rand.NewSource(1))}
+	rc.f.setRespond(rc.respond)
+	server := func(id string) func(*Options) {
+		return func(o *Options) {
+			withMasters(rc.f.addr)(o)
+			o.ServerID = id
+			o.ISCSIAddr = ""
+		}
+	}
+	rc.p = startManager(t, "", server("vs1"))
+	rc.c = startManager(t, "", server("vs2"))
+	return rc
+}
+
+func recSpec() *blockpb.VolumeSpec {
+	sp := spec(recVol, recSize)
+	sp.ReplicationFactor = 2
+	return sp
+}
+
+func (rc *recCluster) respond(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
+	resp := &blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), LeaseMs: 2000}
+	rc.mu.Lock()
+	cfg, targets := rc.cfg, rc.targets
+	rc.mu.Unlock()
+	if cfg == nil {
+		return resp, nil
+	}
+	id := hb.GetServer().GetServerId()
+	role := roleIn(cfg, id)
+	for _, r := range hb.GetVolumes() {
+		if r.GetName() != recVol {
+			continue
+		}
+		if r.GetEpoch() < cfg.GetEpoch() || (role != blockpb.Role_ROLE_NONE && r.GetRole() != role) ||
+			(role == blockpb.Role_ROLE_PRIMARY && r.GetFenced()) {
+			resp.Assignments = append(resp.Assignments, &blockpb.Assignment{Spec: recSpec(), Config: cfg, Role: role})
+		}
+		if role == blockpb.Role_ROLE_PRIMARY && r.GetEpoch() == cfg.GetEpoch() {
+			resp.CatchUp = targets
+		}
+	}
+	return resp, nil
+}
+
+// config makes an epoch whose first manager is primary.
+func (rc *recCluster) config(epoch uint64, ms ...*Manager) *blockpb.EpochConfig {
+	cfg := &blockpb.EpochConfig{Epoch: epoch, PrimaryServerId: ms[0].ServerID(), Durability: blockpb.Durability_DURABILITY_SYNC}
+	for i, m := range ms {
+		role := blockpb.Role_ROLE_REPLICA
+		if i == 0 {
+			role = blockpb.Role_ROLE_PRIMARY
+		}
+		cfg.Members = append(cfg.Members, &blockpb.Member{Server: m.Endpoints(), Role: role})
+	}
+	return cfg
+}
+
+func (rc *recCluster) setConfig(cfg *blockpb.EpochConfig, targets ...*blockpb.CatchUpTarget) {
+	rc.mu.Lock()
+	rc.cfg, rc.targets = cfg, targets
+	rc.mu.Unlock()
+}
+
+func (rc *recCluster) setTargets(targets ...*blockpb.CatchUpTarget) {
+	rc.mu.Lock()
+	rc.targets = targets
+	rc.mu.Unlock()
+}
+
+// target names the second copy a catch-up target at epoch.
+func (rc *recCluster) target(epoch uint64, rebuild bool, seq uint64) *blockpb.CatchUpTarget {
+	return &blockpb.CatchUpTarget{Name: recVol, Epoch: epoch, Server: rc.c.Endpoints(), Rebuild: rebuild, RepairSeq: seq}
+}
+
+func (rc *recCluster) allocate(m *Manager, cfg *blockpb.EpochConfig, recoveryCopy bool) *blockpb.VolumeReport {
+	rc.t.Helper()
+	resp, err := m.GRPCService().AllocateVolume(context.Background(), &blockpb.AllocateVolumeRequest{Spec: recSpec(), Config: cfg, RecoveryCopy: recoveryCopy})
+	if err != nil {
+		rc.t.Fatalf("allocate on %s: %v", m.ServerID(), err)
+	}
+	return resp.GetVolume()
+}
+
+// waitEpoch waits until m's copy is at epoch.
+func (rc *recCluster) waitEpoch(m *Manager, epoch uint64) {
+	rc.t.Helper()
+	eventually(rc.t, 10*time.Second, "epoch reached", func() bool {
+		v := m.lookup(recVol)
+		return v != nil && v.vol.Status().Epoch == epoch
+	})
+}
+
+// write writes n random 4 KiB blocks through the primary's frontend
+// device (its replication when it has members), then flushes.
+func (rc *recCluster) write(n int) {
+	rc.t.Helper()
+	dev := rc.p.lookup(recVol).dev
+	p := make([]byte, 4096)
+	eventually(rc.t, 10*time.Second, "primary writable", func() bool { return dev.WriteAt(p, 0, false) == nil })
+	for i := 0; i < n; i++ {
+		rc.rng.Read(p)
+		if err := dev.WriteAt(p, rc.rng.Int63n(recSize/4096)*4096, false); err != nil {
+			rc.t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	if err := dev.Flush(); err != nil {
+		rc.t.Fatalf("flush: %v", err)
+	}
+}
+
+// sameData compares both copies' whole devices.
+func (rc *recCluster) sameData() {
+	rc.t.Helper()
+	a := rc.p.lookup(recVol)
+	b := rc.c.lookup(recVol)
+	pa, pb := make([]byte, 1<<20), make([]byte, 1<<20)
+	for off := int64(0); off < recSize; off += int64(len(pa)) {
+		if err := a.vol.ReadAt(pa, off); err != nil {
+			rc.t.Fatal(err)
+		}
+		if err := b.vol.ReadAt(pb, off); err != nil {
+			rc.t.Fatal(err)
+		}
+		if !bytes.Equal(pa, pb) {
+			for i := range pa {
+				if pa[i] != pb[i] {
+					rc.t.Fatalf("copies differ at byte %d", off+int64(i))
+				}
+			}
+		}
+	}
+}
+
+// recovery is the primary's report of its recovery of vs2 (nil: none).
+func (rc *recCluster) recovery() *blockpb.RecoveryProgress {
+	for _, r := range rc.p.lookup(recVol).report(rc.p.ServerID(), 0).GetRecoveries() {
+		if r.GetServerId() == rc.c.ServerID() {
+			return r
+		}
+	}
+	return nil
+}
+
+// waitCaughtUp waits until the primary reported vs2 caught up at epoch,
+// then checks that both copies hold the same data.
+func (rc *recCluster) waitCaughtUp(epoch uint64) *blockpb.RecoveryProgress {
+	rc.t.Helper()
+	eventually(rc.t, 20*time.Second, "second copy reported caught up", func() bool {
+		return rc.f.caughtUp(recVol, rc.c.ServerID(), epoch)
+	})
+	rec := rc.recovery()
+	if rec == nil || rec.GetPhase() != phaseFollow || rec.GetLastOutcome() != "in-sync" {
+		rc.t.Fatalf("recovery after catching up: %v", rec)
+	}
+	if st := rc.c.lookup(recVol).vol.Status(); st.Untrusted {
+		rc.t.Fatalf("caught-up copy still untrusted")
+	}
+	rc.sameData()
+	return rec
+}
+
+// degrade sets up epoch 1 with both copies members, writes n1 blocks
+// (replicated), then epoch 2 with the primary alone (as after
+// RemoveMember), and writes n2 more that the second copy lacks.
+func (rc *recCluster) degrade(n1, n2 int) {
+	rc.t.Helper()
+	cfg1 := rc.config(1, rc.p, rc.c)
+	rc.allocate(rc.p, cfg1, false)
+	rc.allocate(rc.c, cfg1, false)
+	rc.setConfig(cfg1)
+	rc.write(n1)
+	rc.setConfig(rc.config(2, rc.p))
+	rc.waitEpoch(rc.p, 2)
+	rc.waitEpoch(rc.c, 2)
+	rc.write(n2)
+}
+
+// TestRecoveryShortOutageCatchesUp: a copy that missed a few writes still
+// in the primary's WAL is caught up (not rebuilt), follows the live
+// stream, is reported caught up, and holds the primary's data.
+func TestRecoveryShortOutageCatchesUp(t *testing.T) {
+	rc := newRecCluster(t)
+	rc.degrade(20, 8)
+	rc.setTargets(rc.target(2, false, 0))
+	rec := rc.waitCaughtUp(2)
+	if rec.GetCatchUps() != 1 || rec.GetRebuilds() != 0 || !strings.HasPrefix(rec.GetPlan(), "catch-up") {
+		t.Fatalf("short outage recovered by %v", rec)
+	}
+	// Writes after the hand-off reach the copy through the live stream.
+	rc.write(5)
+	eventually(t, 10*time.Second, "live stream carries new writes", func() bool {
+		return rc.c.lookup(recVol).vol.Status().Durable == rc.p.lookup(recVol).vol.Status().Durable
+	})
+	rc.sameData()
+}
+
+// TestRecoveryBehindWALIsRebuilt: a copy whose next record left the
+// primary's WAL (far more written than the WAL holds) is rebuilt, then
+// follows the live stream and is reported caught up.
+func TestRecoveryBehindWALIsRebuilt(t *testing.T) {
+	rc := newRecCluster(t)
+	rc.degrade(20, 400) // 1.6 MiB through a 256 KiB WAL
+	rc.setTargets(rc.target(2, false, 0))
+	rec := rc.waitCaughtUp(2)
+	if rec.GetRebuilds() != 1 || !strings.Contains(rec.GetPlan(), "no longer retained") {
+		t.Fatalf("copy behind the WAL recovered by %v", rec)
+	}
+}
+
+// TestRecoveryForcedRebuildAndRepairSeq: CatchUpTarget.rebuild forces a
+// rebuild where a catch-up would do; a new repair_seq cancels and plans
+// again (without rebuild: the cheapest plan; with: another rebuild).
+func TestRecoveryForcedRebuildAndRepairSeq(t *testing.T) {
+	rc := newRecCluster(t)
+	rc.degrade(20, 8)
+	rc.setTargets(rc.target(2, true, 1))
+	rec := rc.waitCaughtUp(2)
+	if rec.GetRebuilds() != 1 || rec.GetCatchUps() != 0 || !rec.GetForcedRebuild() || !strings.Contains(rec.GetPlan(), "operator asked") {
+		t.Fatalf("forced rebuild: %v", rec)
+	}
+	first := rec.GetAttempt()
+	rc.setTargets(rc.target(2, false, 2))
+	eventually(t, 10*time.Second, "repair 2 planned again without a rebuild", func() bool {
+		r := rc.recovery()
+		return r.GetAttempt() > first && r.GetCatchUps() == 1 && r.GetPhase() == phaseFollow
+	})
+	if r := rc.recovery(); r.GetRebuilds() != 1 {
+		t.Fatalf("repair without rebuild rebuilt: %v", r)
+	}
+	rc.setTargets(rc.target(2, true, 3))
+	eventually(t, 10*time.Second, "repair 3 rebuilt again", func() bool {
+		r := rc.recovery()
+		return r.GetRebuilds() == 2 && r.GetPhase() == phaseFollow
+	})
+	rc.write(3)
+	eventually(t, 10*time.Second, "copy follows after the second rebuild", func() bool {
+		return rc.c.lookup(recVol).vol.Status().Durable == rc.p.lookup(recVol).vol.Status().Durable
+	})
+	rc.sameData()
+}
+
+// TestRecoveryCopyIsRebuilt: a copy allocated with recovery_copy (a lost
+// copy coming back) is empty and untrusted, serves nothing, and is
+// rebuilt by the primary to its data.
+func TestRecoveryCopyIsRebuilt(t *testing.T) {
+	rc := newRecCluster(t)
+	cfg := rc.config(3, rc.p)
+	rc.allocate(rc.p, cfg, false)
+	rc.setConfig(cfg)
+	rc.write(50)
+	r := rc.allocate(rc.c, cfg, true)
+	if !r.GetUntrusted() || r.GetRole() != blockpb.Role_ROLE_NONE {
+		t.Fatalf("recovery copy: %v", r)
+	}
+	if err := rc.c.lookup(recVol).dev.ReadAt(make([]byte, 4096), 0); !errors.Is(err, ErrUntrusted) {
+		t.Fatalf("read from the untrusted copy: %v", err)
+	}
+	rc.setTargets(rc.target(3, false, 0))
+	rec := rc.waitCaughtUp(3)
+	if rec.GetRebuilds() != 1 || !strings.Contains(rec.GetPlan(), "untrusted") {
+		t.Fatalf("recovery copy recovered by %v", rec)
+	}
+	if r := rc.c.lookup(recVol).report(rc.c.ServerID(), 0); r.GetUntrusted() || r.GetRecovery() != nil {
+		t.Fatalf("rebuilt copy still reports a rebuild: %v", r)
+	}
+}
+
+// TestRecoveryEpochChangeCancelsRebuild: a rebuild in progress shows its
+// progress (VolumeReport.recoveries and /block/status on the primary, a
+// rebuild phase on the untrusted copy); an epoch change stops it: the
+// attempt is cancelled, its pins and slot released, its goroutine gone;
+// the copy stays untrusted; a new rebuild at the new epoch completes.
+func TestRecoveryEpochChangeCancelsRebuild(t *testing.T) {
+	rc := newRecCluster(t)
+	cfg := rc.config(2, rc.p)
+	rc.allocate(rc.p, cfg, false)
+	rc.setConfig(cfg)
+	rc.write(200)
+	rc.allocate(rc.c, cfg, true)
+	pv := rc.p.lookup(recVol)
+	holds := pv.vol.Status().Holds
+	inTransfer := make(chan struct{})
+	var once sync.Once
+	hook := func(ctx context.Context, s executor.Step) error {
+		if s.Phase == executor.PhaseTransfer && s.Batch >= 3 {
+			once.Do(func() { close(inTransfer) })
+			<-ctx.Done() // until the recovery is stopped
+			return ctx.Err()
+		}
+		return nil
+	}
+	h := (func(context.Context, executor.Step) error)(hook)
+	rc.p.stepHook.Store(&h)
+	rc.setTargets(rc.target(2, false, 0))
+	select {
+	case <-inTransfer:
+	case <-time.After(20 * time.Second):
+		t.Fatal("rebuild never reached its transfer")
+	}
+	// Progress on the primary.
+	rec := rc.recovery()
+	if rec.GetPhase() != phaseRebuild || rec.GetBytesTotal() != recSize || rec.GetBytesDone() == 0 || rec.GetBytesDone() >= recSize ||
+		rec.GetAttempt() == 0 || rec.GetStartedUnixMs() == 0 || !strings.HasPrefix(rec.GetPlan(), "rebuild") || rec.GetLastOutcome() != "" {
+		t.Fatalf("progress during the rebuild: %v", rec)
+	}
+	if pv.vol.Status().Holds <= holds {
+		t.Fatalf("no pins held during the rebuild")
+	}
+	doc := statusJSON(t, rc.p)
+	if !strings.Contains(doc, `"recoveries"`) || !strings.Contains(doc, `"phase": "rebuild"`) || !strings.Contains(doc, `"server_id": "vs2"`) {
+		t.Fatalf("/block/status during a rebuild:\n%s", doc)
+	}
+	// The copy describes itself.
+	if r := rc.c.lookup(recVol).report(rc.c.ServerID(), 0); !r.GetUntrusted() || r.GetRecovery().GetPhase() != phaseRebuild {
+		t.Fatalf("copy during its rebuild: %v", r)
+	}
+	pv.replMu.Lock()
+	live := pv.recs["vs2"]
+	pv.replMu.Unlock()
+	if live == nil {
+		t.Fatal("no live recovery")
+	}
+
+	// A new epoch (the target not listed in it yet) stops the attempt.
+	rc.setConfig(rc.config(3, rc.p))
+	select {
+	case <-live.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the recovery goroutine did not end after the epoch change")
+	}
+	eventually(t, 10*time.Second, "pins and slot released", func() bool {
+		_, busy := rc.p.slots.Live(engine.ReplicaID{Volume: recVol, Server: "vs2"})
+		return !busy && pv.vol.Status().Holds == holds
+	})
+	if r := rc.recovery(); r.GetPhase() != phaseDone {
+		t.Fatalf("stopped recovery reported as %v", r)
+	}
+	if !rc.c.lookup(recVol).vol.Status().Untrusted {
+		t.Fatal("a half-done rebuild left the copy trusted")
+	}
+
+	// At the new epoch a second rebuild completes.
+	rc.p.stepHook.Store(nil)
+	rc.waitEpoch(rc.c, 3)
+	rc.setTargets(rc.target(3, false, 0))
+	rec = rc.waitCaughtUp(3)
+	if rec.GetRebuilds() != 1 {
+		t.Fatalf("second rebuild: %v", rec)
+	}
+}
+
+// statusJSON is GET /block/status from m.
+func statusJSON(t *testing.T, m *Manager) string {
+	t.Helper()
+	w := httptest.NewRecorder()
+	m.HTTPHandler().ServeHTTP(w, httptest.NewRequest(http.MethodGet, StatusPath, nil))
+	if w.Code != http.StatusOK {
+		t.Fatalf("status: %d %s", w.Code, w.Body)
+	}
+	var doc StatusReport
+	if err := json.Unmarshal(w.Body.Bytes(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	return w.Body.String()
+}
