@@ -31,7 +31,11 @@
 // and become holes on the replica. The replica's connection handler reads
 // and checks the next frames while it applies the current one. The rebuild
 // fsyncs the replica's extent once, in InstallBase (VerifyBase), not per
-// chunk.
+// chunk. The replay after the base (until Commit) asks for no fsync
+// either: the replica is untrusted until Commit, which fsyncs it before it
+// checks the achieved LSN and clears the flag in FinishRebuild; so replay
+// progress counts records applied, and only catch-up progress (and every
+// outcome) counts records the replica fsynced.
 //
 // Rebuild from the primary's extent (engine.Full): the base LSN is the
 // primary's durable LSN when the base is pinned; the executor holds the WAL
@@ -84,6 +88,8 @@
 //
 // It must never: import weed/ or upstream SeaweedFS, decide what recovery to
 // run (engine does), renumber records, act on a request whose epoch or
-// attempt is stale, report an LSN as achieved before the replica fsynced it,
-// or panic on bytes from the network.
+// attempt is stale, report an LSN as achieved by a trusted replica (catch-up
+// progress) or by a recovery (its outcome) before the replica fsynced it,
+// let a replica become trusted before all it holds is durable, or panic on
+// bytes from the network.
 package v2bridge

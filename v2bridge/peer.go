@@ -77,6 +77,10 @@ type Peer struct {
 	// unread), before any other request's and by VerifyBase.
 	pending int   // answers owed by the replica for base chunks sent
 	baseErr error // the first refusal of a base chunk: the transfer is lost
+	// replay: a base was verified and not yet committed. The replica is
+	// untrusted until Commit, which fsyncs it first, so StreamWAL asks for
+	// no fsync meanwhile and counts what the replica applied.
+	replay bool
 	// apply payloads of StreamWAL, reused
 	abufs [][]byte
 	// terms of the latest View (Report is conservative across them)
@@ -406,7 +410,7 @@ func (p *Peer) StreamWAL(ctx context.Context, tok engine.Token, after, upTo uint
 	defer p.mu.Unlock()
 	// Records go out in pipelined requests of about applyChunk bytes,
 	// encoded straight from the WAL scan into reused payloads; only the
-	// last one asks the replica to fsync.
+	// last one asks the replica to fsync (none during a rebuild's replay).
 	head := (&request{Op: opApply, Volume: p.o.Name, Epoch: tok.Epoch, Attempt: tok.Attempt}).encodeFixed(nil)
 	bAt := 1 + 4 + len(p.o.Name) + 3*8 // request.B in head: after op, volume, epoch, attempt, A
 	var cur []byte
@@ -453,7 +457,10 @@ func (p *Peer) StreamWAL(ctx context.Context, tok engine.Token, after, upTo uint
 		return executor.Progress{Achieved: after}, nil
 	}
 	finish()
-	binary.BigEndian.PutUint64(p.abufs[used-1][bAt:], 1) // fsync, then answer
+	replay := p.replay
+	if !replay {
+		binary.BigEndian.PutUint64(p.abufs[used-1][bAt:], 1) // fsync, then answer
+	}
 	if err := p.slots.Check(tok); err != nil {
 		return executor.Progress{}, err
 	}
@@ -468,7 +475,11 @@ func (p *Peer) StreamWAL(ctx context.Context, tok engine.Token, after, upTo uint
 	if err != nil {
 		return executor.Progress{}, err
 	}
-	return executor.Progress{Achieved: max(after, min(resp.Durable, last)), Bytes: sent}, nil
+	reached := resp.Durable
+	if replay {
+		reached = resp.Head // applied; made durable by Commit before trust
+	}
+	return executor.Progress{Achieved: max(after, min(reached, last)), Bytes: sent}, nil
 }
 
 // Truncate drops the replica's records (to, ∞); executor.ErrTruncationUnsafe
@@ -531,6 +542,7 @@ func (p *Peer) endBaseLocked() {
 		p.dropLocked()
 	}
 	p.baseErr = nil
+	p.replay = false
 }
 
 // Base transfer tuning.
@@ -695,6 +707,7 @@ func (p *Peer) VerifyBase(tok engine.Token, b executor.Base) error {
 	if p.baseErr != nil {
 		return p.baseErr
 	}
+	p.replay = err == nil
 	return err
 }
 
@@ -706,6 +719,10 @@ func (p *Peer) VerifyBase(tok engine.Token, b executor.Base) error {
 // Before committing, Commit replays the WAL on to that head (made durable on
 // the primary first), so the trusted replica is exactly the primary's state
 // at an LSN ≥ achieved, never a mix.
+//
+// The replay after VerifyBase is applied without fsyncs (the replica is
+// untrusted until here): the replica fsyncs before it checks achieved
+// against its durable LSN and commits.
 func (p *Peer) Commit(tok engine.Token, achieved uint64) error {
 	if err := p.slots.Check(tok); err != nil {
 		return err
@@ -731,5 +748,8 @@ func (p *Peer) Commit(tok engine.Token, achieved uint64) error {
 		}
 	}
 	_, err := p.call(tok.Context(), tok, &request{Op: opCommit, A: achieved})
+	p.mu.Lock()
+	p.replay = false
+	p.mu.Unlock()
 	return err
 }

@@ -512,6 +512,12 @@ func (rv *replicaVol) commit(achieved uint64) error {
 	if rv.rebuilding {
 		return errors.New("commit before the base was verified")
 	}
+	// The replay was applied without fsyncs (the replica is untrusted):
+	// make it durable before anything is trusted.
+	if err := rv.vol.Flush(); err != nil {
+		return fmt.Errorf("flush the replay: %w", err)
+	}
+	st = rv.vol.Status()
 	if st.Durable < achieved {
 		return fmt.Errorf("commit at %d but durable is %d", achieved, st.Durable)
 	}

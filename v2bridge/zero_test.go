@@ -305,3 +305,74 @@ func TestBaseRefusalSurfacesLater(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestReplayDurableOnlyAtCommit(t *testing.T) {
+	svc, addr := startService(t)
+	prim := primaryVol(t, 1, volOpts{manual: true})
+	// A replica whose flusher never runs by itself: nothing makes its
+	// records durable but an fsync asked for.
+	rep := newReplicaVol(t, "r.vol", 1, volOpts{manual: true})
+	svc.Register("vol1", rep)
+	rng := rand.New(rand.NewSource(44))
+	writeRandom(t, prim, rng, 50, 0, testSize/bs)
+	slots := engine.NewSlots()
+	tok, _ := slots.Acquire(engine.ReplicaID{Volume: "vol1", Server: "s2"}, 1, addr)
+	defer slots.Release(tok)
+	p := NewPeer(slots, prim, PeerOptions{Name: "vol1", Addr: addr})
+	defer p.Close()
+	ctx := context.Background()
+	if err := p.MarkUntrusted(tok); err != nil {
+		t.Fatal(err)
+	}
+	hold, err := prim.Hold(prim.Status().Durable+1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Release()
+	base, err := p.PinBase(tok, engine.Full, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer base.Pin.Release()
+	for off := int64(0); off < base.Size; {
+		n, err := p.TransferBase(ctx, tok, base, off, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		off += n
+	}
+	if err := p.VerifyBase(tok, base); err != nil {
+		t.Fatal(err)
+	}
+	// Writes after the base: the replay ships them without an fsync.
+	writeRandom(t, prim, rng, 40, 0, testSize/bs)
+	target := prim.Status().Durable
+	pr, err := p.StreamWAL(ctx, tok, base.LSN, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := rep.Status()
+	if pr.Achieved != target || st.Head != target || !st.Untrusted {
+		t.Fatalf("replay reached %d, replica %+v, want head %d untrusted", pr.Achieved, st, target)
+	}
+	if st.Durable >= target {
+		t.Fatalf("the replay fsynced the untrusted replica (durable %d)", st.Durable)
+	}
+	if err := p.Commit(tok, pr.Achieved); err != nil {
+		t.Fatal(err)
+	}
+	if st := rep.Status(); st.Untrusted || st.Durable < target {
+		t.Fatalf("after commit: %+v", st)
+	}
+	sameDevice(t, prim, rep)
+	// A catch-up after the commit fsyncs again before it reports.
+	writeRandom(t, prim, rng, 10, 0, testSize/bs)
+	target2 := prim.Status().Durable
+	pr, err = p.StreamWAL(ctx, tok, target, target2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := rep.Status(); pr.Achieved != target2 || st.Durable < target2 {
+		t.Fatalf("catch-up reached %d, replica durable %d", pr.Achieved, st.Durable)
+	}
+}
