@@ -3,6 +3,7 @@ package blockvol
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/golang/glog"
@@ -67,10 +68,13 @@ type Volume struct {
 	manual    bool
 
 	// sbMu serializes superblock writes; sb is the last persisted copy.
-	sbMu   sync.Mutex
-	sb     superblock
-	sbSlot int
-	sbBuf  []byte
+	sbMu sync.Mutex
+	// untrusted mirrors sb.untrusted for Status, which must not wait
+	// for a superblock write (sbMu is held across its fdatasync).
+	untrusted atomic.Bool
+	sb        superblock
+	sbSlot    int
+	sbBuf     []byte
 
 	// syncMu serializes fdatasync so each error is seen by exactly the
 	// caller that must act on it.
@@ -264,6 +268,7 @@ func openFile(path string, f File, opts Options) (*Volume, error) {
 		done:      make(chan struct{}),
 		zeroBuf:   make([]byte, max(4096, int(sb.blockSize))),
 	}
+	v.untrusted.Store(sb.untrusted)
 	v.cond = sync.NewCond(&v.mu)
 	v.snap.fs = opts.FS
 	if v.snap.fs == nil {
@@ -369,6 +374,7 @@ func (v *Volume) persistSuperblock(mut func(*superblock)) error {
 		return err
 	}
 	v.sb, v.sbSlot = next, slot
+	v.untrusted.Store(next.untrusted)
 	return nil
 }
 
@@ -434,9 +440,7 @@ type Status struct {
 
 // Status returns a snapshot.
 func (v *Volume) Status() Status {
-	v.sbMu.Lock()
-	untrusted := v.sb.untrusted
-	v.sbMu.Unlock()
+	untrusted := v.untrusted.Load()
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return Status{
