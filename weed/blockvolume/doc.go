@@ -107,6 +107,85 @@
 // is reported in VolumeReport.replicas, its recoveries in
 // VolumeReport.recoveries.
 //
+// # Recovery (DESIGN §6, issue 6)
+//
+// Replica side: the replication listener also carries recovery traffic
+// (v2bridge; connections starting with v2bridge.Preface are routed to a
+// v2bridge.Service). Every healthy local copy that is not the confirmed
+// primary — replicas, copies outside their epoch, untrusted copies — is
+// registered with it, so the primary of the copy's epoch can truncate,
+// catch up or rebuild it; it is unregistered when it becomes primary, is
+// deleted, goes unhealthy or the Manager closes. Requests at another epoch
+// than the copy's are refused (the copy first learns the epoch from its
+// own assignment).
+//
+// Primary side: for each catch-up target of a confirmed primary (the
+// master lists non-member copies while the volume has fewer members than
+// its RF) a recovery goroutine runs attempts: engine.Slots.Acquire for
+// (volume, server id) at the primary's epoch and the target's replication
+// address; v2bridge.Peer.View (terms read from the primary's retained WAL)
+// and Peer.Report; engine.PlanRecovery; executor.Run. The plan is the
+// cheapest safe one: zero-gap, catch-up from the WAL, truncation of
+// records beyond what the primary holds (then catch-up), or a rebuild
+// (full base, or a base snapshot plus WAL when one fits). A rebuild is
+// forced when the target carries rebuild=true (block.repair -rebuild),
+// when the copy is untrusted, when an earlier attempt or the live stream
+// escalated, and when the copy diverged (its durable LSN beyond the
+// takeover head, see above). When the copy no longer knows the epoch of
+// its last record (its WAL was flushed), it is trusted up to the
+// takeover check: its records up to the primary's own durable LSN are
+// taken to match. Outcomes: InSync → the copy is handed to the live
+// stream (an async replication.Primary whose cursor starts at the copy's
+// durable+1; a WAL hold keeps those records until the cursor holds its
+// own) and reported caught up once that cursor is in sync; NeedsRebuild →
+// planned again at once as a rebuild; Aborted or an error before the run
+// (copy unreachable, at another epoch) → retried with backoff from 200 ms
+// doubling to 10 s, each distinct error logged once. A live stream that
+// finds the copy cannot be followed sends it back for a rebuild. A new
+// repair_seq cancels the live attempt (Slots.Cancel) and plans again. A
+// new epoch of the primary, the target no longer listed or with another
+// address, the primary losing its role, a delete or Close stop the
+// recovery: the attempt is cancelled, the executor releases its pins and
+// slot, the goroutine ends (Close waits for it). A copy is trusted again
+// only by a rebuild's commit; a half-done rebuild leaves it untrusted.
+//
+// Progress: VolumeReport.recoveries (heartbeat, VolumeStatus and
+// /block/status) has one entry per copy the primary recovers or last
+// recovered: phase (plan, catch-up, truncate, rebuild, follow — in sync,
+// on the live stream —, failed — waiting to retry —, done), bytes done and
+// total (a rebuild: the volume size, then the WAL tail; a catch-up:
+// estimated from the LSN range), ETA from the rate so far, the plan in
+// words, target and achieved LSN, attempt number, start time, last
+// outcome, forced flag and counts of finished catch-ups and rebuilds. A
+// copy reports its own VolumeReport.recovery with phase "rebuild" while it
+// is untrusted. Metrics: weedblock_volume_recoveries_started_total{kind},
+// _recoveries_finished_total{kind,outcome}, _recovery_bytes_total{kind},
+// _recoveries_active, _recovery_duration_seconds{kind} (kind: zero-gap,
+// catch-up, truncate, rebuild; outcome: in-sync, needs-rebuild, aborted).
+//
+// What a returning copy gets: one stopped for a while and restarted is
+// caught up from the WAL when the records after its durable LSN are still
+// there (the degraded primary keeps a hold from its tail when it lost the
+// copy, budget half the WAL; a write load that outruns it revokes the hold
+// and the copy is rebuilt); one whose file was deleted comes back as an
+// empty untrusted copy (below) and is rebuilt.
+//
+// # Lost copies and untrusted copies
+//
+// An assignment never creates a trusted copy: one naming this server a
+// member of a volume it does not have (its file was lost) creates it empty
+// and durably untrusted (SetUntrusted before it is registered anywhere),
+// fenced at the assignment's epoch. AllocateVolume with recovery_copy
+// creates the same copy for a server that need not be a member of the
+// config (idempotent; an existing copy is left as it is). An untrusted
+// copy — such a copy, or one whose rebuild did not finish, also after a
+// restart — is never unfenced as primary or replica by this package
+// (an assignment making it primary returns an error and leaves it
+// fenced), follows no live stream, serves no reads (ErrUntrusted: NBD
+// EIO) and no writes, and reports untrusted=true so the master takes it
+// out of the epoch and lists it as a catch-up target; only the primary's
+// rebuild (v2bridge) moves it and makes it trusted.
+//
 // # Master connection
 //
 // The client tries Masters() in turn. A response with leader set, or a
@@ -119,8 +198,9 @@
 // AllocateVolume: creates Dir/NAME.blk (free space checked:
 // ResourceExhausted), persists the epoch and the config, stays fenced.
 // Idempotent for the same name and geometry; another geometry is
-// AlreadyExists; a config where this server is not a member, or an epoch
-// older than the volume's, is FailedPrecondition; a bad spec is
+// AlreadyExists; a config where this server is not a member (unless
+// recovery_copy, see above), or an epoch older than the volume's, is
+// FailedPrecondition; a bad spec is
 // InvalidArgument. DeleteVolume: FailedPrecondition while NBD connections
 // or iSCSI sessions are attached (unless force) or for a stale epoch (0
 // skips the check); an unknown name succeeds (idempotent). VolumeStatus:
@@ -128,11 +208,14 @@
 //
 // It owns: the volume files under Dir, their frontend exports, the
 // heartbeat client, the lease arithmetic on the volume-server side and the
-// wiring of each volume's replication role (listener, Primary, catch-ups).
+// wiring of each volume's replication role (listener, Primary, catch-ups)
+// and the recoveries it runs as primary (recovery.go).
 //
 // It must never: import upstream SeaweedFS (the launcher in weed/cluster
 // adapts it), unfence a volume for an epoch it was not given, start a lease
 // later than the heartbeat that earned it, shorten a serving primary's
 // lease by re-applying an unchanged assignment, delete a file it could not
-// open, or keep goroutines after Close.
+// open, create a trusted copy from an assignment, unfence or serve an
+// untrusted copy, catch up a diverged copy as it is, or keep goroutines
+// after Close.
 package blockvolume

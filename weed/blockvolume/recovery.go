@@ -585,10 +585,7 @@ func (m *Manager) retireRecovery(v *volume, rc *recovery, why string) {
 	rc.mu.Lock()
 	p := rc.prog
 	rc.mu.Unlock()
-	p.running = false
-	if p.phase != phaseFollow || why != "" {
-		p.phase = phaseDone
-	}
+	p.running, p.phase = false, phaseDone
 	v.replMu.Lock()
 	if v.recLast == nil {
 		v.recLast = map[string]recoveryProgress{}

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/weedblock/weedblock/engine"
 	"github.com/weedblock/weedblock/executor"
 	"github.com/weedblock/weedblock/weed/pb/blockpb"
@@ -229,6 +231,22 @@ func TestRecoveryShortOutageCatchesUp(t *testing.T) {
 	if rec.GetCatchUps() != 1 || rec.GetRebuilds() != 0 || !strings.HasPrefix(rec.GetPlan(), "catch-up") {
 		t.Fatalf("short outage recovered by %v", rec)
 	}
+	mt := rc.p.metrics
+	if n := testutil.ToFloat64(mt.recFinished.WithLabelValues("catch-up", "in-sync")); n != 1 {
+		t.Fatalf("catch-ups finished in sync: %v", n)
+	}
+	if n := testutil.ToFloat64(mt.recStarted.WithLabelValues("rebuild")); n != 0 {
+		t.Fatalf("rebuilds started: %v", n)
+	}
+	if n := testutil.ToFloat64(mt.recBytes.WithLabelValues("catch-up")); n < 8*4096 {
+		t.Fatalf("catch-up bytes %v for 8 missed blocks", n)
+	}
+	if n := testutil.ToFloat64(mt.recActive); n != 0 {
+		t.Fatalf("active recoveries after the catch-up: %v", n)
+	}
+	if n := testutil.CollectAndCount(mt.recDuration); n != 1 {
+		t.Fatalf("duration series: %d", n)
+	}
 	// Writes after the hand-off reach the copy through the live stream.
 	rc.write(5)
 	eventually(t, 10*time.Second, "live stream carries new writes", func() bool {
@@ -247,6 +265,12 @@ func TestRecoveryBehindWALIsRebuilt(t *testing.T) {
 	rec := rc.waitCaughtUp(2)
 	if rec.GetRebuilds() != 1 || !strings.Contains(rec.GetPlan(), "no longer retained") {
 		t.Fatalf("copy behind the WAL recovered by %v", rec)
+	}
+	if n := testutil.ToFloat64(rc.p.metrics.recFinished.WithLabelValues("rebuild", "in-sync")); n != 1 {
+		t.Fatalf("rebuilds finished in sync: %v", n)
+	}
+	if n := testutil.ToFloat64(rc.p.metrics.recBytes.WithLabelValues("rebuild")); n < recSize/2 {
+		t.Fatalf("rebuild bytes %v", n)
 	}
 }
 

@@ -458,6 +458,9 @@ func (m *Manager) recoverTargetLocked(v *volume, id string, t *blockpb.CatchUpTa
 		cu.p.Close()
 		cu = nil
 	}
+	if cu != nil && cu.epoch != epoch {
+		closeCU() // of an older epoch: the copy is a target again, not a member
+	}
 	switch {
 	case rc == nil:
 		rc = m.newRecoveryLocked(v, t, epoch)
@@ -469,7 +472,7 @@ func (m *Manager) recoverTargetLocked(v *volume, id string, t *blockpb.CatchUpTa
 		v.replMu.Unlock()
 	case t.GetRepairSeq() != rc.seq():
 		glog.Infof("blockvolume: %s: repair %d of %s (rebuild %v): planning again", v.name, t.GetRepairSeq(), id, t.GetRebuild())
-		if cu != nil && cu.epoch == epoch {
+		if cu != nil {
 			closeCU()
 		}
 		rc.repair(t.GetRepairSeq(), t.GetRebuild())
@@ -477,7 +480,7 @@ func (m *Manager) recoverTargetLocked(v *volume, id string, t *blockpb.CatchUpTa
 		rc.setForced(t.GetRebuild())
 	}
 	if !rc.following() {
-		if cu != nil && cu.epoch == epoch {
+		if cu != nil {
 			closeCU()
 		}
 		return
