@@ -81,8 +81,8 @@ type Peer struct {
 	// untrusted until Commit, which fsyncs it first, so StreamWAL asks for
 	// no fsync meanwhile and counts what the replica applied.
 	replay bool
-	// apply payloads of StreamWAL, reused
-	abufs [][]byte
+	// apply payload of StreamWAL, reused
+	abuf []byte
 	// terms of the latest View (Report is conservative across them)
 	terms []engine.Term
 	// pins counts pins held; doubles counts second releases (a bug).
@@ -150,13 +150,13 @@ func (p *Peer) callLocked(ctx context.Context, tok engine.Token, req *request) (
 // exchangeLocked sends reqs back to back (pipelined) and then reads their
 // answers in order. It returns the last answer, or the first refusal.
 func (p *Peer) exchangeLocked(ctx context.Context, tok engine.Token, reqs []*request) (response, error) {
-	return p.roundLocked(ctx, reqs[0].Op, len(reqs), func() error {
-		for _, req := range reqs {
+	return p.roundLocked(ctx, reqs[0].Op, func() (int, error) {
+		for i, req := range reqs {
 			if err := p.writeRequestLocked(tok, req); err != nil {
-				return err
+				return i, err
 			}
 		}
-		return nil
+		return len(reqs), nil
 	})
 }
 
@@ -209,10 +209,11 @@ func (ss *session) fail(err error) error {
 	return fmt.Errorf("v2bridge: %s to %s: %w", ss.what, ss.p.o.Addr, err)
 }
 
-// roundLocked writes n requests with send, then reads their n answers (the
-// answers still owed for base chunks first). It returns the last answer, or
-// the first refusal.
-func (p *Peer) roundLocked(ctx context.Context, what op, n int, send func() error) (response, error) {
+// roundLocked writes requests with send, which says how many it wrote,
+// then reads their answers (the answers still owed for base chunks first).
+// It returns the last answer, or the first refusal. An error from send
+// drops the connection (answers may be owed) and is returned wrapped.
+func (p *Peer) roundLocked(ctx context.Context, what op, send func() (int, error)) (response, error) {
 	ss, err := p.openLocked(ctx, what)
 	if err != nil {
 		return response{}, err
@@ -223,7 +224,8 @@ func (p *Peer) roundLocked(ctx context.Context, what op, n int, send func() erro
 	}
 	// The answers are small: the replica never blocks writing them while
 	// this side is still writing requests.
-	if err := send(); err != nil {
+	n, err := send()
+	if err != nil {
 		return response{}, ss.fail(err)
 	}
 	if err := p.bw.Flush(); err != nil {
@@ -409,71 +411,73 @@ func (p *Peer) StreamWAL(ctx context.Context, tok engine.Token, after, upTo uint
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	// Records go out in pipelined requests of about applyChunk bytes,
-	// encoded straight from the WAL scan into reused payloads; only the
-	// last one asks the replica to fsync (none during a rebuild's replay).
+	// encoded straight from the WAL scan into one reused payload and sent
+	// while the scan goes on; only the last one asks the replica to fsync
+	// (none during a rebuild's replay).
+	replay := p.replay
 	head := (&request{Op: opApply, Volume: p.o.Name, Epoch: tok.Epoch, Attempt: tok.Attempt}).encodeFixed(nil)
 	bAt := 1 + 4 + len(p.o.Name) + 3*8 // request.B in head: after op, volume, epoch, attempt, A
-	var cur []byte
+	if cap(p.abuf) < applyChunk+64<<10 {
+		p.abuf = make([]byte, 0, applyChunk+64<<10)
+	}
+	cur := p.abuf[:0]
 	var count uint32
-	used := 0
-	finish := func() {
+	start := func() {
+		cur = putU32(append(cur[:0], head...), 0)
+		count = 0
+	}
+	// send finishes the payload and writes it.
+	send := func(fsync bool) error {
 		binary.BigEndian.PutUint32(cur[len(head):], count)
 		cur = putU32(cur, 0) // no Data
-		p.abufs[used-1] = cur
+		if fsync {
+			binary.BigEndian.PutUint64(cur[bAt:], 1)
+		}
+		err := writeFrameParts(p.bw, cur, nil)
+		p.abuf = cur[:0]
+		return err
 	}
 	var sent int64
 	var last uint64
-	err := p.vol.ScanWAL(after+1, func(r blockvol.Record) error {
-		if ctx != nil && ctx.Err() != nil {
-			return context.Cause(ctx)
-		}
-		if cur == nil || len(cur) >= applyChunk {
-			if cur != nil {
-				finish()
+	resp, err := p.roundLocked(ctx, opApply, func() (int, error) {
+		n := 0
+		start()
+		err := p.vol.ScanWAL(after+1, func(r blockvol.Record) error {
+			if ctx != nil && ctx.Err() != nil {
+				return context.Cause(ctx)
 			}
-			if used == len(p.abufs) {
-				p.abufs = append(p.abufs, nil)
+			if len(cur) >= applyChunk {
+				if err := send(false); err != nil {
+					return err
+				}
+				n++
+				start()
 			}
-			cur = putU32(append(p.abufs[used][:0], head...), 0)
-			count = 0
-			used++
-		}
-		cur = appendRecord(cur, &r)
-		count++
-		sent += int64(len(r.Data))
-		last = r.LSN
-		if r.LSN >= upTo || sent >= maxBatchBytes {
-			return errScanDone
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, errScanDone) {
-		if errors.Is(err, blockvol.ErrNotRetained) || errors.Is(err, blockvol.ErrHoldRevoked) {
-			return executor.Progress{}, fmt.Errorf("v2bridge: read WAL after %d: %w: %w", after, executor.ErrRetentionLost, err)
-		}
-		return executor.Progress{}, fmt.Errorf("v2bridge: read WAL after %d: %w", after, err)
-	}
-	if used == 0 {
-		return executor.Progress{Achieved: after}, nil
-	}
-	finish()
-	replay := p.replay
-	if !replay {
-		binary.BigEndian.PutUint64(p.abufs[used-1][bAt:], 1) // fsync, then answer
-	}
-	if err := p.slots.Check(tok); err != nil {
-		return executor.Progress{}, err
-	}
-	resp, err := p.roundLocked(ctx, opApply, used, func() error {
-		for _, b := range p.abufs[:used] {
-			if err := writeFrameParts(p.bw, b, nil); err != nil {
-				return err
+			cur = appendRecord(cur, &r)
+			count++
+			sent += int64(len(r.Data))
+			last = r.LSN
+			if r.LSN >= upTo || sent >= maxBatchBytes {
+				return errScanDone
 			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, errScanDone) {
+			if errors.Is(err, blockvol.ErrNotRetained) || errors.Is(err, blockvol.ErrHoldRevoked) {
+				return n, fmt.Errorf("read WAL after %d: %w: %w", after, executor.ErrRetentionLost, err)
+			}
+			return n, fmt.Errorf("read WAL after %d: %w", after, err)
 		}
-		return nil
+		if count == 0 {
+			return n, nil // nothing (more) to ship
+		}
+		return n + 1, send(!replay)
 	})
 	if err != nil {
 		return executor.Progress{}, err
+	}
+	if last == 0 {
+		return executor.Progress{Achieved: after}, nil
 	}
 	reached := resp.Durable
 	if replay {
