@@ -318,8 +318,14 @@ func (rc *recovery) attempt() (engine.Outcome, error) {
 		Name: v.name, Addr: rc.addr, HoldBudget: st.WALSize / 2, Committed: v.committed,
 	})
 	defer peer.Close()
+	// A first hello checks that the copy answers at this epoch before
+	// anything is read or held here.
+	if _, err := peer.Report(rc.ctx, tok); err != nil {
+		return engine.Outcome{}, err
+	}
 	// A first view holds the WAL from its tail; the terms are read from
-	// what it holds, then the view is taken again with them.
+	// what it holds, then the view is taken again with them (Report
+	// depends on the terms of the latest view).
 	view, err := peer.View(tok, nil)
 	if err != nil {
 		return engine.Outcome{}, err
