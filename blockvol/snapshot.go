@@ -418,8 +418,16 @@ func (v *Volume) DeleteSnapshot() error {
 	}
 	s.mu.Unlock()
 	// Give the space back. Not needed for safety: the manifest says none.
-	for _, i := range free {
-		f, err := s.fs.Open(v.imagePath(i))
+	v.emptyImages(free...)
+	return nil
+}
+
+// emptyImages truncates image slots no manifest names any more and no
+// reader has open, to give their space back. Callers hold createMu (no
+// snapshot can be created into them meanwhile).
+func (v *Volume) emptyImages(slots ...int) {
+	for _, i := range slots {
+		f, err := v.snap.fs.Open(v.imagePath(i))
 		if err != nil {
 			continue
 		}
@@ -428,7 +436,6 @@ func (v *Volume) DeleteSnapshot() error {
 		}
 		f.Close()
 	}
-	return nil
 }
 
 // SnapshotReader reads the image of one base snapshot. It stays valid

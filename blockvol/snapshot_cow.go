@@ -1,6 +1,7 @@
 package blockvol
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -33,8 +34,9 @@ type snapCOW struct {
 	cursor int64    // volume bytes below it are done by the copier
 	saved  []uint64 // bitmap: blocks ≥ cursor already in the image
 	buf    []byte
-	saves  int64 // blocks saved by copy-on-write (tests, logs)
-	err    error // a copy-on-write failure: the snapshot fails
+	zero   []byte // read-only zeros, for allZero
+	saves  int64  // blocks saved by copy-on-write (tests, logs)
+	err    error  // a copy-on-write failure: the snapshot fails
 }
 
 func (c *snapCOW) isSaved(b int64) bool { return c.saved[b>>6]&(1<<(b&63)) != 0 }
@@ -88,7 +90,7 @@ func (v *Volume) snapSave(lba uint64, blocks uint64) {
 			c.err = fmt.Errorf("copy-on-write of blocks [%d, %d): %w", b, e, err)
 			return
 		}
-		if err := writeNonZero(c.img, p, b*bs, bs); err != nil {
+		if err := writeNonZero(c.img, p, b*bs, bs, c.zero); err != nil {
 			c.err = fmt.Errorf("copy-on-write of blocks [%d, %d): %w", b, e, err)
 			return
 		}
@@ -100,15 +102,28 @@ func (v *Volume) snapSave(lba uint64, blocks uint64) {
 	}
 }
 
+// allZero reports whether b holds only zero bytes, comparing it with
+// zero (all zeros, any length > 0) by memcmp.
+func allZero(b, zero []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zero))
+		if !bytes.Equal(b[:n], zero[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
+
 // writeNonZero writes the runs of p (at off) that are not all-zero blocks
 // of bs bytes; zero blocks are left as they are (holes in a fresh image).
-func writeNonZero(f File, p []byte, off, bs int64) error {
+func writeNonZero(f File, p []byte, off, bs int64, zeros []byte) error {
 	n := int64(len(p))
 	for j := int64(0); j < n; {
 		k := min(j+bs, n)
-		zero := isZero(p[j:k])
+		zero := allZero(p[j:k], zeros)
 		e := k
-		for e < n && isZero(p[e:min(e+bs, n)]) == zero {
+		for e < n && allZero(p[e:min(e+bs, n)], zeros) == zero {
 			e = min(e+bs, n)
 		}
 		if !zero {
@@ -169,25 +184,6 @@ func (v *Volume) CreateSnapshot() (SnapshotInfo, error) {
 	if err := v.Checkpoint(); err != nil {
 		return SnapshotInfo{}, fmt.Errorf("%s: create snapshot: %w", v.path, err)
 	}
-	// Hold the WAL from the checkpoint on (the tail is at most one past
-	// it), so the records after L stay: the snapshot is a base at once.
-	var hold *Hold
-	for try := 0; ; try++ {
-		h, err := v.Hold(v.Status().Checkpoint+1, v.snapHoldBudget())
-		if err == nil {
-			hold = h
-			break
-		}
-		if !errors.Is(err, ErrNotRetained) || try == 100 {
-			return SnapshotInfo{}, fmt.Errorf("%s: create snapshot: hold the WAL: %w", v.path, err)
-		}
-	}
-	kept := false
-	defer func() {
-		if !kept {
-			hold.Release()
-		}
-	}()
 	f, err := v.openImage(target)
 	if err != nil {
 		return SnapshotInfo{}, fmt.Errorf("%s: create snapshot: %w", v.path, err)
@@ -217,16 +213,23 @@ func (v *Volume) CreateSnapshot() (SnapshotInfo, error) {
 		v.flushMu.Unlock()
 		return SnapshotInfo{}, fmt.Errorf("%s: create snapshot: volume is being rebuilt or failed: %w", v.path, ErrSnapshotAborted)
 	}
+	// Hold the WAL after L (no round in progress: the tail is ≤ L+1), so
+	// the snapshot is a rebuild base at once. Writes may outgrow the hold
+	// later; the snapshot then stays valid but is no base (Retained).
+	hold := v.holdFlushLocked(m.lsn+1, v.snapHoldBudget())
+	kept := false
+	defer func() {
+		if !kept {
+			hold.Release()
+		}
+	}()
 	c.mu.Lock()
 	c.active, c.img, c.cursor, c.err, c.saves = true, f, 0, nil, 0
+	c.zero = make([]byte, 64<<10)
 	c.saved = make([]uint64, (v.size/int64(v.bs)+63)/64)
 	c.on.Store(true)
 	c.mu.Unlock()
 	v.flushMu.Unlock()
-	if err := hold.Advance(m.lsn + 1); err != nil {
-		v.stopCOW()
-		return SnapshotInfo{}, fmt.Errorf("%s: create snapshot: hold the WAL after %d: %w", v.path, m.lsn, err)
-	}
 
 	sum, err := v.copyImage(f)
 	saves, cowErr := v.stopCOW()
@@ -248,15 +251,31 @@ func (v *Volume) CreateSnapshot() (SnapshotInfo, error) {
 	}
 	kept = true
 	s.mu.Lock()
-	old := s.hold
+	old, oldImage := s.hold, -1
+	if s.cur.present && s.readers[1-target] == 0 {
+		oldImage = 1 - target // the previous snapshot's, unread: free it
+	}
 	s.cur, s.curSlot, s.corrupt, s.bad, s.hold = m, nextSlot, nil, nil, hold
 	info, _ := v.infoLocked()
 	s.mu.Unlock()
 	if old != nil {
 		old.Release()
 	}
+	if oldImage >= 0 {
+		v.emptyImages(oldImage)
+	}
 	glog.V(1).Infof("blockvol %s: base snapshot at %d (slot %d, seq %d, %d blocks copied on write)", v.path, m.lsn, target, m.seq, saves)
 	return info, nil
+}
+
+// holdFlushLocked registers a hold from lsn like Hold, for a caller that
+// holds flushMu and knows lsn is retained (tail ≤ lsn ≤ head+1).
+func (v *Volume) holdFlushLocked(lsn uint64, budget int64) *Hold {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	h := &Hold{v: v, lsn: lsn, budget: budget, revoked: make(chan struct{})}
+	v.holds[h] = struct{}{}
+	return h
 }
 
 // stopCOW ends copy-on-write; after it returns nobody writes the image.
@@ -266,7 +285,7 @@ func (v *Volume) stopCOW() (saves int64, err error) {
 	defer c.mu.Unlock()
 	c.on.Store(false)
 	saves, err = c.saves, c.err
-	c.active, c.img, c.saved, c.buf, c.err = false, nil, nil, nil, nil
+	c.active, c.img, c.saved, c.buf, c.zero, c.err = false, nil, nil, nil, nil, nil
 	return saves, err
 }
 
@@ -378,7 +397,7 @@ func (v *Volume) copyChunkLocked(img File, p []byte, off int64) error {
 			for e < n && !c.isSaved((off+e)/bs) {
 				e = min(e+bs, n)
 			}
-			if err := writeNonZero(img, p[j:e], off+j, bs); err != nil {
+			if err := writeNonZero(img, p[j:e], off+j, bs, c.zero); err != nil {
 				return err
 			}
 			j = e
