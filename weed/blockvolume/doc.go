@@ -134,7 +134,9 @@
 // takeover head, see above). When the copy no longer knows the epoch of
 // its last record (its WAL was flushed), it is trusted up to the
 // takeover check: its records up to the primary's own durable LSN are
-// taken to match. Outcomes: InSync → the copy is handed to the live
+// taken to match (the takeover head is known only to the process that
+// took over: a primary restarted since cannot tell such a copy's records
+// from its own — the same limit the live stream always had). Outcomes: InSync → the copy is handed to the live
 // stream (an async replication.Primary whose cursor starts at the copy's
 // durable+1; a WAL hold keeps those records until the cursor holds its
 // own) and reported caught up once that cursor is in sync; NeedsRebuild →

@@ -430,3 +430,54 @@ func statusJSON(t *testing.T, m *Manager) string {
 	}
 	return w.Body.String()
 }
+
+// TestRecoveryCloseWaits: closing the primary's Manager in the middle of a
+// rebuild cancels it and waits for its goroutine; the copy stays
+// untrusted.
+func TestRecoveryCloseWaits(t *testing.T) {
+	rc := newRecCluster(t)
+	cfg := rc.config(2, rc.p)
+	rc.allocate(rc.p, cfg, false)
+	rc.setConfig(cfg)
+	rc.write(100)
+	rc.allocate(rc.c, cfg, true)
+	inTransfer := make(chan struct{})
+	var once sync.Once
+	h := func(ctx context.Context, s executor.Step) error {
+		if s.Phase == executor.PhaseTransfer && s.Batch >= 2 {
+			once.Do(func() { close(inTransfer) })
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		return nil
+	}
+	rc.p.stepHook.Store(&h)
+	rc.setTargets(rc.target(2, false, 0))
+	select {
+	case <-inTransfer:
+	case <-time.After(20 * time.Second):
+		t.Fatal("rebuild never reached its transfer")
+	}
+	pv := rc.p.lookup(recVol)
+	pv.replMu.Lock()
+	live := pv.recs["vs2"]
+	pv.replMu.Unlock()
+	done := make(chan error, 1)
+	go func() { done <- rc.p.Close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close hangs with a recovery in progress")
+	}
+	select {
+	case <-live.done:
+	default:
+		t.Fatal("Close returned before the recovery goroutine ended")
+	}
+	if !rc.c.lookup(recVol).vol.Status().Untrusted {
+		t.Fatal("an interrupted rebuild left the copy trusted")
+	}
+}

@@ -397,10 +397,34 @@ func testDiverged(t *testing.T, ghosts, later int) {
 	if e := oc.write(0, pat); e != nbdEPERM {
 		t.Fatalf("write to the diverged old primary: errno %d, want EPERM", e)
 	}
+	// From the moment the old primary knows the new epoch until it is a
+	// member again, no read it serves shows its extra records: it refuses
+	// them (EIO) while outside the epoch and being rebuilt.
+	eventually(t, 15*time.Second, "the old primary learns the new epoch", func() bool {
+		v := old.m.lookup("dv")
+		return v != nil && v.vol.Status().Epoch > info.GetConfig().GetEpoch()
+	})
+	reads, refused := 0, 0
 	eventually(t, 20*time.Second, "the old primary rebuilt, caught up and re-added", func() bool {
+		for off := uint64(4096); off <= uint64(4096*ghosts); off += 4096 {
+			e, data := oc.read(off, 4096)
+			reads++
+			switch {
+			case e == nbdEIO:
+				refused++
+			case e != 0:
+				t.Fatalf("read from the old primary: errno %d", e)
+			case bytes.Equal(data, ghost):
+				t.Fatalf("the old primary served one of its diverged writes at %d", off)
+			}
+		}
 		in := lookupInfo(t, client, "dv")
 		return in != nil && in.GetConfig().GetPrimaryServerId() == repl.id && isMember(in.GetConfig(), prim.id)
 	})
+	t.Logf("%d reads from the old primary during its recovery, %d refused", reads, refused)
+	if refused == 0 {
+		t.Fatal("no read was refused while the old primary was outside the epoch")
+	}
 	var rec *blockpb.RecoveryProgress
 	for _, r := range repl.m.lookup("dv").recoveryReports() {
 		if r.GetServerId() == prim.id {
