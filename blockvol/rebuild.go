@@ -1,6 +1,7 @@
 package blockvol
 
 import (
+	"encoding/binary"
 	"fmt"
 
 	"github.com/weedblock/weedblock/blockdev"
@@ -83,23 +84,10 @@ func (v *Volume) resetLog(lsn uint64, writeAbs int64, gen uint64, why string) {
 // WriteBase writes base data straight into the extent (between
 // BeginRebuild and InstallBase). All-zero blocks are punched.
 func (v *Volume) WriteBase(p []byte, off int64) error {
-	if err := v.checkRange("write base", off, int64(len(p))); err != nil {
-		return err
-	}
-	v.mu.Lock()
-	if err := v.beginOpLocked(); err != nil {
-		v.mu.Unlock()
+	if err := v.beginBaseOp("write base", off, int64(len(p))); err != nil {
 		return err
 	}
 	defer v.ops.Done()
-	rebuilding, failed := v.rebuilding, v.failed
-	v.mu.Unlock()
-	if failed != nil {
-		return fmt.Errorf("%s: write base: %w: %w", v.path, blockdev.ErrReadOnly, ErrUnhealthy)
-	}
-	if !rebuilding {
-		return fmt.Errorf("%s: write base: no rebuild in progress", v.path)
-	}
 	bs := v.bs
 	for i := 0; i < len(p); {
 		// Runs of zero blocks become holes, other runs one pwrite.
@@ -124,7 +112,57 @@ func (v *Volume) WriteBase(p []byte, off int64) error {
 	return nil
 }
 
+// ZeroBase makes n bytes of the extent at off read as zeros (a hole),
+// between BeginRebuild and InstallBase: a zero range of the base, without
+// its bytes.
+func (v *Volume) ZeroBase(off, n int64) error {
+	if err := v.beginBaseOp("zero base", off, n); err != nil {
+		return err
+	}
+	defer v.ops.Done()
+	if n == 0 {
+		return nil
+	}
+	if err := v.f.PunchHole(v.extentOff+off, n); err != nil {
+		err = fmt.Errorf("%s: zero base %d@%d: %w", v.path, n, off, err)
+		v.fail(err)
+		return err
+	}
+	return nil
+}
+
+// beginBaseOp checks a base write of length bytes at off and enters it (the
+// caller calls v.ops.Done()).
+func (v *Volume) beginBaseOp(op string, off, length int64) error {
+	if err := v.checkRange(op, off, length); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	if err := v.beginOpLocked(); err != nil {
+		v.mu.Unlock()
+		return err
+	}
+	rebuilding, failed := v.rebuilding, v.failed
+	v.mu.Unlock()
+	if failed != nil {
+		v.ops.Done()
+		return fmt.Errorf("%s: %s: %w: %w", v.path, op, blockdev.ErrReadOnly, ErrUnhealthy)
+	}
+	if !rebuilding {
+		v.ops.Done()
+		return fmt.Errorf("%s: %s: no rebuild in progress", v.path, op)
+	}
+	return nil
+}
+
+// isZero reports whether b is all zero bytes, eight at a time.
 func isZero(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b) != 0 {
+			return false
+		}
+		b = b[8:]
+	}
 	for _, c := range b {
 		if c != 0 {
 			return false

@@ -27,7 +27,7 @@
 // replica writes this one; a refusal among those answers fails a later
 // TransferBase or VerifyBase, which waits for all of them (nothing is
 // trusted before VerifyBase and Commit anyway). Runs of zero blocks of at
-// least 64 KiB travel as zero ranges (opZero: offset and length, no bytes)
+// least 16 KiB travel as zero ranges (opZero: offset and length, no bytes)
 // and become holes on the replica. The replica's connection handler reads
 // and checks the next frames while it applies the current one. The rebuild
 // fsyncs the replica's extent once, in InstallBase (VerifyBase), not per
@@ -73,14 +73,16 @@
 //
 // Snapshot rebuilds (engine.Snapshot, snapshot.go): View reports the
 // primary volume's blockvol base snapshot (LSN, trusted) as the view's Base;
-// PinBase opens exactly the snapshot at the plan's BaseLSN, verifying its
-// image against the manifest's SHA-256, and fails closed with
-// ErrSnapshotDrifted (replaced or deleted since planning) or
-// ErrSnapshotUntrusted, both wrapping executor.ErrBaseUnavailable (the
-// executor escalates). TransferBase then reads the pinned image instead of
-// the live extent, over the same wire; VerifyBase sends the manifest's
-// SHA-256 (after checking the bytes read hash to it), so the replica checks
-// what it received against the manifest. The image is exact, so Commit
+// PinBase opens exactly the snapshot at the plan's BaseLSN (manifest and
+// image size checked) and fails closed with ErrSnapshotDrifted (replaced
+// or deleted since planning) or ErrSnapshotUntrusted, both wrapping
+// executor.ErrBaseUnavailable (the executor escalates). TransferBase then
+// reads the pinned image instead of the live extent, over the same wire;
+// VerifyBase checks that the bytes read hash to the manifest's SHA-256 (an
+// image damaged on disk is marked untrusted on the primary and the attempt
+// fails with executor.ErrBaseMismatch; the replica never installs it) and
+// sends that SHA-256, so the replica checks what it received against the
+// manifest. The image is read once: its digest is never computed apart. The image is exact, so Commit
 // replays nothing beyond the executor's target.
 //
 // It owns: the recovery wire format, the replica-side recovery handlers and

@@ -555,7 +555,7 @@ const (
 	baseWindow = 16
 	// minZeroRun is the shortest run of zero bytes sent as a zero range
 	// rather than as data (shorter runs are punched by the replica anyway).
-	minZeroRun = 64 << 10
+	minZeroRun = 16 << 10
 )
 
 // TransferBase reads up to max bytes of the primary's extent at offset

@@ -455,8 +455,7 @@ func (rv *replicaVol) base(req *request) error {
 	return nil
 }
 
-// zeroChunk is the largest piece of a zero range written (and hashed) at
-// once.
+// zeroChunk is the largest piece of a zero range hashed at once.
 const zeroChunk = 1 << 20
 
 // zero writes a zero range of the base (req.D bytes at req.A): holes in
@@ -468,18 +467,18 @@ func (rv *replicaVol) zero(req *request) error {
 	if bs := uint64(rv.vol.BlockSize()); req.A%bs != 0 || req.D%bs != 0 {
 		return fmt.Errorf("zero range %d@%d is not in whole %d byte blocks", req.D, req.A, bs)
 	}
+	if err := rv.vol.ZeroBase(int64(req.A), int64(req.D)); err != nil {
+		return err
+	}
 	if rv.zeros == nil {
 		rv.zeros = make([]byte, zeroChunk)
 	}
 	for done := uint64(0); done < req.D; {
 		n := min(req.D-done, zeroChunk)
-		if err := rv.vol.WriteBase(rv.zeros[:n], int64(req.A+done)); err != nil {
-			return err
-		}
 		rv.sum.Write(rv.zeros[:n])
-		rv.next += n
 		done += n
 	}
+	rv.next += req.D
 	return nil
 }
 
