@@ -205,11 +205,16 @@ func (h *Hold) Scan(fromLSN uint64, fn func(Record) error) error {
 	return v.scanHeld(h, fromLSN, fn, false)
 }
 
+// scanSpan bounds the WAL bytes scanHeld reads with one pread: records
+// that lie back to back in the WAL are read together.
+const scanSpan = 256 << 10
+
 // scanHeld reads records from fromLSN on while h keeps them; advance moves
 // h past each record once fn returns.
 func (v *Volume) scanHeld(h *Hold, fromLSN uint64, fn func(Record) error, advance bool) error {
 	var buf []byte
-	for lsn := fromLSN; ; lsn++ {
+	var span []recMeta
+	for lsn := fromLSN; ; {
 		v.mu.Lock()
 		if v.closed {
 			v.mu.Unlock()
@@ -227,35 +232,56 @@ func (v *Volume) scanHeld(h *Hold, fromLSN uint64, fn func(Record) error, advanc
 			}
 			return fmt.Errorf("%s: scan lsn %d: %w", v.path, lsn, ErrNotRetained)
 		}
-		m := *mp
+		// Take the written records that follow lsn in the same pass of
+		// the WAL region, up to scanSpan bytes (at least one record).
+		first := *mp
+		span = append(span[:0], first)
+		end := first.abs + recordHeaderSize + int64(first.dataLen)
+		for l := lsn + 1; l <= v.written; l++ {
+			m := v.recs.find(l)
+			if m == nil {
+				break
+			}
+			e := m.abs + recordHeaderSize + int64(m.dataLen)
+			if e-first.abs > scanSpan || first.abs%v.walSize+(e-first.abs) > v.walSize {
+				break
+			}
+			span = append(span, *m)
+			end = e
+		}
 		gen := v.gen
 		v.mu.Unlock()
-		n := recordHeaderSize + int(m.dataLen)
+		n := int(end - first.abs)
 		if cap(buf) < n {
 			buf = make([]byte, n)
 		}
 		b := buf[:n]
-		if err := v.readFull(b, walOffset+m.abs%v.walSize); err != nil {
+		if err := v.readFull(b, walOffset+first.abs%v.walSize); err != nil {
 			return fmt.Errorf("%s: scan lsn %d: %w", v.path, lsn, err)
 		}
 		if err := h.Err(); err != nil {
 			return err
 		}
-		r, hdr, _, err := decodeRecord(b, v.bs)
-		if err != nil {
-			return fmt.Errorf("%s: scan lsn %d: %w", v.path, lsn, err)
-		}
-		if r.LSN != lsn || hdr.gen != gen {
-			return fmt.Errorf("%s: scan lsn %d: found lsn %d generation %d: %w", v.path, lsn, r.LSN, hdr.gen, ErrBadRecord)
-		}
-		if err := fn(r); err != nil {
-			return err
-		}
-		if advance {
-			if err := h.Advance(lsn + 1); err != nil {
+		for i := range span {
+			m := &span[i]
+			off := m.abs - first.abs
+			r, hdr, _, err := decodeRecord(b[off:off+recordHeaderSize+int64(m.dataLen)], v.bs)
+			if err != nil {
+				return fmt.Errorf("%s: scan lsn %d: %w", v.path, m.lsn, err)
+			}
+			if r.LSN != m.lsn || hdr.gen != gen {
+				return fmt.Errorf("%s: scan lsn %d: found lsn %d generation %d: %w", v.path, m.lsn, r.LSN, hdr.gen, ErrBadRecord)
+			}
+			if err := fn(r); err != nil {
 				return err
 			}
+			if advance {
+				if err := h.Advance(m.lsn + 1); err != nil {
+					return err
+				}
+			}
 		}
+		lsn = span[len(span)-1].lsn + 1
 	}
 }
 
