@@ -193,6 +193,20 @@ func TestRecoveryRebuildWipedReplica(t *testing.T) {
 		}
 		return nil
 	})
+	if h, err := c.history(name); err == nil {
+		t.Logf("with the primary stopped and the replica wiped: %v", h)
+	}
+	switch rep, err := localStatus(repl, name); {
+	case errors.Is(err, errNoCopy):
+		t.Logf("the wiped server holds no copy yet")
+	case err != nil:
+		t.Fatal(err)
+	case !rep.Untrusted || !rep.Fenced:
+		t.Fatalf("the wiped server's new copy reports untrusted=%v fenced=%v (role %s epoch %d): an empty copy must stay untrusted and fenced until rebuilt",
+			rep.Untrusted, rep.Fenced, rep.Role, rep.Epoch)
+	default:
+		t.Logf("the wiped server holds an untrusted, fenced copy (role %s epoch %d)", rep.Role, rep.Epoch)
+	}
 	r := c.shell("block.promote -name=" + name + " -to=" + repl.http)
 	if r.code == 0 && !strings.Contains(r.stderr, "error: ") {
 		t.Fatalf("block.promote to the wiped copy succeeded:\n%s%s", r.stdout, r.stderr)
