@@ -19,8 +19,10 @@ const (
 )
 
 // conn is one TCP connection: a reader (the goroutine running serve), a
-// writer goroutine that owns StatSN after login, and one goroutine per
-// executing command.
+// writer goroutine that sends the PDUs queued on out (by the reader and the
+// keepalive), and one goroutine per executing command, which writes its own
+// Data-In and status (sendNow) instead of handing them to the writer. All
+// socket writes, StatSN and the write batch are under wmu.
 type conn struct {
 	srv *Server
 	nc  net.Conn
@@ -31,7 +33,7 @@ type conn struct {
 	cid        uint16
 	sess       *session
 	maxSendDSL uint32
-	statSN     uint32 // login path, then the writer goroutine only
+	statSN     uint32 // login path, then under wmu
 
 	out       chan *outPDU
 	closing   chan struct{}
@@ -42,6 +44,14 @@ type conn struct {
 
 	mu    sync.Mutex
 	tasks map[uint32]*task
+
+	// wmu serializes writes to the socket (wr, statSN, wfailed, wdones).
+	// wpending counts writers holding or waiting for wmu: the last one
+	// out flushes the batch, so a burst of completions costs one writev.
+	wmu      sync.Mutex
+	wpending atomic.Int32
+	wfailed  bool     // a write failed: the connection is closing, drop PDUs
+	wdones   []func() // run once the batch holding their PDUs is flushed
 
 	// Keepalive state (see keepalive).
 	lastRecv atomic.Int64  // unix nanoseconds of the last PDU read
@@ -98,6 +108,8 @@ func (c *conn) serve() {
 		return
 	default:
 	}
+	c.wr.headerDigest = c.rd.headerDigest
+	c.wr.dataDigest = c.rd.dataDigest
 	c.writerWG.Add(1)
 	go c.writer()
 	c.lastRecv.Store(time.Now().UnixNano())
@@ -162,65 +174,109 @@ func (c *conn) send(p *outPDU) {
 	}
 }
 
-// writer owns the socket's write side and StatSN.
+// sendNow writes the PDUs of one response from the calling goroutine, in
+// order and without another PDU in between; they are dropped if the
+// connection is closing.
+func (c *conn) sendNow(ps ...*outPDU) {
+	select {
+	case <-c.closing:
+		return
+	default:
+	}
+	c.wpending.Add(1)
+	c.wmu.Lock()
+	for _, p := range ps {
+		c.writeLocked(p)
+	}
+	if c.wpending.Add(-1) == 0 {
+		c.flushLocked()
+	}
+	c.wmu.Unlock()
+}
+
+// writeLocked stamps p with StatSN, ExpCmdSN and MaxCmdSN and adds it to
+// the batch. The caller holds wmu. The first PDU of a batch arms the write
+// deadline: the batch may be sent from inside wr.write when it grows large,
+// not only by flushLocked.
+func (c *conn) writeLocked(p *outPDU) {
+	if !c.wfailed {
+		if c.wr.pending == 0 {
+			c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+		}
+		exp, maxSN := c.sess.cmdSNs()
+		h := &p.hdr
+		h.putU32(24, c.statSN)
+		if p.status {
+			c.statSN++
+		}
+		h.putU32(28, exp)
+		h.putU32(32, maxSN)
+		if err := c.wr.write(h, p.data); err != nil {
+			c.wfailed = true
+			glog.V(2).Infof("iscsi: write to %s: %v", c.nc.RemoteAddr(), err)
+			c.close()
+		}
+	}
+	if p.done != nil {
+		c.wdones = append(c.wdones, p.done)
+	}
+	*p = outPDU{}
+	c.pduPool.Put(p)
+}
+
+// flushLocked sends the batch and runs the done hooks of its PDUs. The
+// caller holds wmu.
+func (c *conn) flushLocked() {
+	if !c.wfailed {
+		if err := c.wr.flush(); err != nil {
+			c.wfailed = true
+			glog.V(2).Infof("iscsi: write to %s: %v", c.nc.RemoteAddr(), err)
+			c.close()
+		}
+	}
+	for i, d := range c.wdones {
+		d()
+		c.wdones[i] = nil
+	}
+	c.wdones = c.wdones[:0]
+}
+
+// writer sends the PDUs queued on out until the connection closes; on a
+// graceful close it first sends what is still queued.
 func (c *conn) writer() {
 	defer c.writerWG.Done()
-	c.wr.headerDigest = c.rd.headerDigest
-	c.wr.dataDigest = c.rd.dataDigest
-	failed := false
-	var dones []func() // run once the batch holding their PDUs is sent
-	wt := c.srv.cfg.WriteTimeout
-	flush := func() {
-		if !failed {
-			c.nc.SetWriteDeadline(time.Now().Add(wt))
-			if err := c.wr.flush(); err != nil {
-				failed = true
-				glog.V(2).Infof("iscsi: write to %s: %v", c.nc.RemoteAddr(), err)
-				c.close()
+	// drain writes p and whatever else is queued, then flushes unless
+	// another writer is waiting for wmu (it flushes after its PDUs).
+	drain := func(p *outPDU) {
+		c.wpending.Add(1)
+		c.wmu.Lock()
+		c.writeLocked(p)
+		for more := true; more; {
+			select {
+			case p := <-c.out:
+				c.writeLocked(p)
+			default:
+				more = false
 			}
 		}
-		for i, d := range dones {
-			d()
-			dones[i] = nil
+		if c.wpending.Add(-1) == 0 {
+			c.flushLocked()
 		}
-		dones = dones[:0]
-	}
-	write := func(p *outPDU) {
-		if !failed {
-			exp, maxSN := c.sess.cmdSNs()
-			h := &p.hdr
-			h.putU32(24, c.statSN)
-			if p.status {
-				c.statSN++
-			}
-			h.putU32(28, exp)
-			h.putU32(32, maxSN)
-			if err := c.wr.write(h, p.data); err != nil {
-				failed = true
-				glog.V(2).Infof("iscsi: write to %s: %v", c.nc.RemoteAddr(), err)
-				c.close()
-			}
-		}
-		if p.done != nil {
-			dones = append(dones, p.done)
-		}
-		*p = outPDU{}
-		c.pduPool.Put(p)
+		c.wmu.Unlock()
 	}
 	for {
 		select {
 		case p := <-c.out:
-			write(p)
-			if len(c.out) == 0 {
-				flush()
-			}
+			drain(p)
 		case <-c.closing:
+			c.wmu.Lock()
 			for {
 				select {
 				case p := <-c.out:
-					write(p)
+					c.writeLocked(p)
 				default:
-					flush()
+					c.flushLocked()
+					c.wmu.Unlock()
 					return
 				}
 			}

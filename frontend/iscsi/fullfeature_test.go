@@ -547,6 +547,22 @@ func TestWriteTimeoutDisconnectsStuckInitiator(t *testing.T) {
 	}
 }
 
+// A response large enough to be sent in several writev calls, after the
+// connection sat idle for longer than the write timeout, must not run into
+// a deadline armed for an earlier batch.
+func TestLargeReadAfterIdle(t *testing.T) {
+	ts := startServer(t, Config{WriteTimeout: 150 * time.Millisecond}, nil)
+	in := dialInit(t, ts.addr)
+	in.login(ts.name, defaultOpKeys())
+	data := pattern(1<<20, 9)
+	copy(ts.lu.data, data)
+	in.nop(nil)
+	time.Sleep(400 * time.Millisecond)
+	res := in.do(read10(0, 2048), true, nil, 1<<20, 0)
+	must(t, res.status == 0 && bytes.Equal(res.dataIn, data), "read after idle: status %#x, %d bytes", res.status, len(res.dataIn))
+	in.nop(nil)
+}
+
 func TestCloseLeavesNoGoroutines(t *testing.T) {
 	before := runtime.NumGoroutine()
 	l, err := net.Listen("tcp", "127.0.0.1:0")

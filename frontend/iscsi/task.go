@@ -58,6 +58,9 @@ type task struct {
 	aborted   bool
 	finished  bool
 	done      chan struct{}
+
+	// slotFreed: respond gave the CmdSN window slot back already.
+	slotFreed bool
 }
 
 // buffers recycles data-out buffers by power-of-two size class.
@@ -382,7 +385,7 @@ func (c *conn) execute(t *task) {
 	c.cmdWG.Add(1)
 	go func() {
 		defer c.cmdWG.Done()
-		c.respond(t, c.executeLU(t))
+		c.respond(t, c.executeLU(t), true)
 	}()
 }
 
@@ -427,20 +430,28 @@ func (c *conn) releaseTaskBuf(t *task, recycle bool) {
 		t.buf = nil
 		t.cmd.DataOut = nil
 	}
-	if !t.immediate {
+	if !t.immediate && !t.slotFreed {
 		c.sess.release()
 	}
 	close(t.done)
 }
 
-// respond sends the Data-In and status of a completed command.
-func (c *conn) respond(t *task, r *scsi.Response) {
+// respond sends the Data-In and status of a completed command. A command
+// goroutine writes them itself (direct); the reader queues them for the
+// writer, so that it never blocks on the socket.
+func (c *conn) respond(t *task, r *scsi.Response, direct bool) {
 	if !c.finishTask(t) {
 		// Aborted: no response, but give the slot back.
 		c.releaseTask(t)
 		return
 	}
 	defer c.releaseTask(t)
+	if !t.immediate {
+		// Free the window slot first: the MaxCmdSN of this response
+		// then already lets the initiator send the next command.
+		c.sess.release()
+		t.slotFreed = true
+	}
 	if r == nil {
 		r = &scsi.Response{Status: scsi.StatusCheckCondition, Sense: senseHardwareError()}
 	}
@@ -479,7 +490,17 @@ func (c *conn) respond(t *task, r *scsi.Response) {
 			release = nil
 		}
 	}
-	dataSN := c.sendDataIn(t, in, statusInData, r.Status, resFlags, residual, release)
+	var stack [8]*outPDU
+	ps, dataSN := c.dataInPDUs(stack[:0], t, in, statusInData, r.Status, resFlags, residual, release)
+	defer func() {
+		if direct {
+			c.sendNow(ps...)
+			return
+		}
+		for _, p := range ps {
+			c.send(p)
+		}
+	}()
 	if statusInData {
 		return
 	}
@@ -502,14 +523,15 @@ func (c *conn) respond(t *task, r *scsi.Response) {
 		p.data = d
 	}
 	p.status = true
-	c.send(p)
+	ps = append(ps, p)
 }
 
-// sendDataIn splits in into Data-In PDUs of at most the initiator's
-// MaxRecvDataSegmentLength, each MaxBurstLength sequence ending with F. With
-// withStatus the last PDU carries the status. It returns the number of PDUs.
-// release, if set, runs once the last PDU was sent.
-func (c *conn) sendDataIn(t *task, in []byte, withStatus bool, status byte, resFlags byte, residual uint32, release func()) uint32 {
+// dataInPDUs splits in into Data-In PDUs of at most the initiator's
+// MaxRecvDataSegmentLength, each MaxBurstLength sequence ending with F, and
+// appends them to ps. With withStatus the last PDU carries the status. It
+// returns ps and the number of PDUs added. release, if set, runs once the
+// last PDU was sent.
+func (c *conn) dataInPDUs(ps []*outPDU, t *task, in []byte, withStatus bool, status byte, resFlags byte, residual uint32, release func()) ([]*outPDU, uint32) {
 	seg := c.maxSendDSL
 	if seg == 0 {
 		seg = 8192
@@ -543,16 +565,16 @@ func (c *conn) sendDataIn(t *task, in []byte, withStatus bool, status byte, resF
 		if last {
 			p.done = release
 		}
-		c.send(p)
+		ps = append(ps, p)
 		dataSN++
 		off += n
 	}
-	return dataSN
+	return ps, dataSN
 }
 
 // finishWithSense completes a task that never reached the logical unit.
 func (c *conn) finishWithSense(t *task, sense []byte) {
-	c.respond(t, &scsi.Response{Status: scsi.StatusCheckCondition, Sense: sense})
+	c.respond(t, &scsi.Response{Status: scsi.StatusCheckCondition, Sense: sense}, false)
 }
 
 // Fixed-format sense data the transport itself needs.
