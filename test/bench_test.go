@@ -55,6 +55,33 @@ func ratio(a, b cell) string {
 	return fmt.Sprintf("%.2fx", a.f.iops/b.f.iops)
 }
 
+// benchRows reads WEEDBLOCK_BENCH_ROWS, a comma-separated subset of
+// "nbd" (fio on raw file, nbdkit and weed block serve), "iscsi"
+// (iscsi-perf on weed block serve and tgtd) and "replicated" (the RF=2/RF=3
+// cluster rows and the failover pause); empty or unset means all of them.
+func benchRows(b *testing.B) map[string]bool {
+	all := []string{"nbd", "iscsi", "replicated"}
+	rows := map[string]bool{}
+	v := os.Getenv("WEEDBLOCK_BENCH_ROWS")
+	if strings.TrimSpace(v) == "" {
+		for _, r := range all {
+			rows[r] = true
+		}
+		return rows
+	}
+	for _, r := range strings.Split(v, ",") {
+		r = strings.TrimSpace(r)
+		switch r {
+		case "nbd", "iscsi", "replicated":
+			rows[r] = true
+		case "":
+		default:
+			b.Fatalf("WEEDBLOCK_BENCH_ROWS=%q: unknown row group %q (want a subset of %s)", v, r, strings.Join(all, ","))
+		}
+	}
+	return rows
+}
+
 // benchEnvInt reads a positive integer knob from the environment.
 func benchEnvInt(b *testing.B, name string, def int) int {
 	v := os.Getenv(name)
@@ -81,7 +108,9 @@ func benchEnvInt(b *testing.B, name string, def int) int {
 // and prints one table with IOPS, MB/s and the ratios. Run it with
 // -benchtime 1x (b.N is ignored). Knobs: WEEDBLOCK_BENCH_RUNTIME (seconds
 // per fio/iscsi-perf job, default 3, plus 1 s fio ramp),
-// WEEDBLOCK_BENCH_ROUNDS (runs per single-node cell, median; default 3),
+// WEEDBLOCK_BENCH_ROUNDS (runs per single-node cell and per iSCSI cell,
+// median; default 3), WEEDBLOCK_BENCH_ROWS (which row groups run: a subset
+// of nbd,iscsi,replicated; default all; the others print "-"),
 // WEEDBLOCK_BENCH_SIZE (MiB per volume/file, default 256), and
 // WEEDBLOCK_BENCH_DIR (default: a temp dir). A replicated row that cannot
 // be measured (volume not creatable, copies not current) prints "n/a" with
@@ -93,6 +122,7 @@ func BenchmarkProduct(b *testing.B) {
 			b.Fatalf("required tool %s is not installed (apt-get install fio nbdkit libiscsi-bin tgt qemu-utils): %v", tool, err)
 		}
 	}
+	rows := benchRows(b)
 	runtime := benchEnvInt(b, "WEEDBLOCK_BENCH_RUNTIME", 3)
 	rounds := benchEnvInt(b, "WEEDBLOCK_BENCH_ROUNDS", 3)
 	sizeMiB := benchEnvInt(b, "WEEDBLOCK_BENCH_SIZE", 256)
@@ -156,6 +186,9 @@ func BenchmarkProduct(b *testing.B) {
 	}
 	for i := range single {
 		single[i].timed = append(append([]string{}, single[i].target...), timed...)
+		if !rows["nbd"] {
+			continue
+		}
 		if err := prefill(single[i].target); err != nil {
 			b.Fatalf("prefill %s: %v", single[i].name, err)
 		}
@@ -168,6 +201,12 @@ func BenchmarkProduct(b *testing.B) {
 		results[k] = make([]cell, len(productWorkloads))
 	}
 	for i, w := range productWorkloads {
+		if !rows["nbd"] {
+			for k := range single {
+				results[k][i] = cell{err: errNotMeasured}
+			}
+			continue
+		}
 		runs := make([][]figures, len(single))
 		for r := range rounds {
 			for n := range single {
@@ -185,7 +224,8 @@ func BenchmarkProduct(b *testing.B) {
 	}
 	raw, kit, rf1 := results[0], results[1], results[2]
 
-	// iscsi-perf: ours beside tgtd.
+	// iscsi-perf: ours beside tgtd, rounds times each, alternating which
+	// goes first; the median counts.
 	// iscsi-perf's -b counts logical blocks: 4096 bytes on ours, 512 on
 	// tgtd's file backing store; both sides read the same bytes per I/O.
 	perfJobs := []struct {
@@ -194,27 +234,56 @@ func BenchmarkProduct(b *testing.B) {
 	}{{"iscsi-perf 4k qd32", 4096, 32}, {"iscsi-perf 64k qd16", 65536, 16}}
 	perfOurs := make([]cell, len(perfJobs))
 	perfTgt := make([]cell, len(perfJobs))
-	// tgtd's file is written once like the others, so neither side reads
-	// holes.
-	tgtPath := newFile("tgtd.img")
-	if err := prefill([]string{"--ioengine=libaio", "--filename=" + tgtPath}); err != nil {
-		b.Fatalf("prefill tgtd's file: %v", err)
-	}
-	tgtURL, tgtErr := startTgtd(b, tgtPath)
-	for i, j := range perfJobs {
-		f, err := iscsiPerf(oursISCSI, j.bytes/4096, j.qd, runtime)
-		if err != nil {
-			b.Fatalf("iscsi-perf against weed block serve: %v", err)
+	var tgtErr error
+	if rows["iscsi"] {
+		if !rows["nbd"] {
+			// Ours is read through the same volume the NBD rows wrote.
+			if err := prefill(single[2].target); err != nil {
+				b.Fatalf("prefill %s: %v", single[2].name, err)
+			}
 		}
-		perfOurs[i] = cell{f: f}
-		if tgtErr != nil {
-			perfTgt[i] = cell{err: tgtErr}
-			continue
+		// tgtd's file is written once like the others, so neither side
+		// reads holes.
+		tgtPath := newFile("tgtd.img")
+		if err := prefill([]string{"--ioengine=libaio", "--filename=" + tgtPath}); err != nil {
+			b.Fatalf("prefill tgtd's file: %v", err)
 		}
-		f, err = iscsiPerf(tgtURL, j.bytes/512, j.qd, runtime)
-		perfTgt[i] = cell{f: f, err: err}
-		if err != nil {
-			tgtErr = err
+		var tgtURL string
+		tgtURL, tgtErr = startTgtd(b, tgtPath)
+		for i, j := range perfJobs {
+			var ours, tgt []figures
+			for r := range rounds {
+				for n := range 2 {
+					if (n+r)%2 == 0 {
+						f, err := iscsiPerf(oursISCSI, j.bytes/4096, j.qd, runtime)
+						if err != nil {
+							b.Fatalf("iscsi-perf against weed block serve: %v", err)
+						}
+						ours = append(ours, f)
+						continue
+					}
+					if tgtErr != nil {
+						continue
+					}
+					f, err := iscsiPerf(tgtURL, j.bytes/512, j.qd, runtime)
+					if err != nil {
+						tgtErr = err
+						continue
+					}
+					tgt = append(tgt, f)
+				}
+			}
+			perfOurs[i] = cell{f: medianFigures(ours)}
+			if tgtErr != nil {
+				perfTgt[i] = cell{err: tgtErr}
+			} else {
+				perfTgt[i] = cell{f: medianFigures(tgt)}
+			}
+		}
+	} else {
+		for i := range perfJobs {
+			perfOurs[i] = cell{err: errNotMeasured}
+			perfTgt[i] = cell{err: errNotMeasured}
 		}
 	}
 	if tgtErr != nil {
@@ -240,8 +309,15 @@ func BenchmarkProduct(b *testing.B) {
 		}
 	}
 	failover := "n/a (RF=2 not measured)"
-	cluster, err := startBenchCluster(b, filepath.Join(dir, "cluster"), 3)
-	if err != nil {
+	var cluster *benchCluster
+	if rows["replicated"] {
+		cluster, err = startBenchCluster(b, filepath.Join(dir, "cluster"), 3)
+	}
+	if !rows["replicated"] {
+		measureRF(rf2, "", errNotMeasured)
+		measureRF(rf3, "", errNotMeasured)
+		failover = "- (not measured)"
+	} else if err != nil {
 		measureRF(rf2, "", fmt.Errorf("cluster: %w", err))
 		measureRF(rf3, "", fmt.Errorf("cluster: %w", err))
 	} else {
@@ -271,7 +347,7 @@ func BenchmarkProduct(b *testing.B) {
 		cells []cell
 	}{{"RF=2 sync", rf2}, {"RF=3 quorum", rf3}} {
 		for i, w := range productWorkloads {
-			if c := rf.cells[i]; w.replicated && c.err != nil {
+			if c := rf.cells[i]; w.replicated && c.err != nil && !errors.Is(c.err, errNotMeasured) {
 				notes = append(notes, fmt.Sprintf("%s %s: n/a (%s)", rf.name, w.name, oneLine(c.err)))
 			}
 		}
@@ -279,7 +355,7 @@ func BenchmarkProduct(b *testing.B) {
 
 	// The table.
 	var t strings.Builder
-	fmt.Fprintf(&t, "\nweedblock product benchmark — %s, %d s per job (+1 s fio ramp), median of %d round(s) for raw/nbdkit/RF=1, %d MiB targets in %s, total %v\n",
+	fmt.Fprintf(&t, "\nweedblock product benchmark — %s, %d s per job (+1 s fio ramp), median of %d round(s) for raw/nbdkit/RF=1 and iSCSI, %d MiB targets in %s, total %v\n",
 		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime, rounds, sizeMiB, dir, time.Since(start).Round(time.Second))
 	fmt.Fprintf(&t, "cells: IOPS (MB/s). raw = fio libaio on a buffered local file; nbdkit = `nbdkit file`; ours = `weed block serve` (RF=1) / cluster primary (RF=2, RF=3); NBD via fio's nbd engine over loopback\n\n")
 	fmt.Fprintf(&t, "%-27s %16s %16s %16s %16s %16s | %8s %8s %8s %8s\n",
