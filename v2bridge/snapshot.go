@@ -13,8 +13,8 @@ import (
 
 // Snapshot rebuilds (engine.Snapshot): the base is the primary volume's
 // blockvol base snapshot, an exact image at its LSN L with a SHA-256 in its
-// manifest. PinBase opens exactly the snapshot the plan bound (L) and
-// verifies it; the executor holds the WAL after L; TransferBase reads the
+// manifest. PinBase opens exactly the snapshot the plan bound (L), checking
+// its manifest; the executor holds the WAL after L; TransferBase reads the
 // image instead of the live extent, over the same wire as a full base; the
 // replica checks what it received against the manifest's SHA-256. Unlike a
 // full base the image is exact, so Commit has no fuzzy head to replay to.
@@ -57,11 +57,13 @@ func (s *snapPin) Release() error {
 	return err
 }
 
-// pinSnapshot pins exactly the snapshot at lsn: it opens (and so verifies)
-// the primary's snapshot and fails closed when it is missing, untrusted or
-// at another LSN.
+// pinSnapshot pins exactly the snapshot at lsn: it opens the primary's
+// snapshot (manifest and image size checked; the image's SHA-256 is checked
+// as it is sent, by baseDigestLocked and by the replica, which saves a read
+// of the whole image) and fails closed when it is missing, untrusted or at
+// another LSN.
 func (p *Peer) pinSnapshot(lsn uint64) (executor.Base, error) {
-	r, err := p.vol.OpenSnapshot()
+	r, err := p.vol.OpenSnapshotStreaming()
 	if err != nil {
 		if errors.Is(err, blockvol.ErrNoSnapshot) {
 			return executor.Base{}, fmt.Errorf("snapshot base at %d: %w (none now): %v", lsn, ErrSnapshotDrifted, err)

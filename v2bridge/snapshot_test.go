@@ -292,10 +292,11 @@ func TestSnapshotDriftRejected(t *testing.T) {
 }
 
 // TestSnapshotCorruptRejected: a snapshot image that no longer hashes to
-// its manifest is never shipped — found when it is pinned (the primary
-// marks it untrusted, the next plan rebuilds from the full extent), or,
-// changed under the pin, when the bytes sent hash differently (the replica
-// never installs it).
+// its manifest is never installed — damaged before the pin or under it,
+// the bytes sent hash differently from the manifest: the primary marks the
+// snapshot untrusted and fails the verification, the replica stays
+// untrusted, and the next plan rebuilds from the full extent. A snapshot
+// whose manifest is untrusted is refused at the pin.
 func TestSnapshotCorruptRejected(t *testing.T) {
 	svc, addr := startService(t)
 	prim := primaryVol(t, 1, volOpts{wal: 8 << 20})
@@ -319,7 +320,7 @@ func TestSnapshotCorruptRejected(t *testing.T) {
 		t.Fatalf("planned %v", plan)
 	}
 	out := rc.run(tok, plan, executor.Config{})
-	if out.Kind != engine.OutcomeNeedsRebuild || !strings.Contains(out.Reason, "untrusted") {
+	if out.Kind != engine.OutcomeNeedsRebuild || !strings.Contains(out.Reason, "verification failed") {
 		t.Fatalf("outcome with a corrupt snapshot: %v", out)
 	}
 	if st := rep.Status(); !st.Untrusted || st.Head != 0 {
@@ -328,6 +329,15 @@ func TestSnapshotCorruptRejected(t *testing.T) {
 	if info, ok := prim.Snapshot(); !ok || info.Trusted {
 		t.Fatalf("corrupt snapshot still trusted: %+v", info)
 	}
+	// Untrusted now: refused at the pin.
+	tok2, err := rc.slots.Acquire(rc.id, 1, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rc.peer.PinBase(tok2, engine.Snapshot, snap.LSN); !errors.Is(err, ErrSnapshotUntrusted) || !errors.Is(err, executor.ErrBaseUnavailable) {
+		t.Fatalf("pin of an untrusted snapshot: %v", err)
+	}
+	rc.slots.Release(tok2)
 	tok, plan = rc.plan(engine.NeedsRebuild)
 	if plan.Kind != engine.Rebuild || plan.Source != engine.Full {
 		t.Fatalf("with an untrusted snapshot planned %v", plan)
@@ -410,5 +420,34 @@ func TestSnapshotTwoReplicasAtOnce(t *testing.T) {
 		if _, err := prim.CreateSnapshot(); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkSnapshotRebuild: a rebuild from the primary's base snapshot of
+// a fully written volume plus a 4 MiB WAL tail after it (MB/s of volume
+// size), beside a plain file copy (benchRecovery, bench_test.go).
+func BenchmarkSnapshotRebuild(b *testing.B) {
+	prim := primaryVol(b, 1, volOpts{size: benchBytes, wal: 32 << 20})
+	fillVolume(b, prim, 5)
+	if _, err := prim.CreateSnapshot(); err != nil {
+		b.Fatal(err)
+	}
+	rng := rand.New(rand.NewSource(6))
+	p := make([]byte, 64<<10)
+	for i := 0; i < 64; i++ {
+		rng.Read(p)
+		if err := prim.WriteAt(p, rng.Int63n(benchBytes/int64(len(p)))*int64(len(p)), false); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := prim.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	if _, ok := prim.SnapshotBase(); !ok {
+		b.Fatal("the snapshot is no rebuild base")
+	}
+	benchRecovery(b, engine.Rebuild, prim, benchBytes, 0)
+	if _, ok := prim.SnapshotBase(); !ok {
+		b.Fatal("the snapshot stopped being a base during the benchmark: the figure is a full rebuild's")
 	}
 }
