@@ -192,13 +192,49 @@ type epochView struct {
 	MayHaveLostWrites bool   `json:"may_have_lost_writes"`
 }
 
-// historyDoc is the part of block.status -json about epochs and failover.
+// historyDoc is the part of block.status -json about epochs, failover
+// and recoveries.
 type historyDoc struct {
 	State           string      `json:"state"`
 	Epoch           uint64      `json:"epoch"`
 	Primary         string      `json:"primary"`
 	FailoverBlocked string      `json:"failover_blocked"`
 	History         []epochView `json:"history"`
+	Recoveries      []struct {
+		ServerID    string `json:"server_id"`
+		Phase       string `json:"phase"`
+		Plan        string `json:"plan"`
+		LastOutcome string `json:"last_outcome"`
+		Rebuilds    uint64 `json:"rebuilds"`
+		CatchUps    uint64 `json:"catch_ups"`
+	} `json:"recoveries"`
+}
+
+// waitShellRecovery waits until block.status -json (the operator's view,
+// from the primary's heartbeat) lists a recovery of copy id that finished
+// in sync with at least catchUps catch-ups and rebuilds rebuilds, and no
+// more than maxRebuilds rebuilds.
+func (c *testCluster) waitShellRecovery(name, id string, catchUps, rebuilds, maxRebuilds uint64) {
+	c.t.Helper()
+	waitFor(c.t, 20*time.Second, "block.status -json shows the recovery of "+id, func() error {
+		d, err := c.history(name)
+		if err != nil {
+			return err
+		}
+		for _, r := range d.Recoveries {
+			if r.ServerID != id {
+				continue
+			}
+			if r.Rebuilds > maxRebuilds {
+				c.t.Fatalf("block.status -json: %d rebuilds of %s, want at most %d: %+v", r.Rebuilds, id, maxRebuilds, r)
+			}
+			if !strings.HasPrefix(r.LastOutcome, "in-sync") || r.CatchUps < catchUps || r.Rebuilds < rebuilds {
+				return fmt.Errorf("recovery of %s: %+v", id, r)
+			}
+			return nil
+		}
+		return fmt.Errorf("no recovery of %s in %+v", id, d.Recoveries)
+	})
 }
 
 func (c *testCluster) history(name string) (historyDoc, error) {

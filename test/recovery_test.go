@@ -103,6 +103,7 @@ func TestRecoveryCatchUpAfterShortOutage(t *testing.T) {
 		}
 	}
 	c.checkLeftAndRejoined(name, repl.http, v.Epoch, "removed")
+	c.waitShellRecovery(name, repl.http, 1, 0, 0)
 
 	job.verify(t, prim.uri(name), "on the primary after the catch-up")
 	want := mustReadAll(t, prim.uri(name), volSize)
@@ -277,6 +278,7 @@ func TestRecoveryRepairForcedRebuild(t *testing.T) {
 	w.close()
 	t.Logf("recovery of the repaired replica: %v", seen)
 	c.checkLeftAndRejoined(name, repl.http, v.Epoch, "repair", "rebuild", "removed")
+	c.waitShellRecovery(name, repl.http, 0, 1, 1)
 
 	a.verify(t, prim.uri(name), "on the primary")
 	b.verify(t, prim.uri(name), "on the primary")
