@@ -5,7 +5,11 @@
 //
 // It owns PDUs, sessions, connections, sequence numbers (CmdSN, StatSN,
 // DataSN, R2TSN), data movement (immediate data, unsolicited Data-Out, R2T,
-// Data-In splitting), task tags and task management. It delegates every
+// Data-In splitting), task tags and task management. Each command runs on
+// its own goroutine, which writes its Data-In and status itself under the
+// connection's write lock (the last writer in line flushes the batch with
+// one writev, large payloads referenced, not copied) and then hands a
+// DataInReleaser logical unit its buffer back. It delegates every
 // SCSI decision (CDB parsing, sense data, the block device) to a
 // LogicalUnit (normally frontend/scsi).
 //

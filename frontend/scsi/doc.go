@@ -9,7 +9,9 @@
 //   - the data path: READ/WRITE 6/10/12/16, WRITE AND VERIFY, VERIFY,
 //     WRITE SAME (UNMAP, NDOB), UNMAP, COMPARE AND WRITE (atomic against
 //     overlapping writes through a range lock), SYNCHRONIZE CACHE,
-//     PRE-FETCH, GET LBA STATUS, READ CAPACITY;
+//     PRE-FETCH, GET LBA STATUS, READ CAPACITY; READ data-in buffers are
+//     recycled per unit (not zeroed: the device fills them) once the
+//     transport hands them back through ReleaseDataIn;
 //   - identification: INQUIRY with VPD pages 00h, 80h, 83h, B0h, B1h, B2h,
 //     REPORT LUNS, REPORT SUPPORTED OPERATION CODES and TASK MANAGEMENT
 //     FUNCTIONS;
