@@ -198,8 +198,8 @@ func (s *snapshots) failedErr() error {
 	return s.failed
 }
 
-func (v *Volume) manifestPath() string   { return v.path + ".snap" }
-func (v *Volume) imagePath(i int) string { return fmt.Sprintf("%s.snap.%d", v.path, i) }
+func (v *Volume) manifestPath() string   { return SnapshotFiles(v.path)[0] }
+func (v *Volume) imagePath(i int) string { return SnapshotFiles(v.path)[1+i] }
 
 // loadSnapLocked reads the manifest once. Callers hold v.snap.mu.
 func (v *Volume) loadSnapLocked() {
@@ -436,6 +436,27 @@ func (v *Volume) emptyImages(slots ...int) {
 		}
 		f.Close()
 	}
+}
+
+// dropStaleSnapshot durably deletes a snapshot found beside a volume just
+// created: it belongs to an earlier volume at the same path.
+func (v *Volume) dropStaleSnapshot() error {
+	v.snap.mu.Lock()
+	v.loadSnapLocked()
+	stale := v.snap.cur.present || v.snap.corrupt != nil
+	v.snap.mu.Unlock()
+	if !stale {
+		return nil
+	}
+	glog.Warningf("blockvol %s: deleting the base snapshot of an earlier volume at this path", v.path)
+	return v.DeleteSnapshot()
+}
+
+// SnapshotFiles lists the files the base snapshot of the volume at path
+// may use (whether or not they exist), for a caller that deletes the
+// volume: remove them with it.
+func SnapshotFiles(path string) []string {
+	return []string{path + ".snap", path + ".snap.0", path + ".snap.1"}
 }
 
 // SnapshotReader reads the image of one base snapshot. It stays valid

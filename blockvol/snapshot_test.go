@@ -855,3 +855,47 @@ func plainCopyMBps(b *testing.B, src, dst string, n int64) float64 {
 	}
 	return float64(n) / time.Since(start).Seconds() / 1e6
 }
+
+// TestStaleSnapshotDroppedOnCreate: the snapshot files of a deleted volume
+// are never taken for a new volume created at the same path, however far
+// the new one gets; SnapshotFiles names them for removal.
+func TestStaleSnapshotDroppedOnCreate(t *testing.T) {
+	const size = 1 << 20
+	v, path := newSnapVolume(t, size, 256<<10, false)
+	m := &lsnModel{size: size}
+	rng := rand.New(rand.NewPCG(17, 18))
+	for i := 0; i < 10; i++ {
+		m.write(t, v, rng)
+	}
+	if _, err := v.CreateSnapshot(); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	nv, err := blockvol.Create(path, size, blockvol.Options{WALSize: 256 << 10, Standalone: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nv.Close()
+	m2 := &lsnModel{size: size}
+	for i := 0; i < 40; i++ { // beyond the old snapshot's LSN
+		m2.write(t, nv, rng)
+	}
+	if err := nv.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	if info, ok := nv.Snapshot(); ok {
+		t.Fatalf("a new volume took an earlier volume's snapshot: %+v", info)
+	}
+	if _, err := nv.OpenSnapshot(); !errors.Is(err, blockvol.ErrNoSnapshot) {
+		t.Fatalf("open on a new volume: %v", err)
+	}
+	files := blockvol.SnapshotFiles(path)
+	if _, err := os.Stat(files[0]); err != nil {
+		t.Fatalf("manifest %s: %v", files[0], err)
+	}
+}

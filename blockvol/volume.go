@@ -204,6 +204,11 @@ func Create(path string, size int64, opts Options) (*Volume, error) {
 		f.Close()
 		return nil, err
 	}
+	// Snapshot files left by an earlier volume at this path are not ours.
+	if err := v.dropStaleSnapshot(); err != nil {
+		v.Close()
+		return nil, fmt.Errorf("create %s: %w", path, err)
+	}
 	return v, nil
 }
 
