@@ -310,6 +310,9 @@ func (rc *recovery) attempt() (engine.Outcome, error) {
 			m.slots.Release(tok)
 		}
 	}()
+	if err := rc.ctx.Err(); err != nil {
+		return engine.Outcome{}, err // stopped while acquiring
+	}
 	st := v.vol.Status()
 	if st.Epoch != rc.epoch {
 		return engine.Outcome{}, fmt.Errorf("primary at epoch %d, recovery of epoch %d", st.Epoch, rc.epoch)

@@ -30,9 +30,10 @@ const (
 // config it holds to both, lists the catch-up targets it holds to the
 // primary and records ReportCaughtUp (it never changes the epoch itself).
 type recCluster struct {
-	t    *testing.T
-	f    *fakeMaster
-	p, c *Manager
+	t       *testing.T
+	f       *fakeMaster
+	p, c, d *Manager // d: a third copy (RF=3 clusters only)
+	rf      uint32
 
 	mu      sync.Mutex
 	cfg     *blockpb.EpochConfig
@@ -40,9 +41,11 @@ type recCluster struct {
 	rng     *rand.Rand
 }
 
-func newRecCluster(t *testing.T) *recCluster {
+func newRecCluster(t *testing.T) *recCluster { return newRecClusterRF(t, 2) }
+
+func newRecClusterRF(t *testing.T, rf uint32) *recCluster {
 	t.Helper()
-	rc := &recCluster{t: t, f: startFakeMaster(t), rng: rand.New(rand.NewSource(1))}
+	rc := &recCluster{t: t, f: startFakeMaster(t), rng: rand.New(rand.NewSource(1)), rf: rf}
 	rc.f.setRespond(rc.respond)
 	server := func(id string) func(*Options) {
 		return func(o *Options) {
@@ -53,12 +56,20 @@ func newRecCluster(t *testing.T) *recCluster {
 	}
 	rc.p = startManager(t, "", server("vs1"))
 	rc.c = startManager(t, "", server("vs2"))
+	if rf > 2 {
+		rc.d = startManager(t, "", server("vs3"))
+	}
 	return rc
 }
 
-func recSpec() *blockpb.VolumeSpec {
+// recWAL is the volumes' WAL size: a single-block write takes an 8 KiB
+// batch, the degraded primary's rejoin hold keeps half the WAL.
+const recWAL = 1 << 20
+
+func (rc *recCluster) spec() *blockpb.VolumeSpec {
 	sp := spec(recVol, recSize)
-	sp.ReplicationFactor = 2
+	sp.ReplicationFactor = rc.rf
+	sp.WalSizeBytes = recWAL
 	return sp
 }
 
@@ -78,7 +89,7 @@ func (rc *recCluster) respond(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbe
 		}
 		if r.GetEpoch() < cfg.GetEpoch() || (role != blockpb.Role_ROLE_NONE && r.GetRole() != role) ||
 			(role == blockpb.Role_ROLE_PRIMARY && r.GetFenced()) {
-			resp.Assignments = append(resp.Assignments, &blockpb.Assignment{Spec: recSpec(), Config: cfg, Role: role})
+			resp.Assignments = append(resp.Assignments, &blockpb.Assignment{Spec: rc.spec(), Config: cfg, Role: role})
 		}
 		if role == blockpb.Role_ROLE_PRIMARY && r.GetEpoch() == cfg.GetEpoch() {
 			resp.CatchUp = targets
@@ -114,12 +125,16 @@ func (rc *recCluster) setTargets(targets ...*blockpb.CatchUpTarget) {
 
 // target names the second copy a catch-up target at epoch.
 func (rc *recCluster) target(epoch uint64, rebuild bool, seq uint64) *blockpb.CatchUpTarget {
-	return &blockpb.CatchUpTarget{Name: recVol, Epoch: epoch, Server: rc.c.Endpoints(), Rebuild: rebuild, RepairSeq: seq}
+	return rc.targetOf(rc.c, epoch, rebuild, seq)
+}
+
+func (rc *recCluster) targetOf(m *Manager, epoch uint64, rebuild bool, seq uint64) *blockpb.CatchUpTarget {
+	return &blockpb.CatchUpTarget{Name: recVol, Epoch: epoch, Server: m.Endpoints(), Rebuild: rebuild, RepairSeq: seq}
 }
 
 func (rc *recCluster) allocate(m *Manager, cfg *blockpb.EpochConfig, recoveryCopy bool) *blockpb.VolumeReport {
 	rc.t.Helper()
-	resp, err := m.GRPCService().AllocateVolume(context.Background(), &blockpb.AllocateVolumeRequest{Spec: recSpec(), Config: cfg, RecoveryCopy: recoveryCopy})
+	resp, err := m.GRPCService().AllocateVolume(context.Background(), &blockpb.AllocateVolumeRequest{Spec: rc.spec(), Config: cfg, RecoveryCopy: recoveryCopy})
 	if err != nil {
 		rc.t.Fatalf("allocate on %s: %v", m.ServerID(), err)
 	}
@@ -147,6 +162,12 @@ func (rc *recCluster) write(n int) {
 		if err := dev.WriteAt(p, rc.rng.Int63n(recSize/4096)*4096, false); err != nil {
 			rc.t.Fatalf("write %d: %v", i, err)
 		}
+		if i%8 == 7 {
+			// Members keep up (a small WAL fills fast).
+			if err := dev.Flush(); err != nil {
+				rc.t.Fatalf("flush: %v", err)
+			}
+		}
 	}
 	if err := dev.Flush(); err != nil {
 		rc.t.Fatalf("flush: %v", err)
@@ -154,10 +175,12 @@ func (rc *recCluster) write(n int) {
 }
 
 // sameData compares both copies' whole devices.
-func (rc *recCluster) sameData() {
+func (rc *recCluster) sameData() { rc.t.Helper(); rc.sameDataOf(rc.c) }
+
+func (rc *recCluster) sameDataOf(m *Manager) {
 	rc.t.Helper()
 	a := rc.p.lookup(recVol)
-	b := rc.c.lookup(recVol)
+	b := m.lookup(recVol)
 	pa, pb := make([]byte, 1<<20), make([]byte, 1<<20)
 	for off := int64(0); off < recSize; off += int64(len(pa)) {
 		if err := a.vol.ReadAt(pa, off); err != nil {
@@ -177,9 +200,11 @@ func (rc *recCluster) sameData() {
 }
 
 // recovery is the primary's report of its recovery of vs2 (nil: none).
-func (rc *recCluster) recovery() *blockpb.RecoveryProgress {
+func (rc *recCluster) recovery() *blockpb.RecoveryProgress { return rc.recoveryOf(rc.c) }
+
+func (rc *recCluster) recoveryOf(m *Manager) *blockpb.RecoveryProgress {
 	for _, r := range rc.p.lookup(recVol).report(rc.p.ServerID(), 0).GetRecoveries() {
-		if r.GetServerId() == rc.c.ServerID() {
+		if r.GetServerId() == m.ServerID() {
 			return r
 		}
 	}
@@ -190,17 +215,22 @@ func (rc *recCluster) recovery() *blockpb.RecoveryProgress {
 // then checks that both copies hold the same data.
 func (rc *recCluster) waitCaughtUp(epoch uint64) *blockpb.RecoveryProgress {
 	rc.t.Helper()
-	eventually(rc.t, 20*time.Second, "second copy reported caught up", func() bool {
-		return rc.f.caughtUp(recVol, rc.c.ServerID(), epoch)
+	return rc.waitCaughtUpOf(rc.c, epoch)
+}
+
+func (rc *recCluster) waitCaughtUpOf(m *Manager, epoch uint64) *blockpb.RecoveryProgress {
+	rc.t.Helper()
+	eventually(rc.t, 20*time.Second, m.ServerID()+" reported caught up", func() bool {
+		return rc.f.caughtUp(recVol, m.ServerID(), epoch)
 	})
-	rec := rc.recovery()
+	rec := rc.recoveryOf(m)
 	if rec == nil || rec.GetPhase() != phaseFollow || rec.GetLastOutcome() != "in-sync" {
-		rc.t.Fatalf("recovery after catching up: %v", rec)
+		rc.t.Fatalf("recovery of %s after catching up: %v", m.ServerID(), rec)
 	}
-	if st := rc.c.lookup(recVol).vol.Status(); st.Untrusted {
-		rc.t.Fatalf("caught-up copy still untrusted")
+	if st := m.lookup(recVol).vol.Status(); st.Untrusted {
+		rc.t.Fatalf("caught-up copy %s still untrusted", m.ServerID())
 	}
-	rc.sameData()
+	rc.sameDataOf(m)
 	return rec
 }
 
@@ -260,7 +290,7 @@ func TestRecoveryShortOutageCatchesUp(t *testing.T) {
 // follows the live stream and is reported caught up.
 func TestRecoveryBehindWALIsRebuilt(t *testing.T) {
 	rc := newRecCluster(t)
-	rc.degrade(20, 400) // 1.6 MiB through a 256 KiB WAL
+	rc.degrade(20, 400) // 400 writes of 8 KiB batches through a 1 MiB WAL
 	rc.setTargets(rc.target(2, false, 0))
 	rec := rc.waitCaughtUp(2)
 	if rec.GetRebuilds() != 1 || !strings.Contains(rec.GetPlan(), "no longer retained") {
@@ -479,5 +509,38 @@ func TestRecoveryCloseWaits(t *testing.T) {
 	}
 	if !rc.c.lookup(recVol).vol.Status().Untrusted {
 		t.Fatal("an interrupted rebuild left the copy trusted")
+	}
+}
+
+// TestRecoveryTwoCopiesAtOnce: RF=3, both other copies fall out of the
+// epoch; the primary recovers them at the same time, one by a forced
+// rebuild and one by a catch-up, while it keeps taking writes; both end
+// with its data.
+func TestRecoveryTwoCopiesAtOnce(t *testing.T) {
+	rc := newRecClusterRF(t, 3)
+	cfg1 := rc.config(1, rc.p, rc.c, rc.d)
+	for _, m := range []*Manager{rc.p, rc.c, rc.d} {
+		rc.allocate(m, cfg1, false)
+	}
+	rc.setConfig(cfg1)
+	rc.write(30)
+	rc.setConfig(rc.config(2, rc.p))
+	for _, m := range []*Manager{rc.p, rc.c, rc.d} {
+		rc.waitEpoch(m, 2)
+	}
+	rc.write(8)
+	rc.setTargets(rc.targetOf(rc.c, 2, true, 1), rc.targetOf(rc.d, 2, false, 0))
+	rc.write(6) // while they recover
+	c := rc.waitCaughtUpOf(rc.c, 2)
+	d := rc.waitCaughtUpOf(rc.d, 2)
+	if c.GetRebuilds() != 1 || d.GetCatchUps() != 1 || d.GetRebuilds() != 0 {
+		t.Fatalf("recoveries: %v / %v", c, d)
+	}
+	rc.write(5)
+	for _, m := range []*Manager{rc.c, rc.d} {
+		eventually(t, 10*time.Second, "live stream to "+m.ServerID(), func() bool {
+			return m.lookup(recVol).vol.Status().Durable == rc.p.lookup(recVol).vol.Status().Durable
+		})
+		rc.sameDataOf(m)
 	}
 }

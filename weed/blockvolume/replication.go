@@ -357,8 +357,15 @@ func (m *Manager) rejoinHoldLocked(v *volume, degraded bool) {
 	if v.rejoin != nil {
 		return
 	}
-	st := v.vol.Status()
-	h, err := v.vol.Hold(st.Tail, st.WALSize/2)
+	var st blockvol.Status
+	var h *blockvol.Hold
+	var err error
+	for try := 0; try < 100; try++ {
+		st = v.vol.Status()
+		if h, err = v.vol.Hold(st.Tail, st.WALSize/2); !errors.Is(err, blockvol.ErrNotRetained) {
+			break // the flusher may move the tail between the two: read it again
+		}
+	}
 	if err != nil {
 		glog.Warningf("blockvolume: %s: keep the WAL for returning copies: %v", v.name, err)
 		return
