@@ -212,7 +212,18 @@ const scanSpan = 256 << 10
 // scanHeld reads records from fromLSN on while h keeps them; advance moves
 // h past each record once fn returns.
 func (v *Volume) scanHeld(h *Hold, fromLSN uint64, fn func(Record) error, advance bool) error {
-	var buf []byte
+	bp, _ := v.scanBufs.Get().(*[]byte)
+	if bp == nil {
+		bp = new([]byte)
+	}
+	defer v.scanBufs.Put(bp)
+	buf := *bp
+	defer func() {
+		if cap(buf) > 2*scanSpan {
+			buf = nil // one huge record: do not keep its buffer
+		}
+		*bp = buf
+	}()
 	var span []recMeta
 	for lsn := fromLSN; ; {
 		v.mu.Lock()

@@ -72,9 +72,12 @@ type Volume struct {
 	// untrusted mirrors sb.untrusted for Status, which must not wait
 	// for a superblock write (sbMu is held across its fdatasync).
 	untrusted atomic.Bool
-	sb        superblock
-	sbSlot    int
-	sbBuf     []byte
+	// scanBufs holds *[]byte read buffers of scanHeld (up to scanSpan
+	// plus one record), reused across scans.
+	scanBufs sync.Pool
+	sb       superblock
+	sbSlot   int
+	sbBuf    []byte
 
 	// syncMu serializes fdatasync so each error is seen by exactly the
 	// caller that must act on it.
