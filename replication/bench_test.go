@@ -4,6 +4,7 @@ import (
 	"math/rand"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -48,6 +49,7 @@ func BenchmarkReplicatedWrite(b *testing.B) {
 					prefillDev(b, c)
 					b.SetBytes(int64(c.dev.BlockSize()))
 					b.ResetTimer()
+					cpu0 := cpuTime()
 					start := time.Now()
 					var n int
 					if wl.drain {
@@ -56,9 +58,13 @@ func BenchmarkReplicatedWrite(b *testing.B) {
 						n = writerLoad(b, c.dev, b.N, wl.writers, wl.flushEvery)
 					}
 					el := time.Since(start)
+					cpu := cpuTime() - cpu0
 					b.StopTimer()
 					iops := float64(n) / el.Seconds()
 					b.ReportMetric(iops, "IOPS")
+					// CPU of the whole process (primary, replicas, their
+					// flushers) per write: what a shared machine pays.
+					b.ReportMetric(float64(cpu.Microseconds())/float64(n), "cpu-us/write")
 					if cfg.rf == 1 {
 						rf1 = iops
 					} else if rf1 > 0 {
@@ -185,4 +191,13 @@ func prefillDev(t testing.TB, c *cluster) {
 	if err := c.pvol.Checkpoint(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// cpuTime is the user+system CPU time the process used so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -63,6 +63,10 @@ type replica struct {
 	epoch uint64
 
 	wake chan struct{} // cap 1: new appends, barrier wanted, progress
+	// live is the current connection once its cursor streams (nil
+	// otherwise): a flush sends its barrier on it directly when every
+	// record it covers is already on the wire.
+	live atomic.Pointer[liveConn]
 	// hold keeps the WAL from the replica's durable+1 on, across
 	// reconnects (and across epochs: SetMembers hands it to the next
 	// cursor). Owned by run while it runs; released by whoever drops the
@@ -83,6 +87,39 @@ type replica struct {
 	removeAsked bool
 	shipped     uint64 // highest LSN sent on the current connection
 	inflight    int64  // bytes sent and not yet acknowledged
+	barrierAck  uint64 // latest barrier answered (onProgress)
+}
+
+// liveConn is one session's connection with what was put on it: the
+// cursor and flushes (RequestBarrier) both send barriers on it, one
+// outstanding at a time.
+type liveConn struct {
+	cn *Conn
+	// shipped: every record up to it is queued on cn (before anything
+	// queued later).
+	shipped atomic.Uint64
+	// barrierSent: the LSN of the latest barrier queued on cn.
+	barrierSent atomic.Uint64
+}
+
+// sendBarrier queues a barrier for lsn on lc unless one is still
+// unanswered (or a later one was sent); it reports whether a barrier
+// covering lsn is on the wire after the call.
+func (lc *liveConn) sendBarrier(lsn uint64) bool {
+	pr := lc.cn.Progress()
+	for {
+		cur := lc.barrierSent.Load()
+		if cur >= lsn {
+			return true
+		}
+		if cur > pr.Barrier {
+			return false // one outstanding: its answer wakes the cursor
+		}
+		if lc.barrierSent.CompareAndSwap(cur, lsn) {
+			break
+		}
+	}
+	return lc.cn.Barrier(lsn) == nil
 }
 
 func (p *Primary) startLocked(m Member, epoch uint64, hold *blockvol.Hold) *replica {
@@ -227,8 +264,17 @@ func (r *replica) onProgress(cn *Conn) {
 		}
 		p.broadcastLocked()
 	}
+	// A plain ack needs no cursor pass (it settles its in-flight queue
+	// when it ships or waits for room); an answered barrier may let it
+	// send the next one, and a failure ends its session.
+	answered := pr.Barrier > r.barrierAck
+	if answered {
+		r.barrierAck = pr.Barrier
+	}
 	p.mu.Unlock()
-	r.kick()
+	if moved || answered || cn.Err() != nil {
+		r.kick()
+	}
 }
 
 type sentRec struct {
@@ -299,12 +345,16 @@ func (r *replica) session() (bool, error) {
 		r.applied, r.durable = cn.ReplicaHead(), rd
 		r.lastAck = time.Now()
 		r.shipped, r.inflight = rd, 0
+		r.barrierAck = 0
 	})
+	lc := &liveConn{cn: cn}
+	lc.shipped.Store(rd)
+	r.live.Store(lc)
+	defer r.live.CompareAndSwap(lc, nil)
 
 	next := from
 	var queue []sentRec // shipped, not yet acknowledged, in LSN order
 	var inflight int64
-	var barrierSent uint64
 	var sinceBarrier int64 // bytes shipped since the last barrier
 	shipped := false
 	ended := func(err error) (bool, error) {
@@ -342,13 +392,15 @@ func (r *replica) session() (bool, error) {
 	// learn the replica's durable point), one at a time.
 	barrier := func(idle bool) error {
 		pr := cn.Progress()
-		if barrierSent > pr.Barrier || next-1 <= pr.Durable {
+		if lc.barrierSent.Load() > pr.Barrier || next-1 <= pr.Durable {
 			return nil
 		}
 		want := r.barrierWant.Load()
 		if (want > pr.Durable && next-1 >= want) || idle {
-			barrierSent, sinceBarrier = next-1, 0
-			return cn.Barrier(barrierSent)
+			if lc.sendBarrier(next - 1) {
+				sinceBarrier = 0
+			}
+			return cn.Err()
 		}
 		return nil
 	}
@@ -371,6 +423,7 @@ func (r *replica) session() (bool, error) {
 		if err := cn.Send(rec); err != nil {
 			return err
 		}
+		lc.shipped.Store(rec.LSN)
 		shipped = true
 		queue = append(queue, sentRec{rec.LSN, size})
 		inflight += size

@@ -360,6 +360,14 @@ func (p *Primary) RequestBarrier(lsn uint64) {
 	}
 	p.mu.Unlock()
 	for _, r := range kick {
+		// Every record lsn covers already on the wire: send the barrier
+		// from here, so the replica's fsync starts before this caller's
+		// own (no cursor wake-up in between).
+		if lc := r.live.Load(); lc != nil {
+			if sh := lc.shipped.Load(); sh >= lsn && lc.sendBarrier(sh) {
+				continue
+			}
+		}
 		r.kick()
 	}
 }
