@@ -8,6 +8,7 @@ import (
 	"io"
 	iofs "io/fs"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/golang/glog"
@@ -189,6 +190,7 @@ type snapshots struct {
 	hold *Hold
 
 	cow      snapCOW         // the image being written by CreateSnapshot
+	deletes  atomic.Int64    // DeleteSnapshot calls: a creation in progress gives up
 	copyHook func(off int64) // tests: called before each chunk is copied
 }
 
@@ -381,6 +383,7 @@ func (v *Volume) DeleteSnapshot() error {
 	}
 	defer v.ops.Done()
 	s := &v.snap
+	s.deletes.Add(1) // a CreateSnapshot in progress stops copying
 	s.createMu.Lock()
 	defer s.createMu.Unlock()
 	s.mu.Lock()

@@ -150,6 +150,7 @@ func (v *Volume) CreateSnapshot() (SnapshotInfo, error) {
 	}
 	defer v.ops.Done()
 	s := &v.snap
+	deletes := s.deletes.Load()
 	s.createMu.Lock()
 	defer s.createMu.Unlock()
 	s.mu.Lock()
@@ -231,7 +232,7 @@ func (v *Volume) CreateSnapshot() (SnapshotInfo, error) {
 	c.mu.Unlock()
 	v.flushMu.Unlock()
 
-	sum, err := v.copyImage(f)
+	sum, err := v.copyImage(f, deletes)
 	saves, cowErr := v.stopCOW()
 	if err == nil && cowErr != nil {
 		err = fmt.Errorf("%w: %w", ErrSnapshotAborted, cowErr)
@@ -303,7 +304,7 @@ func (v *Volume) openImage(i int) (File, error) {
 
 // copyImage copies the extent into img chunk by chunk (blocks saved by
 // copy-on-write come from img itself) and returns the image's SHA-256.
-func (v *Volume) copyImage(img File) ([32]byte, error) {
+func (v *Volume) copyImage(img File, deletes int64) ([32]byte, error) {
 	var sum [32]byte
 	c := &v.snap.cow
 	h := sha256.New()
@@ -312,7 +313,7 @@ func (v *Volume) copyImage(img File) ([32]byte, error) {
 	seeker, _ := v.f.(dataSeeker)
 	bs := int64(v.bs)
 	for off := int64(0); off < v.size; {
-		if err := v.snapshotGoOn(off); err != nil {
+		if err := v.snapshotGoOn(off, deletes); err != nil {
 			return sum, err
 		}
 		end := min(off+snapCopyChunk, v.size)
@@ -417,12 +418,15 @@ func (v *Volume) copyChunkLocked(img File, p []byte, off int64) error {
 }
 
 // snapshotGoOn says whether the copy may continue: not once the volume
-// closes or fails.
-func (v *Volume) snapshotGoOn(off int64) error {
+// closes or fails, nor once DeleteSnapshot was called (BeginRebuild calls
+// it and must not wait for a whole copy).
+func (v *Volume) snapshotGoOn(off int64, deletes int64) error {
 	v.mu.Lock()
 	closed, failed, hook := v.closed, v.failed, v.snap.copyHook
 	v.mu.Unlock()
 	switch {
+	case v.snap.deletes.Load() != deletes:
+		return fmt.Errorf("%w: the snapshot is being deleted", ErrSnapshotAborted)
 	case closed:
 		return fmt.Errorf("%w: volume closing", ErrSnapshotAborted)
 	case failed != nil:

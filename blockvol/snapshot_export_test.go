@@ -16,3 +16,6 @@ func (v *Volume) WritersWaitingForRoom() int {
 	defer v.mu.Unlock()
 	return v.waitRoom
 }
+
+// SnapshotDeletes is how many DeleteSnapshot calls have started.
+func (v *Volume) SnapshotDeletes() int64 { return v.snap.deletes.Load() }

@@ -899,3 +899,39 @@ func TestStaleSnapshotDroppedOnCreate(t *testing.T) {
 		t.Fatalf("manifest %s: %v", files[0], err)
 	}
 }
+
+// TestDeleteStopsCreation: DeleteSnapshot (which BeginRebuild calls) makes
+// a snapshot being copied give up at once instead of waiting for the copy.
+func TestDeleteStopsCreation(t *testing.T) {
+	const size = 8 << 20
+	v, _ := newSnapVolume(t, size, 256<<10, false)
+	m := &lsnModel{size: size}
+	rng := rand.New(rand.NewPCG(19, 20))
+	for i := 0; i < 20; i++ {
+		m.write(t, v, rng)
+	}
+	deleted := make(chan error, 1)
+	chunks := 0
+	v.SetSnapshotCopyHook(func(off int64) {
+		chunks++
+		if chunks == 2 {
+			n := v.SnapshotDeletes()
+			go func() { deleted <- v.DeleteSnapshot() }()
+			for i := 0; i < 2000 && v.SnapshotDeletes() == n; i++ {
+				time.Sleep(time.Millisecond) // until it asked
+			}
+		}
+	})
+	if _, err := v.CreateSnapshot(); !errors.Is(err, blockvol.ErrSnapshotAborted) {
+		t.Fatalf("creation during a delete: %v", err)
+	}
+	if chunks >= size/(1<<20) {
+		t.Fatalf("the copy went on to chunk %d", chunks)
+	}
+	if err := <-deleted; err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := v.Snapshot(); ok {
+		t.Fatal("snapshot after an aborted creation and a delete")
+	}
+}
