@@ -287,9 +287,9 @@ func (v *volume) committed() uint64 {
 	return v.vol.Status().Durable
 }
 
-// errUnknownEpoch is the replica report's epoch when the replica no longer
+// unknownEpoch is the replica report's epoch when the replica no longer
 // knows the epoch of its last record (v2bridge reports 0 then).
-const errUnknownEpoch = 0
+const unknownEpoch = 0
 
 // attempt runs one plan to its outcome. An error means no attempt ran
 // (nothing to count); the slot is released either way.
@@ -357,7 +357,7 @@ func (rc *recovery) attempt() (engine.Outcome, error) {
 		prior = engine.NeedsRebuild
 		why = fmt.Sprintf("holds records up to lsn %d, beyond %d where this primary took over: diverged", rep.Durable, rc.takeoverHead)
 	}
-	if rep.Epoch == errUnknownEpoch && rep.Durable > 0 {
+	if rep.Epoch == unknownEpoch && rep.Durable > 0 {
 		// The replica's last record left its WAL, so its epoch is
 		// unknown: the copy is trusted as far as the takeover check
 		// above goes (records up to the primary's own durable LSN are

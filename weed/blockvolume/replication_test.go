@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -446,4 +447,54 @@ func testDiverged(t *testing.T, ghosts, later int) {
 	})
 	oc.nc.Close()
 	nc.nc.Close()
+}
+
+// TestWipedReplicaIsRebuiltWithRealMaster: the replica's server restarts
+// with its volume file deleted. The copy it gets back is empty and
+// untrusted (never served, never made a member as it is); the primary
+// rebuilds it and the master re-adds it; both copies then hold the same
+// data, writes made while it was away included.
+func TestWipedReplicaIsRebuiltWithRealMaster(t *testing.T) {
+	client, _, prim, repl := startPair(t, "wp")
+	c := dialNBD(t, prim.m.Endpoints().GetNbdAddress(), "wp")
+	patA := bytes.Repeat([]byte{0xa7}, 64<<10)
+	eventually(t, 10*time.Second, "primary writable", func() bool { return c.write(0, patA) == 0 })
+	if e := c.flush(); e != 0 {
+		t.Fatalf("flush: errno %d", e)
+	}
+	repl.stop()
+	if err := os.Remove(filepath.Join(repl.dir, "wp"+FileExt)); err != nil {
+		t.Fatal(err)
+	}
+	back := startNamedVolumeServer(t, repl.id, "r2", repl.dir, repl.mAddr)
+	patB := bytes.Repeat([]byte{0xb8}, 32<<10)
+	eventually(t, 30*time.Second, "write and flush while the wiped copy returns", func() bool {
+		return c.write(128<<10, patB) == 0 && c.flush() == 0
+	})
+	eventually(t, 30*time.Second, "the wiped copy rebuilt and re-added", func() bool {
+		in := lookupInfo(t, client, "wp")
+		v := back.m.lookup("wp")
+		return in != nil && isMember(in.GetConfig(), repl.id) && v != nil && !v.vol.Status().Untrusted
+	})
+	var rec *blockpb.RecoveryProgress
+	for _, r := range prim.m.lookup("wp").recoveryReports() {
+		if r.GetServerId() == repl.id {
+			rec = r
+		}
+	}
+	if rec == nil || rec.GetRebuilds() < 1 {
+		t.Fatalf("recovery of the wiped copy: %v", rec)
+	}
+	patC := bytes.Repeat([]byte{0xc9}, 16<<10)
+	if e := c.write(256<<10, patC); e != 0 {
+		t.Fatalf("write after the re-add: errno %d", e)
+	}
+	eventually(t, 30*time.Second, "flush after the re-add", func() bool { return c.flush() == 0 })
+	eventually(t, 10*time.Second, "rebuilt copy equals the primary", func() bool {
+		return bytes.Equal(back.readLocal(t, "wp", 0, 4<<20), prim.readLocal(t, "wp", 0, 4<<20))
+	})
+	if !bytes.Equal(back.readLocal(t, "wp", 0, len(patA)), patA) || !bytes.Equal(back.readLocal(t, "wp", 256<<10, len(patC)), patC) {
+		t.Fatal("rebuilt copy lacks the writes")
+	}
+	c.nc.Close()
 }
