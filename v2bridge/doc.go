@@ -86,8 +86,9 @@
 // image damaged on disk is marked untrusted on the primary and the attempt
 // fails with executor.ErrBaseMismatch; the replica never installs it) and
 // sends that SHA-256, so the replica checks what it received against the
-// manifest. The image is read once: its digest is never computed apart. The image is exact, so Commit
-// replays nothing beyond the executor's target.
+// manifest. The image is read once: its digest is never computed apart.
+// The image is exact, so Commit replays nothing beyond the executor's
+// target.
 //
 // It owns: the recovery wire format, the replica-side recovery handlers and
 // the executor I/O adapter (Peer.IO).
