@@ -232,26 +232,50 @@ func (v *Volume) flushOnce() (bool, error) {
 	return true, nil
 }
 
+// extentReadSpan bounds the WAL bytes applyToExtent reads with one pread.
+const extentReadSpan = 256 << 10
+
 // applyToExtent writes the effects of records, in LSN order, into the
 // extent. The WAL bytes of these records cannot be reused meanwhile: the
 // tail only moves after this round persists.
 func (v *Volume) applyToExtent(todo []recMeta) error {
 	bs := int64(v.bs)
+	// buf holds the WAL bytes [spanStart, spanEnd) (absolute positions):
+	// the data of write records that lie close together in one pass of
+	// the WAL region are read with one pread.
 	var buf []byte
+	var spanStart, spanEnd int64
 	for i := range todo {
 		m := &todo[i]
 		off := v.extentOff + int64(m.lba)*bs
 		v.snapSave(m.lba, uint64(m.blocks)) // a snapshot being taken keeps the old blocks
 		switch m.kind {
 		case KindWrite:
-			n := int(m.dataLen)
-			if cap(buf) < n {
-				buf = make([]byte, n)
+			start := m.abs + recordHeaderSize
+			end := start + int64(m.dataLen)
+			if start < spanStart || end > spanEnd {
+				spanStart, spanEnd = start, end
+				for j := i + 1; j < len(todo); j++ {
+					mj := &todo[j]
+					if mj.kind != KindWrite {
+						continue
+					}
+					e := mj.abs + recordHeaderSize + int64(mj.dataLen)
+					if e-spanStart > extentReadSpan || spanStart%v.walSize+(e-spanStart) > v.walSize {
+						break
+					}
+					spanEnd = e
+				}
+				n := int(spanEnd - spanStart)
+				if cap(buf) < n {
+					buf = make([]byte, n)
+				}
+				buf = buf[:n]
+				if err := v.readFull(buf, walOffset+spanStart%v.walSize); err != nil {
+					return fmt.Errorf("flusher: read lsn %d: %w", m.lsn, err)
+				}
 			}
-			b := buf[:n]
-			if err := v.readFull(b, walOffset+(m.abs+recordHeaderSize)%v.walSize); err != nil {
-				return fmt.Errorf("flusher: read lsn %d: %w", m.lsn, err)
-			}
+			b := buf[start-spanStart : end-spanStart]
 			if _, err := v.f.WriteAt(b, off); err != nil {
 				return fmt.Errorf("flusher: write extent for lsn %d: %w", m.lsn, err)
 			}
