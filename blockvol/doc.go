@@ -26,7 +26,9 @@
 // The snapshot holds the WAL after L within half the WAL. OpenSnapshot verifies the image against its
 // manifest; a snapshot that fails is untrusted and never read. It is a
 // rebuild base while the WAL still holds (L, head] (SnapshotBase).
-// BeginRebuild deletes it.
+// BeginRebuild deletes it (stopping one being taken), Create deletes one
+// left at the path by an earlier volume, and SnapshotFiles names the files
+// to remove with a volume.
 //
 // It owns: the on-disk format (superblock, WAL records, extent layout),
 // recovery, the index, the flusher goroutine, holds, fencing state, the
