@@ -23,9 +23,11 @@
 // changes a block the copier has not reached, the block's old content is
 // copied into the image: copy-on-write), the image is fsynced before the
 // manifest naming it, so a crash leaves the old snapshot or the new one.
-// The snapshot holds the WAL after L within half the WAL. OpenSnapshot verifies the image against its
-// manifest; a snapshot that fails is untrusted and never read. It is a
-// rebuild base while the WAL still holds (L, head] (SnapshotBase).
+// The snapshot holds the WAL after L within half the WAL. OpenSnapshot
+// verifies the image against its manifest (OpenSnapshotStreaming leaves
+// the digest to a caller that hashes what it reads); a snapshot that fails
+// is untrusted and never read. It is a rebuild base while the WAL still
+// holds (L, head] (SnapshotBase).
 // BeginRebuild deletes it (stopping one being taken), Create deletes one
 // left at the path by an earlier volume, and SnapshotFiles names the files
 // to remove with a volume.
