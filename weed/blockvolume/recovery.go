@@ -60,6 +60,9 @@ type recovery struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	wake   chan struct{} // plan again now (repair, escalation)
+	// missing counts heartbeat answers in a row without this target
+	// (Manager.opMu).
+	missing int
 
 	mu sync.Mutex
 	// forced: the master asks for a rebuild (CatchUpTarget.rebuild);

@@ -417,21 +417,34 @@ func (m *Manager) applyCatchUpsLocked(targets []*blockpb.CatchUpTarget) {
 		if role != blockpb.Role_ROLE_PRIMARY || v.confirmed != st.Epoch {
 			ts = nil
 		}
+		primary := role == blockpb.Role_ROLE_PRIMARY && v.confirmed == st.Epoch
 		v.replMu.Lock()
+		var retire []*recovery
+		for id, rc := range v.recs {
+			t, ok := ts[id]
+			switch {
+			case !primary || rc.epoch != st.Epoch || (ok && (t.GetEpoch() != rc.epoch || t.GetServer().GetReplAddress() != rc.addr)):
+				// Another epoch or address: this attempt's token is stale.
+			case !ok && rc.missing < targetGrace:
+				// Left out of one answer (the master may have missed a
+				// heartbeat of the copy's server): keep going a while.
+				rc.missing++
+				continue
+			case ok:
+				rc.missing = 0
+				continue
+			}
+			retire = append(retire, rc)
+			delete(v.recs, id)
+		}
 		var stop []*catchUp
 		for id, cu := range v.catchUps {
 			// One of an older epoch is stopped by syncReplLocked once
-			// the member it became streams.
-			if t, ok := ts[id]; cu.epoch == st.Epoch && (!ok || t.GetEpoch() != cu.epoch) {
+			// the member it became streams; one of this epoch goes with
+			// its recovery.
+			if cu.epoch == st.Epoch && v.recs[id] == nil {
 				stop = append(stop, cu)
 				delete(v.catchUps, id)
-			}
-		}
-		var retire []*recovery
-		for id, rc := range v.recs {
-			if t, ok := ts[id]; !ok || t.GetEpoch() != rc.epoch || rc.epoch != st.Epoch || t.GetServer().GetReplAddress() != rc.addr {
-				retire = append(retire, rc)
-				delete(v.recs, id)
 			}
 		}
 		v.replMu.Unlock()
@@ -449,6 +462,10 @@ func (m *Manager) applyCatchUpsLocked(targets []*blockpb.CatchUpTarget) {
 		}
 	}
 }
+
+// targetGrace is how many heartbeat answers in a row may leave out a
+// catch-up target (at the same epoch) before its recovery stops.
+const targetGrace = 4
 
 // recoverTargetLocked drives one catch-up target id of v at epoch (see
 // applyCatchUpsLocked). The caller holds opMu.

@@ -258,11 +258,18 @@ func TestPromoteSwapsRolesWithRealMaster(t *testing.T) {
 	if e := c.flush(); e != 0 {
 		t.Fatalf("flush: errno %d", e)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := client.PromoteVolume(ctx, &blockpb.PromoteVolumeRequest{Name: "sw", ToServerId: repl.id}); err != nil {
-		t.Fatalf("promote: %v", err)
-	}
+	// The master must have heard the replica lately (a loaded machine can
+	// make it miss a 50 ms pulse): retry a refused promote for a while.
+	var perr error
+	eventually(t, 10*time.Second, "promote accepted", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, perr = client.PromoteVolume(ctx, &blockpb.PromoteVolumeRequest{Name: "sw", ToServerId: repl.id})
+		if perr != nil {
+			t.Logf("promote: %v", perr)
+		}
+		return perr == nil
+	})
 	eventually(t, 10*time.Second, "old primary refuses writes", func() bool { return c.write(4096, patA) == nbdEPERM })
 	nc := dialNBD(t, repl.m.Endpoints().GetNbdAddress(), "sw")
 	patB := bytes.Repeat([]byte{0x6b}, 4096)
@@ -432,7 +439,9 @@ func testDiverged(t *testing.T, ghosts, later int) {
 			rec = r
 		}
 	}
-	if rec == nil || rec.GetRebuilds() < 1 || !strings.Contains(rec.GetPlan(), "diverged") {
+	// The last plan may be a later zero-gap (a new attempt after the
+	// rebuild); a rebuild was done, for divergence when it is the last.
+	if rec == nil || rec.GetRebuilds() < 1 || (strings.HasPrefix(rec.GetPlan(), "rebuild") && !strings.Contains(rec.GetPlan(), "diverged")) {
 		t.Fatalf("recovery of the diverged copy: %v", rec)
 	}
 	if e := oc.write(0, pat); e != nbdEPERM {
