@@ -145,9 +145,10 @@
 // doubling to 10 s, each distinct error logged once. A live stream that
 // finds the copy cannot be followed sends it back for a rebuild. A new
 // repair_seq cancels the live attempt (Slots.Cancel) and plans again. A
-// new epoch of the primary, the target no longer listed or with another
-// address, the primary losing its role, a delete or Close stop the
-// recovery: the attempt is cancelled, the executor releases its pins and
+// new epoch of the primary, the target listed with another address or no
+// longer listed (for 4 answers in a row: one missed heartbeat of the
+// copy's server does not restart a rebuild), the primary losing its role,
+// a delete or Close stop the recovery: the attempt is cancelled, the executor releases its pins and
 // slot, the goroutine ends (Close waits for it). A copy is trusted again
 // only by a rebuild's commit; a half-done rebuild leaves it untrusted.
 //
