@@ -131,6 +131,19 @@ func (v *Volume) ZeroBase(off, n int64) error {
 	return nil
 }
 
+// SyncBase makes the base written so far durable ahead of InstallBase
+// (which syncs again, so calling it is never needed for correctness): a
+// rebuild may call it while the transfer goes on, so that the disk writes
+// overlap the transfer and InstallBase has little left to write. Only
+// between BeginRebuild and InstallBase.
+func (v *Volume) SyncBase() error {
+	if err := v.beginBaseOp("sync base", 0, 0); err != nil {
+		return err
+	}
+	defer v.ops.Done()
+	return v.syncFile()
+}
+
 // beginBaseOp checks a base write of length bytes at off and enters it (the
 // caller calls v.ops.Done()).
 func (v *Volume) beginBaseOp(op string, off, length int64) error {

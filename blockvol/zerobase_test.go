@@ -62,3 +62,32 @@ func TestIsZero(t *testing.T) {
 		}
 	}
 }
+
+func TestSyncBase(t *testing.T) {
+	r, path := newReplica(t, 1)
+	if err := r.SyncBase(); err == nil {
+		t.Fatal("SyncBase outside a rebuild accepted")
+	}
+	r.Fence()
+	if err := r.BeginRebuild(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteBase(bytes.Repeat([]byte{3}, 64<<10), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.SyncBase(); err != nil {
+		t.Fatal(err)
+	}
+	// Synced, but not installed: a restart finds the volume untrusted.
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := Open(path, Options{ManualFlush: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	if !r2.Status().Untrusted {
+		t.Fatal("a synced, uninstalled base is trusted after a restart")
+	}
+}

@@ -30,8 +30,10 @@
 // least 16 KiB travel as zero ranges (opZero: offset and length, no bytes)
 // and become holes on the replica. The replica's connection handler reads
 // and checks the next frames while it applies the current one. The rebuild
-// fsyncs the replica's extent once, in InstallBase (VerifyBase), not per
-// chunk. The replay after the base (until Commit) asks for no fsync
+// needs the replica's extent fsynced once, in InstallBase (VerifyBase), not
+// per chunk; every 16 MiB of base the replica starts a background SyncBase
+// (one at a time, owned by the Service: Close waits for it) so that the
+// disk writes overlap the transfer and InstallBase has little left to do. The replay after the base (until Commit) asks for no fsync
 // either: the replica is untrusted until Commit, which fsyncs it before it
 // checks the achieved LSN and clears the flag in FinishRebuild; so replay
 // progress counts records applied, and only catch-up progress (and every

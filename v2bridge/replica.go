@@ -29,6 +29,8 @@ type Service struct {
 	closed  bool
 	wg      sync.WaitGroup
 	closeMu sync.Once
+	// syncEvery: base bytes between background syncs (baseSyncEvery)
+	syncEvery uint64
 }
 
 // replicaVol is one registered volume and its recovery session.
@@ -45,11 +47,21 @@ type replicaVol struct {
 	next       uint64
 	sum        hash.Hash
 	zeros      []byte // zeroChunk zero bytes, allocated on first use
+	// Background syncs of the base (SyncBase) every syncEvery bytes, one
+	// at a time, counted in bg (the Service's wait group).
+	bg        *sync.WaitGroup
+	syncEvery uint64
+	unsynced  uint64
+	syncing  chan struct{} // closed when the running sync ends; nil: none yet
 }
+
+// baseSyncEvery is how many base bytes a replica writes before it starts a
+// background sync of them (Service.syncEvery).
+const baseSyncEvery = 16 << 20
 
 // NewService returns a service with no volumes; call Serve to accept.
 func NewService() *Service {
-	return &Service{vols: map[string]*replicaVol{}, ls: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}}
+	return &Service{vols: map[string]*replicaVol{}, ls: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}, syncEvery: baseSyncEvery}
 }
 
 // Register makes name's recovery served by vol. A name registered twice is
@@ -60,7 +72,7 @@ func (s *Service) Register(name string, vol *blockvol.Volume) error {
 	if _, ok := s.vols[name]; ok {
 		return fmt.Errorf("v2bridge: register %q: already registered", name)
 	}
-	s.vols[name] = &replicaVol{vol: vol}
+	s.vols[name] = &replicaVol{vol: vol, bg: &s.wg, syncEvery: s.syncEvery}
 	return nil
 }
 
@@ -452,7 +464,40 @@ func (rv *replicaVol) base(req *request) error {
 	}
 	rv.sum.Write(req.Data)
 	rv.next += uint64(len(req.Data))
+	rv.unsynced += uint64(len(req.Data))
+	rv.syncBehind()
 	return nil
+}
+
+// syncBehind starts a background SyncBase once syncEvery bytes were
+// written since the last one started, unless one still runs: the disk
+// writes of the base overlap its transfer. Called from a request handler
+// (a goroutine counted in rv.bg, so the Add is never concurrent with a
+// Wait at zero).
+func (rv *replicaVol) syncBehind() {
+	if rv.unsynced < rv.syncEvery || rv.bg == nil {
+		return
+	}
+	if rv.syncing != nil {
+		select {
+		case <-rv.syncing:
+		default:
+			return // the last one still runs
+		}
+	}
+	done := make(chan struct{})
+	rv.syncing, rv.unsynced = done, 0
+	vol := rv.vol
+	rv.bg.Add(1)
+	go func() {
+		defer rv.bg.Done()
+		defer close(done)
+		// A failure marks the volume failed: the next write of the base
+		// or InstallBase reports it.
+		if err := vol.SyncBase(); err != nil {
+			glog.V(1).Infof("v2bridge: background sync of a base: %v", err)
+		}
+	}()
 }
 
 // zeroChunk is the largest piece of a zero range hashed at once.

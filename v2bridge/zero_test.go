@@ -226,6 +226,7 @@ func TestBaseRequestsSplit(t *testing.T) {
 
 func TestSparseRebuildEqualsPrimary(t *testing.T) {
 	svc, addr := startService(t)
+	svc.syncEvery = 64 << 10 // background syncs of the base on the way
 	prim := primaryVol(t, 1, volOpts{size: 8 << 20})
 	// The replica holds old data everywhere; the primary only a little.
 	rep := junkReplica(t, 8<<20, 41)
