@@ -52,7 +52,7 @@ type replicaVol struct {
 	bg        *sync.WaitGroup
 	syncEvery uint64
 	unsynced  uint64
-	syncing  chan struct{} // closed when the running sync ends; nil: none yet
+	syncing   chan struct{} // closed when the running sync ends; nil: none yet
 }
 
 // baseSyncEvery is how many base bytes a replica writes before it starts a
