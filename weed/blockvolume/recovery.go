@@ -321,7 +321,11 @@ func (rc *recovery) attempt() (engine.Outcome, error) {
 		return engine.Outcome{}, fmt.Errorf("primary at epoch %d, recovery of epoch %d", st.Epoch, rc.epoch)
 	}
 	peer := v2bridge.NewPeer(m.slots, v.vol, v2bridge.PeerOptions{
-		Name: v.name, Addr: rc.addr, HoldBudget: st.WALSize / 2, Committed: v.committed,
+		// No byte budget on the attempt's WAL holds: a rebuild under
+		// writes converges if the WAL can hold what is written while the
+		// base is sent; the holds are still revoked (the attempt then
+		// escalates) before they would stall writers on a full WAL.
+		Name: v.name, Addr: rc.addr, HoldBudget: 0, Committed: v.committed,
 	})
 	defer peer.Close()
 	// A first hello checks that the copy answers at this epoch before
