@@ -935,3 +935,81 @@ func TestDeleteStopsCreation(t *testing.T) {
 		t.Fatal("snapshot after an aborted creation and a delete")
 	}
 }
+
+// TestSnapshotDeleteCrash: a crash at every sync point of DeleteSnapshot
+// leaves the snapshot (trusted and exact) or none — and none once
+// DeleteSnapshot returned.
+func TestSnapshotDeleteCrash(t *testing.T) {
+	const size = 256 << 10
+	opts := func(fs *faultfs.FS) blockvol.Options {
+		return blockvol.Options{FS: faultFS{fs}, WALSize: 128 << 10, Standalone: true, ManualFlush: true}
+	}
+	prepare := func(fs *faultfs.FS) (*blockvol.Volume, blockvol.SnapshotInfo, []byte) {
+		v, err := blockvol.Create(crashVolPath, size, opts(fs))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := &lsnModel{size: size}
+		rng := rand.New(rand.NewPCG(21, 22))
+		for i := 0; i < 20; i++ {
+			m.write(t, v, rng)
+		}
+		info, err := v.CreateSnapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v, info, m.at(info.LSN)
+	}
+	fs := faultfs.New()
+	v, _, _ := prepare(fs)
+	before := fs.SyncCount()
+	if err := v.DeleteSnapshot(); err != nil {
+		t.Fatal(err)
+	}
+	points := fs.SyncCount() - before
+	v.Close()
+	if points < 1 {
+		t.Fatalf("DeleteSnapshot made %d syncs", points)
+	}
+	sawGone, sawKept := false, false
+	for k := 1; k <= points+1; k++ {
+		for seed := uint64(0); seed < 4; seed++ {
+			fs := faultfs.New()
+			v, info, img := prepare(fs)
+			if k <= points {
+				fs.CrashAtSync(fs.SyncCount()+k, faultfs.CrashRandom, seed)
+			}
+			derr := v.DeleteSnapshot()
+			if k > points {
+				if derr != nil {
+					t.Fatal(derr)
+				}
+				fs.Crash(faultfs.CrashRandom, seed)
+			}
+			v.Close()
+			nv, err := blockvol.Open(crashVolPath, opts(fs))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, ok := nv.Snapshot()
+			switch {
+			case !ok:
+				sawGone = true
+			case got.Trusted && got.LSN == info.LSN && derr != nil:
+				r, err := nv.OpenSnapshot()
+				if err != nil {
+					t.Fatalf("sync point %d seed %d: kept snapshot fails to open: %v", k, seed, err)
+				}
+				sameImage(t, "snapshot kept through a crashed delete", readImage(t, r), img)
+				r.Close()
+				sawKept = true
+			default:
+				t.Fatalf("sync point %d seed %d: after delete (err %v): %+v (ok %v)", k, seed, derr, got, ok)
+			}
+			nv.Close()
+		}
+	}
+	if !sawGone || !sawKept {
+		t.Fatalf("sweep saw gone=%v kept=%v", sawGone, sawKept)
+	}
+}
