@@ -3,10 +3,14 @@ package replication
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"io"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/weedblock/weedblock/blockvol"
@@ -29,6 +33,7 @@ type Progress struct {
 // acks, barrier answers and refusals. Safe for concurrent use.
 type Conn struct {
 	c     net.Conn
+	raw   syscall.RawConn // nil unless c is a plain socket (TryBarrier)
 	epoch uint64
 	hello helloOKMsg
 
@@ -119,6 +124,11 @@ func Dial(ctx context.Context, addr, volume string, epoch uint64, o DialOptions)
 		changed:  make(chan struct{}),
 		done:     make(chan struct{}),
 		onChange: o.OnChange,
+	}
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			cn.raw = raw
+		}
 	}
 	cn.prog.Applied = ok.Head
 	cn.prog.Durable = ok.Durable
@@ -258,6 +268,57 @@ func (cn *Conn) Barrier(lsn uint64) error {
 		return cn.Err()
 	}
 	return cn.flushLocked()
+}
+
+// TryBarrier sends a barrier for lsn only if that cannot block: nobody
+// else is writing, nothing is buffered, and the socket takes the frame
+// at once. It reports whether the barrier was sent; if not, nothing was
+// written (or the connection failed).
+func (cn *Conn) TryBarrier(lsn uint64) bool {
+	if cn.raw == nil || !cn.wmu.TryLock() {
+		return false
+	}
+	defer cn.wmu.Unlock()
+	if cn.Err() != nil || cn.bw.Buffered() > 0 {
+		return false
+	}
+	var fb [frameHeaderSize + 16]byte
+	p := fb[frameHeaderSize:]
+	binary.BigEndian.PutUint64(p[0:], cn.epoch)
+	binary.BigEndian.PutUint64(p[8:], lsn)
+	fb[0] = byte(typeBarrier)
+	binary.BigEndian.PutUint32(fb[1:5], uint32(len(p)))
+	binary.BigEndian.PutUint32(fb[5:9], crc32.Checksum(p, castagnoli))
+	n, werr := 0, error(nil)
+	if err := cn.raw.Write(func(fd uintptr) bool {
+		n, werr = syscall.Write(int(fd), fb[:])
+		return true // one attempt: never wait for room
+	}); err != nil {
+		werr = err
+	}
+	switch {
+	case werr == nil && n == len(fb):
+		return true
+	case n > 0 && n < len(fb):
+		// Part of the frame went out: the stream must stay whole, so
+		// finish it (a few bytes; the socket had room a moment ago).
+		cn.c.SetWriteDeadline(time.Now().Add(time.Second))
+		_, err := cn.c.Write(fb[n:])
+		cn.c.SetWriteDeadline(time.Time{})
+		if err != nil {
+			cn.fail(err)
+			return false
+		}
+		return true
+	case errors.Is(werr, syscall.EAGAIN), errors.Is(werr, syscall.EINTR):
+		return false
+	default:
+		if werr == nil {
+			werr = io.ErrShortWrite
+		}
+		cn.fail(werr)
+		return false
+	}
 }
 
 // Flush pushes buffered records to the network.

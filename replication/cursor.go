@@ -104,11 +104,13 @@ type liveConn struct {
 
 // sendBarrier queues a barrier for lsn on lc unless one is still
 // unanswered (or a later one was sent); it reports whether a barrier
-// covering lsn is on the wire after the call.
-func (lc *liveConn) sendBarrier(lsn uint64) bool {
+// covering lsn is on the wire after the call. With try (a flush's own
+// goroutine) it never blocks: it gives up if the write could wait.
+func (lc *liveConn) sendBarrier(lsn uint64, try bool) bool {
 	pr := lc.cn.Progress()
+	var cur uint64
 	for {
-		cur := lc.barrierSent.Load()
+		cur = lc.barrierSent.Load()
 		if cur >= lsn {
 			return true
 		}
@@ -118,6 +120,15 @@ func (lc *liveConn) sendBarrier(lsn uint64) bool {
 		if lc.barrierSent.CompareAndSwap(cur, lsn) {
 			break
 		}
+	}
+	if try {
+		if lc.cn.TryBarrier(lsn) {
+			return true
+		}
+		// Not sent: give the turn back to the cursor (unless it sent a
+		// later one meanwhile).
+		lc.barrierSent.CompareAndSwap(lsn, cur)
+		return false
 	}
 	return lc.cn.Barrier(lsn) == nil
 }
@@ -397,7 +408,7 @@ func (r *replica) session() (bool, error) {
 		}
 		want := r.barrierWant.Load()
 		if (want > pr.Durable && next-1 >= want) || idle {
-			if lc.sendBarrier(next - 1) {
+			if lc.sendBarrier(next-1, false) {
 				sinceBarrier = 0
 			}
 			return cn.Err()

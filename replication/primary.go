@@ -362,9 +362,9 @@ func (p *Primary) RequestBarrier(lsn uint64) {
 	for _, r := range kick {
 		// Every record lsn covers already on the wire: send the barrier
 		// from here, so the replica's fsync starts before this caller's
-		// own (no cursor wake-up in between).
+		// own (no cursor wake-up in between), if that cannot block.
 		if lc := r.live.Load(); lc != nil {
-			if sh := lc.shipped.Load(); sh >= lsn && lc.sendBarrier(sh) {
+			if sh := lc.shipped.Load(); sh >= lsn && lc.sendBarrier(sh, true) {
 				continue
 			}
 		}
