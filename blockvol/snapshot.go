@@ -264,7 +264,7 @@ func (v *Volume) infoLocked() (SnapshotInfo, bool) {
 	s := &v.snap
 	v.loadSnapLocked()
 	if s.corrupt != nil {
-		return SnapshotInfo{Err: fmt.Errorf("%w: %w", ErrSnapshotUntrusted, s.corrupt)}, true
+		return SnapshotInfo{Err: fmt.Errorf("%s: %w: %w", v.path, ErrSnapshotUntrusted, s.corrupt)}, true
 	}
 	if !s.cur.present {
 		return SnapshotInfo{}, false
@@ -278,9 +278,7 @@ func (v *Volume) infoLocked() (SnapshotInfo, bool) {
 	cp, gen, epoch := v.checkpoint, v.gen, v.epoch
 	info.Retained = v.tailLSN <= m.lsn+1
 	v.mu.Unlock()
-	v.sbMu.Lock()
-	untrusted := v.sb.untrusted
-	v.sbMu.Unlock()
+	untrusted := v.untrusted.Load() // sbMu may be held across an fsync
 	var why error
 	switch {
 	case s.bad != nil:

@@ -176,9 +176,7 @@ func (v *Volume) CreateSnapshot() (SnapshotInfo, error) {
 	if busy {
 		return SnapshotInfo{}, fmt.Errorf("%s: create snapshot: image slot %d: %w", v.path, target, ErrSnapshotBusy)
 	}
-	v.sbMu.Lock()
-	untrusted := v.sb.untrusted
-	v.sbMu.Unlock()
+	untrusted := v.untrusted.Load() // sbMu may be held across an fsync
 	if untrusted {
 		return SnapshotInfo{}, fmt.Errorf("%s: create snapshot: the volume is untrusted (being rebuilt): %w", v.path, ErrSnapshotAborted)
 	}
