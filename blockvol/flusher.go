@@ -243,7 +243,12 @@ func (v *Volume) applyToExtent(todo []recMeta) error {
 	// buf holds the WAL bytes [spanStart, spanEnd) (absolute positions):
 	// the data of write records that lie close together in one pass of
 	// the WAL region are read with one pread.
-	var buf []byte
+	buf := v.extentBuf
+	defer func() {
+		if cap(buf) <= 2*extentReadSpan {
+			v.extentBuf = buf[:0] // keep it for the next round
+		}
+	}()
 	var spanStart, spanEnd int64
 	for i := range todo {
 		m := &todo[i]
@@ -268,7 +273,7 @@ func (v *Volume) applyToExtent(todo []recMeta) error {
 				}
 				n := int(spanEnd - spanStart)
 				if cap(buf) < n {
-					buf = make([]byte, n)
+					buf = make([]byte, max(n, extentReadSpan))
 				}
 				buf = buf[:n]
 				if err := v.readFull(buf, walOffset+spanStart%v.walSize); err != nil {

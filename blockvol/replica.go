@@ -264,7 +264,7 @@ func (v *Volume) scanHeld(h *Hold, fromLSN uint64, fn func(Record) error, advanc
 		v.mu.Unlock()
 		n := int(end - first.abs)
 		if cap(buf) < n {
-			buf = make([]byte, n)
+			buf = make([]byte, max(n, scanSpan))
 		}
 		b := buf[:n]
 		if err := v.readFull(b, walOffset+first.abs%v.walSize); err != nil {

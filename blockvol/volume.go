@@ -84,6 +84,9 @@ type Volume struct {
 	syncMu sync.Mutex
 	// flushMu serializes flusher rounds, hold creation and WAL resets.
 	flushMu sync.Mutex
+	// extentBuf is applyToExtent's WAL read buffer (under flushMu, or
+	// during open before the flusher runs).
+	extentBuf []byte
 	// tailMu: readers of WAL bytes hold it shared; moving the tail (which
 	// lets writers reuse space) holds it exclusively.
 	tailMu sync.RWMutex
