@@ -718,9 +718,16 @@ type VolumeReport struct {
 	Replicas         []*ReplicaState        `protobuf:"bytes,18,rep,name=replicas,proto3" json:"replicas,omitempty"`
 	// On the primary: one entry per copy it recovers (catch-up targets), live
 	// or last finished.
-	Recoveries    []*RecoveryProgress `protobuf:"bytes,19,rep,name=recoveries,proto3" json:"recoveries,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Recoveries []*RecoveryProgress `protobuf:"bytes,19,rep,name=recoveries,proto3" json:"recoveries,omitempty"`
+	// The volume's base snapshot (-block.snapshotInterval): its LSN (0: none),
+	// whether it is trusted (manifest valid and fitting the volume), and whether
+	// it can be a rebuild's base now (trusted and the WAL still holds every
+	// record after it).
+	SnapshotLsn     uint64 `protobuf:"varint,20,opt,name=snapshot_lsn,json=snapshotLsn,proto3" json:"snapshot_lsn,omitempty"`
+	SnapshotTrusted bool   `protobuf:"varint,21,opt,name=snapshot_trusted,json=snapshotTrusted,proto3" json:"snapshot_trusted,omitempty"`
+	SnapshotBase    bool   `protobuf:"varint,22,opt,name=snapshot_base,json=snapshotBase,proto3" json:"snapshot_base,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *VolumeReport) Reset() {
@@ -884,6 +891,27 @@ func (x *VolumeReport) GetRecoveries() []*RecoveryProgress {
 		return x.Recoveries
 	}
 	return nil
+}
+
+func (x *VolumeReport) GetSnapshotLsn() uint64 {
+	if x != nil {
+		return x.SnapshotLsn
+	}
+	return 0
+}
+
+func (x *VolumeReport) GetSnapshotTrusted() bool {
+	if x != nil {
+		return x.SnapshotTrusted
+	}
+	return false
+}
+
+func (x *VolumeReport) GetSnapshotBase() bool {
+	if x != nil {
+		return x.SnapshotBase
+	}
+	return false
 }
 
 // Volume server -> master leader, every pulse.
@@ -2550,7 +2578,7 @@ const file_block_proto_rawDesc = "" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x17\n" +
 	"\alag_lsn\x18\x03 \x01(\x04R\x06lagLsn\x12\x1b\n" +
 	"\tlag_bytes\x18\x04 \x01(\x04R\blagBytes\x12'\n" +
-	"\x10last_ack_unix_ms\x18\x05 \x01(\x03R\rlastAckUnixMs\"\xc3\x05\n" +
+	"\x10last_ack_unix_ms\x18\x05 \x01(\x03R\rlastAckUnixMs\"\xb6\x06\n" +
 	"\fVolumeReport\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12#\n" +
@@ -2575,7 +2603,10 @@ const file_block_proto_rawDesc = "" +
 	"\breplicas\x18\x12 \x03(\v2\x17.weedblock.ReplicaStateR\breplicas\x12;\n" +
 	"\n" +
 	"recoveries\x18\x13 \x03(\v2\x1b.weedblock.RecoveryProgressR\n" +
-	"recoveries\"\xa8\x01\n" +
+	"recoveries\x12!\n" +
+	"\fsnapshot_lsn\x18\x14 \x01(\x04R\vsnapshotLsn\x12)\n" +
+	"\x10snapshot_trusted\x18\x15 \x01(\bR\x0fsnapshotTrusted\x12#\n" +
+	"\rsnapshot_base\x18\x16 \x01(\bR\fsnapshotBase\"\xa8\x01\n" +
 	"\x0eBlockHeartbeat\x122\n" +
 	"\x06server\x18\x01 \x01(\v2\x1a.weedblock.ServerEndpointsR\x06server\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x121\n" +
