@@ -32,6 +32,14 @@
 // left at the path by an earlier volume, and SnapshotFiles names the files
 // to remove with a volume.
 //
+// The term history (Terms, TermAt, term.go) keeps the epoch of every
+// record from the oldest of at most MaxTerms terms up to the head, also
+// after the flusher frees the records: a term reaches the superblock with
+// the checkpoint that covers its first record (before that the record's
+// own WAL header carries it), TruncateWAL drops the terms beyond its
+// point, BeginRebuild forgets the history and InstallBaseTerms takes the
+// source's. Unknown is an answer (ok=false), never a guess.
+//
 // It owns: the on-disk format (superblock, WAL records, extent layout),
 // recovery, the index, the flusher goroutine, holds, fencing state, the
 // replica append path (ApplyReplicated, ScanWAL) and the base snapshot

@@ -201,6 +201,12 @@ func (v *Volume) flushOnce() (bool, error) {
 		}
 	}
 	moved := newCP != cp || tailLSN != v.tailLSN
+	// The terms of the records now in the extent go with the checkpoint
+	// (the WAL, which carried their epochs, may be reused after it).
+	var terms []Term
+	if moved {
+		terms = termsUpTo(v.terms, newCP)
+	}
 	v.mu.Unlock()
 	if !moved {
 		return false, nil
@@ -210,6 +216,7 @@ func (v *Volume) flushOnce() (bool, error) {
 		s.checkpoint = newCP
 		s.tailLSN = tailLSN
 		s.tailPos = uint64(tailAbs % v.walSize)
+		s.terms = terms
 	}); err != nil {
 		return false, err
 	}

@@ -51,10 +51,11 @@ func (v *Volume) BeginRebuild() error {
 		s.tailLSN = head + 1
 		s.tailPos = uint64(writeAbs % v.walSize)
 		s.generation = gen
+		s.terms = nil // the extent is being replaced: no epoch is known
 	}); err != nil {
 		return err
 	}
-	v.resetLog(head, writeAbs, gen, "rebuild started")
+	v.resetLog(head, writeAbs, gen, nil, "rebuild started")
 	v.mu.Lock()
 	v.rebuilding = true
 	v.mu.Unlock()
@@ -62,10 +63,11 @@ func (v *Volume) BeginRebuild() error {
 }
 
 // resetLog empties the in-memory log: head = checkpoint = lsn, the next
-// record goes to writeAbs with generation gen.
-func (v *Volume) resetLog(lsn uint64, writeAbs int64, gen uint64, why string) {
+// record goes to writeAbs with generation gen; terms is the new history.
+func (v *Volume) resetLog(lsn uint64, writeAbs int64, gen uint64, terms []Term, why string) {
 	v.tailMu.Lock()
 	v.mu.Lock()
+	v.terms = terms
 	v.recs.reset()
 	clear(v.index)
 	v.zeros = v.zeros[:0]
@@ -186,8 +188,25 @@ func isZero(b []byte) bool {
 
 // InstallBase makes the base durable and restarts the log after baseLSN
 // (head = checkpoint = durable = baseLSN, new generation). The volume
-// stays untrusted until FinishRebuild.
+// stays untrusted until FinishRebuild. The epochs of the base's records
+// are unknown (an empty term history); InstallBaseTerms gives them.
 func (v *Volume) InstallBase(baseLSN uint64) error {
+	return v.InstallBaseTerms(baseLSN, nil)
+}
+
+// InstallBaseTerms is InstallBase with the term history of the member the
+// base came from: its terms whose First is ≤ baseLSN become this volume's
+// history, persisted with the base. terms must be ascending by First (≥ 1),
+// without two neighbours of the same epoch; more than MaxTerms keep the
+// newest.
+func (v *Volume) InstallBaseTerms(baseLSN uint64, terms []Term) error {
+	if err := checkTermOrder(terms, ^uint64(0)); err != nil {
+		return fmt.Errorf("%s: install base at %d: bad terms: %w", v.path, baseLSN, err)
+	}
+	terms = termsUpTo(terms, baseLSN)
+	if len(terms) > MaxTerms {
+		terms = terms[len(terms)-MaxTerms:]
+	}
 	if err := v.enter(); err != nil {
 		return err
 	}
@@ -211,10 +230,11 @@ func (v *Volume) InstallBase(baseLSN uint64) error {
 		s.tailLSN = baseLSN + 1
 		s.tailPos = uint64(writeAbs % v.walSize)
 		s.generation = gen
+		s.terms = terms
 	}); err != nil {
 		return err
 	}
-	v.resetLog(baseLSN, writeAbs, gen, "base installed")
+	v.resetLog(baseLSN, writeAbs, gen, terms, "base installed")
 	v.mu.Lock()
 	v.rebuilding = false
 	v.mu.Unlock()

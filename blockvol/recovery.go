@@ -117,6 +117,12 @@ func (v *Volume) recover() error {
 		return fmt.Errorf("recover: reading the WAL at lsn %d: %w", s.next, s.ioErr)
 	}
 	head := s.next - 1
+	v.terms = mergeTerms(sb.terms, sb.tailLSN, func(yield func(epoch, lsn uint64)) {
+		for i := 0; i < v.recs.len(); i++ {
+			m := v.recs.at(i)
+			yield(m.epoch, m.lsn)
+		}
+	})
 	glog.V(1).Infof("blockvol %s: recovered lsn %d..%d (checkpoint %d), stopped: %v", v.path, v.tailLSN, head, v.checkpoint, s.err)
 	v.head, v.written, v.durable = head, head, head
 	v.writeAbs = alignUp(lastEnd, 4096)
@@ -173,6 +179,7 @@ func (v *Volume) recover() error {
 		s.tailPos = uint64(v.writeAbs % v.walSize)
 		s.generation = v.gen
 		s.clean, s.cleanHead = false, 0
+		s.terms = termsUpTo(v.terms, head)
 	}); err != nil {
 		return fmt.Errorf("recover: %w", err)
 	}

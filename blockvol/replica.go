@@ -337,6 +337,7 @@ func (v *Volume) TruncateWAL(lsn uint64) error {
 	needSync := v.durable < lsn
 	writeAbs := alignUp(v.writeAbs, 4096)
 	gen := v.gen + 1
+	terms := termsUpTo(v.terms, lsn) // the dropped records' terms go with them
 	v.mu.Unlock()
 
 	if needSync {
@@ -356,11 +357,13 @@ func (v *Volume) TruncateWAL(lsn uint64) error {
 		s.tailLSN = lsn + 1
 		s.tailPos = uint64(writeAbs % v.walSize)
 		s.generation = gen
+		s.terms = terms
 	}); err != nil {
 		return err
 	}
 	v.tailMu.Lock()
 	v.mu.Lock()
+	v.terms = terms
 	v.recs.reset()
 	clear(v.index)
 	v.zeros = v.zeros[:0]

@@ -13,7 +13,10 @@ const (
 	superblockSize   = 4096
 	superblockCopies = 2
 	walOffset        = superblockSize * superblockCopies
-	formatVersion    = 1
+	// formatVersion 2 added the term history; version 1 superblocks
+	// still open (with an empty history) and are rewritten as version 2.
+	formatVersion    = 2
+	minFormatVersion = 1
 	// MaxConfigSize is the largest config blob the superblock holds.
 	MaxConfigSize = 3072
 )
@@ -60,6 +63,8 @@ func (r Role) String() string {
 //	104  role u8, 3 reserved
 //	108  configLen u32
 //	112  config [configLen]
+//	3184 termCount u32 (version ≥ 2), 4 reserved
+//	3192 terms [termCount] {epoch u64, first u64} (at most MaxTerms)
 //	4080 cleanHead u64 (head at the last clean Close; flags bit 1: clean)
 //	4092 crc u32 (CRC32C of bytes 0..4092)
 type superblock struct {
@@ -82,7 +87,17 @@ type superblock struct {
 	// A recovery that does not end exactly there was a crash.
 	clean     bool
 	cleanHead uint64
+	// terms: the term history of the records ≤ checkpoint (term.go).
+	terms []Term
 }
+
+const (
+	termsOffset = 3184
+	termsData   = termsOffset + 8
+)
+
+// The terms fit between the config and cleanHead.
+var _ [4080 - termsData - 16*MaxTerms]byte
 
 const (
 	flagUntrusted = 1
@@ -118,6 +133,13 @@ func (s *superblock) encode(b []byte) {
 	b[104] = byte(s.role)
 	binary.LittleEndian.PutUint32(b[108:], uint32(len(s.config)))
 	copy(b[112:], s.config)
+	if s.version >= 2 {
+		binary.LittleEndian.PutUint32(b[termsOffset:], uint32(len(s.terms)))
+		for i, t := range s.terms {
+			binary.LittleEndian.PutUint64(b[termsData+16*i:], t.Epoch)
+			binary.LittleEndian.PutUint64(b[termsData+16*i+8:], t.First)
+		}
+	}
 	binary.LittleEndian.PutUint64(b[4080:], s.cleanHead)
 	binary.LittleEndian.PutUint32(b[4092:], crc32c(b[:4092]))
 }
@@ -138,7 +160,7 @@ func decodeSuperblock(b []byte) (superblock, error) {
 	}
 	s.version = binary.LittleEndian.Uint32(b[8:])
 	s.seq = binary.LittleEndian.Uint64(b[16:])
-	if s.version != formatVersion {
+	if s.version < minFormatVersion || s.version > formatVersion {
 		return s, &VersionError{Got: s.version, Want: formatVersion}
 	}
 	s.size = binary.LittleEndian.Uint64(b[24:])
@@ -162,6 +184,19 @@ func decodeSuperblock(b []byte) (superblock, error) {
 	}
 	if n > 0 {
 		s.config = append([]byte(nil), b[112:112+n]...)
+	}
+	if s.version >= 2 {
+		nt := binary.LittleEndian.Uint32(b[termsOffset:])
+		if nt > MaxTerms {
+			return s, fmt.Errorf("%w: %d terms, at most %d", ErrBadSuperblock, nt, MaxTerms)
+		}
+		if nt > 0 {
+			s.terms = make([]Term, nt)
+			for i := range s.terms {
+				s.terms[i].Epoch = binary.LittleEndian.Uint64(b[termsData+16*i:])
+				s.terms[i].First = binary.LittleEndian.Uint64(b[termsData+16*i+8:])
+			}
+		}
 	}
 	if err := s.validate(); err != nil {
 		return s, err
@@ -189,6 +224,9 @@ func (s *superblock) validate() error {
 		return fmt.Errorf("%w: tail lsn %d with checkpoint %d", ErrBadSuperblock, s.tailLSN, s.checkpoint)
 	case s.role > RoleReplica:
 		return fmt.Errorf("%w: role %d", ErrBadSuperblock, s.role)
+	}
+	if err := checkTerms(s.terms, s.checkpoint); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadSuperblock, err)
 	}
 	return nil
 }

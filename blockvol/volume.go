@@ -112,6 +112,7 @@ type Volume struct {
 	tailAbs    int64  // its absolute position
 
 	recs  recQueue
+	terms []Term // term history up to the head (term.go)
 	index map[uint64]uint64
 	zeros []zeroRange
 
@@ -373,6 +374,7 @@ func (v *Volume) persistSuperblock(mut func(*superblock)) error {
 	defer v.sbMu.Unlock()
 	next := v.sb
 	mut(&next)
+	next.version = formatVersion // a version 1 file is upgraded by its first write
 	next.seq = v.sb.seq + 1
 	slot := 1 - v.sbSlot
 	next.encode(v.sbBuf)

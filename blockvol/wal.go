@@ -137,6 +137,9 @@ func (v *Volume) appendLocked(h *recordHeader, data []byte, newBatch, wrap bool)
 	b.lastLSN = h.lsn
 	v.writeAbs = b.end
 	v.head = h.lsn
+	if n := len(v.terms); n == 0 || v.terms[n-1].Epoch != h.epoch {
+		v.terms = addTerm(v.terms, h.epoch, h.lsn)
+	}
 	v.recs.push(m)
 	v.applyIndexLocked(&m)
 	if v.writeAbs-v.tailAbs > v.walSize/2 {
