@@ -43,9 +43,11 @@ type PrimaryView struct {
 	// record is retained.
 	Tail uint64
 	// Terms lists, ascending by First, the LSN at which each epoch's
-	// records begin. Empty means every record carries Epoch. A replica's
-	// records are taken to match the primary's up to the last LSN the
-	// primary wrote under an epoch ≤ the replica's epoch.
+	// records begin. Empty means every record carries Epoch. Without
+	// the replica's history (ReplicaReport.Terms nil), a replica's records
+	// are taken to match the primary's up to the last LSN the primary
+	// wrote under an epoch ≤ the replica's epoch. With it, LSNs below the
+	// first Term's First have an unknown epoch (the history is bounded).
 	Terms []Term
 	// Base is the newest base snapshot, nil when there is none.
 	Base *BaseSnapshot
@@ -61,6 +63,17 @@ type ReplicaReport struct {
 	// Untrusted is set while a rebuild is in progress or was interrupted:
 	// the extent is a mix and only a completed rebuild clears it.
 	Untrusted bool
+	// Terms, when not nil, is the replica's own term history, ascending
+	// by First; the epochs of LSNs below the first Term's First are
+	// unknown (an empty, non-nil history knows none). The planner then
+	// matches the two histories exactly, by the log-matching rule (two
+	// copies holding a record of the same LSN and epoch hold the same
+	// records up to it): the replica agrees with the primary up to the
+	// highest LSN ≤ its Durable at which both know the epoch and it is the
+	// same; an unknown epoch never matches, so what cannot be proved equal
+	// is truncated or rebuilt. Nil: only Epoch is known, and the older
+	// rule of PrimaryView.Terms applies.
+	Terms []Term
 }
 
 // Kind is what a plan does.
@@ -157,6 +170,11 @@ func PlanRecovery(v PrimaryView, r ReplicaReport, prior State) (Plan, error) {
 	if r.Epoch > v.Epoch {
 		return Plan{}, fmt.Errorf("%w: replica %d, primary %d", ErrReplicaEpochNewer, r.Epoch, v.Epoch)
 	}
+	for i, t := range r.Terms {
+		if t.First == 0 || (i > 0 && t.First <= r.Terms[i-1].First) {
+			return Plan{}, fmt.Errorf("%w: replica terms not ascending from lsn 1: %v", ErrInvalidInput, r.Terms)
+		}
+	}
 	p := Plan{Epoch: v.Epoch, Target: v.Committed}
 	if r.Untrusted {
 		return v.rebuild(p, "replica untrusted (rebuild interrupted)"), nil
@@ -164,7 +182,12 @@ func PlanRecovery(v PrimaryView, r ReplicaReport, prior State) (Plan, error) {
 	if prior == NeedsRebuild {
 		return v.rebuild(p, "replica needs rebuild (earlier attempt escalated)"), nil
 	}
-	agree := min(r.Durable, v.lastOfEpoch(r.Epoch))
+	var agree uint64
+	if r.Terms != nil {
+		agree = v.agreeExact(r.Terms, r.Durable)
+	} else {
+		agree = min(r.Durable, v.lastOfEpoch(r.Epoch))
+	}
 	keep := min(agree, max(v.Committed, v.Durable))
 	if r.Durable > keep {
 		why := fmt.Sprintf("replica durable %d beyond committed %d", r.Durable, v.Committed)
@@ -217,6 +240,45 @@ func (v PrimaryView) validate() error {
 		}
 	}
 	return nil
+}
+
+// agreeExact is the highest LSN ≤ min(d, Head) at which the primary's
+// history and the replica's (rt) both know the epoch and it is the same,
+// or 0. Matching LSNs form a prefix (log matching), so the walk goes down
+// from the top, one run of equal epochs on both sides at a time, and
+// stops at the first match or the first unknown.
+func (v PrimaryView) agreeExact(rt []Term, d uint64) uint64 {
+	x := min(d, v.Head)
+	for x > 0 {
+		pe, pf, pok := v.termAt(x)
+		re, rf, rok := termIn(rt, x)
+		if !pok || !rok {
+			return 0
+		}
+		if pe == re {
+			return x
+		}
+		x = max(pf, rf) - 1
+	}
+	return 0
+}
+
+// termAt is the primary's epoch at lsn x ≥ 1 and the first LSN of its run.
+func (v PrimaryView) termAt(x uint64) (epoch, first uint64, ok bool) {
+	if len(v.Terms) == 0 {
+		return v.Epoch, 1, true
+	}
+	return termIn(v.Terms, x)
+}
+
+// termIn finds the term of ts (ascending by First) that holds lsn x.
+func termIn(ts []Term, x uint64) (epoch, first uint64, ok bool) {
+	for i := len(ts) - 1; i >= 0; i-- {
+		if ts[i].First <= x {
+			return ts[i].Epoch, ts[i].First, true
+		}
+	}
+	return 0, 0, false
 }
 
 // lastOfEpoch is the highest LSN the primary wrote under an epoch ≤ e.

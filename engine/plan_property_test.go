@@ -44,6 +44,97 @@ func TestPlanRecoveryInvariants(t *testing.T) {
 	}
 }
 
+// TestPlanRecoveryExactHistories: two copies share a random history up to
+// LSN c, then each goes on with epochs of its own (a deposed primary's
+// writes on the replica); each side's history may be known only from some
+// LSN on (bounded). With the replica's history in the report, no plan ever
+// keeps a replica record beyond c (catch-up / zero gap only when the whole
+// replica is the shared prefix, truncation to at most c); and when both
+// histories are fully known and the replica is a retained prefix of the
+// primary, it is caught up rather than rebuilt.
+func TestPlanRecoveryExactHistories(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 5))
+	u := func(hi uint64) uint64 { return rng.Uint64N(hi + 1) }
+	// epochs returns n epochs ascending from e (steps of 0..2 scaled by k).
+	run := func(n, e, k uint64) []uint64 {
+		out := make([]uint64, n)
+		for i := range out {
+			if rng.IntN(8) == 0 {
+				e += k * (1 + u(1))
+			}
+			out[i] = e
+		}
+		return out
+	}
+	toTerms := func(es []uint64, from uint64) []Term {
+		ts := []Term{}
+		for i, e := range es {
+			lsn := uint64(i + 1)
+			if lsn < from {
+				continue
+			}
+			if len(ts) == 0 || ts[len(ts)-1].Epoch != e {
+				ts = append(ts, Term{Epoch: e, First: lsn})
+			}
+		}
+		return ts
+	}
+	for i := 0; i < 20000; i++ {
+		c := u(80)
+		common := run(c, 1, 1)
+		last := uint64(1)
+		if c > 0 {
+			last = common[c-1]
+		}
+		// The primary's own epochs are even, the replica's odd, beyond
+		// the shared part: they never agree there.
+		pe := append(append([]uint64(nil), common...), run(u(60), 2*last+2, 2)...)
+		re := append(append([]uint64(nil), common...), run(u(60), 2*last+1, 2)...)
+		v := PrimaryView{Epoch: 4*last + 300}
+		v.Head = uint64(len(pe))
+		v.Committed = u(v.Head)
+		if rng.IntN(2) == 0 {
+			v.Durable = v.Committed + u(v.Head-v.Committed)
+		}
+		v.Tail = 1 + u(v.Head)
+		pFrom, rFrom := uint64(1), uint64(1)
+		if rng.IntN(3) == 0 {
+			pFrom = 1 + u(v.Head)
+		}
+		if rng.IntN(3) == 0 {
+			rFrom = 1 + u(uint64(len(re)))
+		}
+		v.Terms = toTerms(pe, pFrom)
+		if len(v.Terms) == 0 {
+			v.Terms = []Term{{Epoch: v.Epoch, First: v.Head + 1}}
+		}
+		r := ReplicaReport{Durable: uint64(len(re)), Terms: toTerms(re, rFrom)}
+		r.Checkpoint = u(r.Durable)
+		if r.Durable > 0 {
+			r.Epoch = re[r.Durable-1]
+		}
+		p, err := PlanRecovery(v, r, Unknown)
+		if err != nil {
+			t.Fatalf("valid input refused: %v\nview %+v\nreport %+v", err, v, r)
+		}
+		checkPlan(t, v, r, Unknown, p)
+		fail := func(why string) { t.Fatalf("%s (shared %d): plan %+v\nview %+v\nreport %+v", why, c, p, v, r) }
+		switch p.Kind {
+		case ZeroGap, CatchUp:
+			if r.Durable > c {
+				fail("kept diverged records")
+			}
+		case Truncate:
+			if p.TruncateTo > c {
+				fail("truncated to a diverged point")
+			}
+		}
+		if pFrom == 1 && rFrom == 1 && r.Durable <= c && r.Durable < v.Committed && r.Durable+1 >= v.Tail && p.Kind != CatchUp {
+			fail("a retained prefix of the primary not caught up")
+		}
+	}
+}
+
 // checkPlan fails t unless p keeps the planner's promises for (v, r, prior).
 func checkPlan(t *testing.T, v PrimaryView, r ReplicaReport, prior State, p Plan) {
 	t.Helper()
@@ -55,6 +146,9 @@ func checkPlan(t *testing.T, v PrimaryView, r ReplicaReport, prior State, p Plan
 		fail("untrusted or escalated replica not rebuilt")
 	}
 	agree := min(r.Durable, v.lastOfEpoch(r.Epoch))
+	if r.Terms != nil {
+		agree = v.agreeExact(r.Terms, r.Durable)
+	}
 	switch p.Kind {
 	case ZeroGap:
 		if r.Durable < v.Committed || agree != r.Durable || (r.Durable > v.Committed && r.Durable > v.Durable) {
