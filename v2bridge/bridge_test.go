@@ -166,11 +166,15 @@ func TestTruncationUnsafeEscalatesToRebuild(t *testing.T) {
 	if st := r.Status(); st.Head != 13 || st.Fenced {
 		t.Fatalf("an unsafe truncation changed the replica: %+v", st)
 	}
-	// Its last record left the WAL: after a failover the report cannot
-	// vouch for any of its records.
-	tok3, rep, _ := rc.report(terms...)
-	if rep.Epoch != 0 || rep.Durable != 13 || rep.Checkpoint != 13 {
+	// Its last record left the WAL: the report still knows its epoch (the
+	// term history), and the plan sees the divergence with the checkpoint
+	// beyond it: a rebuild.
+	tok3, rep, v3 := rc.report(terms...)
+	if rep.Epoch != 1 || rep.Durable != 13 || rep.Checkpoint != 13 || len(rep.Terms) != 1 {
 		t.Fatalf("report %+v", rep)
+	}
+	if p3, err := engine.PlanRecovery(v3, rep, engine.Unknown); err != nil || p3.Kind != engine.Rebuild {
+		t.Fatalf("plan %v, %v; want a rebuild", p3, err)
 	}
 	rc.slots.Release(tok3)
 	// The I/O refuses on its own too.

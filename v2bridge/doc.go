@@ -65,12 +65,19 @@
 // Planning: Peer.View builds the engine.PrimaryView and holds the WAL from
 // its tail until the token's attempt ends, so the records a plan binds (a
 // catch-up's From, a full rebuild's Tail-1) cannot be flushed away between
-// planning and the executor's own pin. Peer.Report gives the replica's
-// report; blockvol does not keep the epoch of a record once the flusher let
-// it go, so when the replica's last record has left its WAL and the view's
-// terms name more than one epoch, the report's Epoch is 0 (none of its
-// records is taken to match: a rebuild, never a deposed primary's writes
-// kept); with a single-epoch history it is the replica's assigned epoch.
+// planning and the executor's own pin; with nil terms its Terms are the
+// primary's own durable term history (blockvol.Terms; unknown below the
+// oldest term, then the current epoch from head+1). Peer.Report gives the
+// replica's report with its term history up to its durable LSN (a hello
+// with B = helloTerms; the answer carries the terms after its flags, bit
+// 4), so engine.PlanRecovery matches the two histories exactly: a copy
+// diverged at an old epoch is truncated or rebuilt even when all its
+// records were checkpointed, and a matching one is caught up. A replica
+// that does not send terms (an older build) gets the older rule (Epoch 0
+// when its last record's epoch is unknown and the view names several
+// epochs). The verify of a rebuild carries the primary's terms up to the
+// base LSN in its Data (blockvol.InstallBaseTerms); without them the
+// replica's history starts unknown.
 //
 // The replica side fences its volume for TruncateWAL and BeginRebuild and
 // unfences it again as RoleReplica of the same epoch and lease for the

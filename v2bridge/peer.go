@@ -289,20 +289,28 @@ func (p *Peer) dial(ctx context.Context) (net.Conn, error) {
 
 // Report asks the replica where it stands (for engine.PlanRecovery).
 //
-// Epoch is the epoch of the replica's last durable record when the
-// replica's WAL still holds that record. When the flusher has let it go,
-// blockvol no longer knows it; then, if the terms of the latest View name
-// more than one epoch (a failover happened within the history the plan
-// covers), Epoch is reported as 0 so that none of the replica's records is
+// Terms is the replica's term history up to its durable LSN (blockvol's
+// durable history: exact also for records the flusher let go of), so the
+// planner matches the two histories exactly; Epoch is the epoch of the
+// replica's last durable record by that history. A replica that does not
+// send its history (an older build) leaves Terms nil; then, when its last
+// record's epoch is unknown and the terms of the latest View name more
+// than one epoch, Epoch is reported as 0 so that none of its records is
 // taken to match (the plan rebuilds rather than risk keeping writes of a
-// deposed primary); otherwise it is the replica's assigned epoch, exact for
-// a single-epoch history.
+// deposed primary).
 func (p *Peer) Report(ctx context.Context, tok engine.Token) (engine.ReplicaReport, error) {
-	r, err := p.call(ctx, tok, &request{Op: opHello})
+	r, err := p.call(ctx, tok, &request{Op: opHello, B: helloTerms})
 	if err != nil {
 		return engine.ReplicaReport{}, err
 	}
 	rep := engine.ReplicaReport{Durable: r.Durable, Checkpoint: r.Checkpoint, Epoch: r.Epoch, Untrusted: r.Untrusted}
+	if r.HasTerms {
+		rep.Terms = make([]engine.Term, 0, len(r.Terms))
+		for _, t := range r.Terms {
+			rep.Terms = append(rep.Terms, engine.Term{Epoch: t.Epoch, First: t.First})
+		}
+		return rep, nil
+	}
 	p.mu.Lock()
 	multi := len(p.terms) > 1
 	p.mu.Unlock()
@@ -312,12 +320,14 @@ func (p *Peer) Report(ctx context.Context, tok engine.Token) (engine.ReplicaRepo
 	return rep, nil
 }
 
-// View is the primary's view for engine.PlanRecovery (terms as given), with
+// View is the primary's view for engine.PlanRecovery, with
 // the WAL held from its tail until tok's attempt ends, so that the records a
 // plan binds (a catch-up's From, a full rebuild's Tail-1, a snapshot's LSN)
 // cannot leave the WAL between planning and the executor's own pin. Base is
 // the volume's base snapshot (snapshot.go). The hold has the peer's
-// budget and is released when tok is released or cancelled.
+// budget and is released when tok is released or cancelled. Terms are the
+// given ones, or with nil the volume's own durable term history (see
+// ownTerms).
 func (p *Peer) View(tok engine.Token, terms []engine.Term) (engine.PrimaryView, error) {
 	if err := p.slots.Check(tok); err != nil {
 		return engine.PrimaryView{}, err
@@ -332,6 +342,9 @@ func (p *Peer) View(tok engine.Token, terms []engine.Term) (engine.PrimaryView, 
 			return engine.PrimaryView{}, fmt.Errorf("v2bridge: hold the WAL for planning: %w", err)
 		}
 		context.AfterFunc(tok.Context(), h.Release)
+		if terms == nil {
+			terms = ownTerms(p.vol, st)
+		}
 		p.mu.Lock()
 		p.terms = append(p.terms[:0], terms...)
 		p.mu.Unlock()
@@ -341,6 +354,25 @@ func (p *Peer) View(tok engine.Token, terms []engine.Term) (engine.PrimaryView, 
 		}
 		return engine.PrimaryView{Epoch: st.Epoch, Committed: committed, Durable: st.Durable, Head: st.Head, Tail: st.Tail, Terms: terms, Base: p.snapshotBase()}, nil
 	}
+}
+
+// ownTerms is vol's term history as engine terms, for the view st: the
+// terms of its records up to st.Head, then the current epoch from st.Head+1
+// for the records still to come. LSNs below the oldest term have an
+// unknown epoch; with nothing known the list is just that last term, so
+// that no replica record is taken to match without proof.
+func ownTerms(vol *blockvol.Volume, st blockvol.Status) []engine.Term {
+	var terms []engine.Term
+	for _, t := range vol.Terms() {
+		if t.First > st.Head || t.Epoch > st.Epoch {
+			break
+		}
+		terms = append(terms, engine.Term{Epoch: t.Epoch, First: t.First})
+	}
+	if n := len(terms); n == 0 || terms[n-1].Epoch < st.Epoch {
+		terms = append(terms, engine.Term{Epoch: st.Epoch, First: st.Head + 1})
+	}
+	return terms
 }
 
 // Frontier is the primary's committed LSN now.
@@ -699,6 +731,16 @@ func (p *Peer) VerifyBase(tok engine.Token, b executor.Base) error {
 		return fmt.Errorf("v2bridge: verify of base %d that is not pinned: %w", b.LSN, executor.ErrBaseUnavailable)
 	}
 	req := &request{Op: opVerify, A: b.LSN, C: uint64(b.Size)}
+	// The primary's term history up to the base goes with the manifest:
+	// the replica's history after the rebuild.
+	var terms []blockvol.Term
+	for _, t := range p.vol.Terms() {
+		if t.First > b.LSN {
+			break
+		}
+		terms = append(terms, t)
+	}
+	req.Data = appendTerms(nil, terms)
 	p.baseSum.Sum(req.Sum[:0])
 	sum, derr := p.baseDigestLocked(b, req.Sum) // a snapshot's: its manifest's
 	if derr != nil {

@@ -306,8 +306,11 @@ func (s *Service) handle(req *request) response {
 	r := rv.report()
 	if req.Op == opHello {
 		var known bool
-		r.Epoch, known = rv.lastEpoch()
+		r.Epoch, known = rv.lastEpoch(r.Durable)
 		r.EpochUnknown = !known
+		if req.B&helloTerms != 0 {
+			r.HasTerms, r.Terms = true, rv.terms(r.Durable)
+		}
 	}
 	if err != nil {
 		r.Code, r.Msg = codeOther, fmt.Sprintf("%s %s: %v", req.Op, req.Volume, err)
@@ -348,26 +351,28 @@ func (rv *replicaVol) report() response {
 	return response{Head: st.Head, Durable: st.Durable, Checkpoint: st.Checkpoint, Epoch: st.Epoch, Untrusted: st.Untrusted}
 }
 
-// lastEpoch is the epoch of the replica's last durable record when its WAL
-// still holds it (known), else the epoch the volume was assigned, which is
-// only an upper bound (blockvol does not keep the epoch of a record the
-// flusher let go of).
-func (rv *replicaVol) lastEpoch() (epoch uint64, known bool) {
-	st := rv.vol.Status()
-	if st.Durable == 0 {
-		return st.Epoch, true
+// lastEpoch is the epoch of the replica's record at durable from its term
+// history (known, also when the flusher let the record go), else the
+// epoch the volume was assigned, which is only an upper bound.
+func (rv *replicaVol) lastEpoch(durable uint64) (epoch uint64, known bool) {
+	if durable == 0 {
+		return rv.vol.Status().Epoch, true
 	}
-	if st.Durable < st.Tail {
-		return st.Epoch, false
+	if e, ok := rv.vol.TermAt(durable); ok {
+		return e, true
 	}
-	err := rv.vol.ScanWAL(st.Durable, func(r blockvol.Record) error {
-		epoch = r.Epoch
-		return errScanDone
-	})
-	if err != nil && !errors.Is(err, errScanDone) {
-		return st.Epoch, false
+	return rv.vol.Status().Epoch, false
+}
+
+// terms is the replica's term history up to durable (the records beyond
+// it are not durable and are not reported).
+func (rv *replicaVol) terms(durable uint64) []blockvol.Term {
+	ts := rv.vol.Terms()
+	n := 0
+	for n < len(ts) && ts[n].First <= durable {
+		n++
 	}
-	return epoch, true
+	return ts[:n]
 }
 
 // apply appends req.Recs; with B = 1 (the last request of a pipelined
@@ -540,7 +545,16 @@ func (rv *replicaVol) verify(req *request) error {
 	if got != req.Sum {
 		return fmt.Errorf("base %d: SHA-256 %x, manifest %x: %w", rv.baseLSN, got, req.Sum, executor.ErrBaseMismatch)
 	}
-	if err := rv.vol.InstallBase(rv.baseLSN); err != nil {
+	// The primary's term history up to the base comes with the manifest
+	// (absent from a primary that does not send it: then unknown).
+	var terms []blockvol.Term
+	if len(req.Data) > 0 {
+		var err error
+		if terms, err = decodeTerms(req.Data); err != nil {
+			return fmt.Errorf("base %d: %w", rv.baseLSN, err)
+		}
+	}
+	if err := rv.vol.InstallBaseTerms(rv.baseLSN, terms); err != nil {
 		return err
 	}
 	rv.rebuilding, rv.sum = false, nil

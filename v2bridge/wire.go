@@ -30,12 +30,12 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 type op uint8
 
 const (
-	opHello    op = iota + 1 // report the replica's position
+	opHello    op = iota + 1 // report the replica's position; B&helloTerms: with its term history
 	opApply                  // append Recs; B = 1: then fsync; report durable
 	opTruncate               // drop records after A
 	opBegin                  // durably untrusted, WAL dropped
 	opBase                   // base chunk: Data at offset A; manifest B = base LSN, C = size
-	opVerify                 // A = base LSN, C = size, Sum = SHA-256 of what was sent
+	opVerify                 // A = base LSN, C = size, Sum = SHA-256 of what was sent; Data = the base's terms (optional)
 	opCommit                 // A = achieved: checkpoint and clear untrusted
 	opZero                   // base zero range: D bytes of zeros at A; manifest as opBase
 )
@@ -96,6 +96,59 @@ type response struct {
 	Untrusted  bool
 	// EpochUnknown: Epoch is the assigned epoch, not the last record's.
 	EpochUnknown bool
+	// HasTerms: Terms is the replica's term history up to Durable (only
+	// in answers to a hello that asked for it, so that a peer which does
+	// not know the field never receives it).
+	HasTerms bool
+	Terms    []blockvol.Term
+}
+
+// helloTerms in a hello's B asks for the replica's term history.
+const helloTerms = 1
+
+// maxWireTerms bounds the terms a message may carry.
+const maxWireTerms = 1024
+
+// appendTerms appends a term list: count u32, then {epoch, first} u64s.
+func appendTerms(b []byte, ts []blockvol.Term) []byte {
+	b = putU32(b, uint32(len(ts)))
+	for _, t := range ts {
+		b = putU64(b, t.Epoch)
+		b = putU64(b, t.First)
+	}
+	return b
+}
+
+// terms reads a term list written by appendTerms: at most maxWireTerms,
+// First ascending from 1.
+func (d *decoder) terms() []blockvol.Term {
+	n := d.u32()
+	if d.err != nil {
+		return nil
+	}
+	if n > maxWireTerms || uint64(n)*16 > uint64(len(d.b)) {
+		d.err = fmt.Errorf("%w: %d terms in %d bytes", ErrBadFrame, n, len(d.b))
+		return nil
+	}
+	ts := make([]blockvol.Term, n)
+	for i := range ts {
+		ts[i].Epoch, ts[i].First = d.u64(), d.u64()
+		if ts[i].First == 0 || (i > 0 && ts[i].First <= ts[i-1].First) {
+			d.err = fmt.Errorf("%w: terms not ascending from lsn 1", ErrBadFrame)
+			return nil
+		}
+	}
+	return ts
+}
+
+// decodeTerms decodes a whole payload that is one term list.
+func decodeTerms(p []byte) ([]blockvol.Term, error) {
+	d := decoder{b: p}
+	ts := d.terms()
+	if err := d.done(); err != nil {
+		return nil, fmt.Errorf("decode terms: %w", err)
+	}
+	return ts, nil
 }
 
 func putU64(b []byte, v uint64) []byte { return binary.BigEndian.AppendUint64(b, v) }
@@ -154,6 +207,10 @@ func (r *response) encode(b []byte) []byte {
 	}
 	if r.EpochUnknown {
 		u |= 2
+	}
+	if r.HasTerms {
+		u |= 4
+		return appendTerms(append(b, u), r.Terms)
 	}
 	return append(b, u)
 }
@@ -251,7 +308,10 @@ func decodeResponse(p []byte) (response, error) {
 	r.Msg = string(d.bytes())
 	r.Head, r.Durable, r.Checkpoint, r.Epoch = d.u64(), d.u64(), d.u64(), d.u64()
 	flags := d.u8()
-	r.Untrusted, r.EpochUnknown = flags&1 != 0, flags&2 != 0
+	r.Untrusted, r.EpochUnknown, r.HasTerms = flags&1 != 0, flags&2 != 0, flags&4 != 0
+	if r.HasTerms {
+		r.Terms = d.terms()
+	}
 	if err := d.done(); err != nil {
 		return response{}, fmt.Errorf("decode response: %w", err)
 	}

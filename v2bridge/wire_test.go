@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math/rand"
 	"net"
+	"reflect"
 	"testing"
 	"time"
 
@@ -29,8 +30,58 @@ func TestRequestRoundTrip(t *testing.T) {
 	}
 	r := response{Code: codeBaseMismatch, Msg: "m", Head: 1, Durable: 2, Checkpoint: 3, Epoch: 4, Untrusted: true, EpochUnknown: true}
 	got, err := decodeResponse(r.encode(nil))
-	if err != nil || got != r {
+	if err != nil || !reflect.DeepEqual(got, r) {
 		t.Fatalf("response round trip: %+v, %v", got, err)
+	}
+	r.HasTerms, r.Terms = true, []blockvol.Term{{Epoch: 2, First: 1}, {Epoch: 4, First: 9}}
+	if got, err = decodeResponse(r.encode(nil)); err != nil || !reflect.DeepEqual(got, r) {
+		t.Fatalf("response with terms round trip: %+v, %v", got, err)
+	}
+	r.Terms = []blockvol.Term{}
+	if got, err = decodeResponse(r.encode(nil)); err != nil || !got.HasTerms || len(got.Terms) != 0 {
+		t.Fatalf("response with an empty history: %+v, %v", got, err)
+	}
+}
+
+// TestTermsWire: a term list round-trips; an answer without the terms
+// section (an older replica) still decodes (no terms); malformed lists
+// (unordered, LSN 0, a count beyond the bytes or the bound, trailing bytes,
+// truncation anywhere) are ErrBadFrame, never a panic.
+func TestTermsWire(t *testing.T) {
+	ts := []blockvol.Term{{Epoch: 1, First: 1}, {Epoch: 3, First: 40}, {Epoch: 7, First: 41}}
+	got, err := decodeTerms(appendTerms(nil, ts))
+	if err != nil || !reflect.DeepEqual(got, ts) {
+		t.Fatalf("round trip: %v %v", got, err)
+	}
+	old := response{Code: codeOK, Durable: 5, Epoch: 3}
+	if got, err := decodeResponse(old.encode(nil)); err != nil || got.HasTerms || got.Terms != nil {
+		t.Fatalf("answer without terms: %+v %v", got, err)
+	}
+	bad := map[string][]byte{
+		"unordered":     appendTerms(nil, []blockvol.Term{{Epoch: 1, First: 5}, {Epoch: 2, First: 5}}),
+		"lsn 0":         appendTerms(nil, []blockvol.Term{{Epoch: 1, First: 0}}),
+		"count":         putU32(nil, 3),
+		"huge count":    append(putU32(nil, 1<<31), make([]byte, 64)...),
+		"beyond bound":  append(putU32(nil, maxWireTerms+1), make([]byte, 16*(maxWireTerms+1))...),
+		"trailing":      append(appendTerms(nil, ts), 0),
+		"short":         appendTerms(nil, ts)[:20],
+		"empty payload": {},
+	}
+	for name, p := range bad {
+		if _, err := decodeTerms(p); !errors.Is(err, ErrBadFrame) {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	full := (&response{Code: codeOK, HasTerms: true, Terms: ts}).encode(nil)
+	for n := 0; n < len(full); n++ {
+		if _, err := decodeResponse(full[:n]); err == nil {
+			t.Fatalf("answer cut at %d of %d bytes decoded", n, len(full))
+		}
+	}
+	head := (&response{Code: codeOK, HasTerms: true}).encode(nil)
+	head = head[:len(head)-4] // without its (empty) term list
+	if _, err := decodeResponse(appendTerms(head, []blockvol.Term{{Epoch: 1, First: 9}, {Epoch: 2, First: 3}})); !errors.Is(err, ErrBadFrame) {
+		t.Fatalf("unordered terms in an answer: %v", err)
 	}
 }
 
