@@ -202,13 +202,20 @@ func (m *Manager) syncReplLocked(v *volume) {
 			return
 		}
 		name, epoch := v.name, st.Epoch
+		// SetMembers moves the Primary to later epochs: a removal names
+		// the epoch it is in then (the master refuses an older one).
+		var self atomic.Pointer[replication.Primary]
 		p, err := replication.NewPrimary(v.vol, replication.PrimaryOptions{
 			Name:    name,
 			Mode:    mode,
 			Epoch:   epoch,
 			Members: members,
 			RemoveMember: func(serverID string) error {
-				return m.removeMember(name, epoch, serverID)
+				e := epoch
+				if cur := self.Load(); cur != nil {
+					e = cur.Epoch()
+				}
+				return m.removeMember(name, e, serverID)
 			},
 			// A member that stayed in the epoch (RF=3's third copy, or an
 			// old primary demoted by a promote) may hold records the old
@@ -223,6 +230,7 @@ func (m *Manager) syncReplLocked(v *volume) {
 			}
 			return
 		}
+		self.Store(p)
 		v.primMode = mode
 		v.setPrimary(p, replication.NewVolume(v.vol, p))
 		glog.Infof("blockvolume: %s primary at epoch %d (%v) ships to %v", name, epoch, mode, members)
