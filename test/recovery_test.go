@@ -399,3 +399,75 @@ func TestRecoveryRF3TwoCopiesInOneOutage(t *testing.T) {
 	job.verify(t, np.uri(name), "on the promoted copy "+np.name)
 	sameData(t, "the promoted copy", mustReadAll(t, np.uri(name), volSize), want)
 }
+
+// TestRecoveryRepeatedOutage: the replica of an RF=2 sync volume is
+// SIGSTOPped under fio load twice; each time the primary drops it, and it
+// is caught up (never rebuilt) and rejoins. The second outage comes after
+// two epoch changes (removal, rejoin), so the primary must remove a member
+// in an epoch later than the one its replication started in.
+func TestRecoveryRepeatedOutage(t *testing.T) {
+	requireTools(t, "fio", "nbdcopy")
+	requireOwnCluster(t)
+	c := startCluster(t, 2)
+	name := uniqueName("rec-twice")
+	v, prim, repl := recoveryVolume(t, c, name)
+	w := watchRecovery(t, prim, name, repl.http)
+	spans := []fioSpan{
+		{name: "first", off: 0, size: 8 << 20, seed: 71},
+		{name: "second", off: 8 << 20, size: 8 << 20, seed: 72},
+	}
+	from := v.Epoch
+	for i, job := range spans {
+		fio := job.startWrite(t, prim.uri(name), 200)
+		time.Sleep(2 * time.Second)
+		repl.signal(syscall.SIGSTOP)
+		stopped, stoppedAt := true, time.Now()
+		sigcontOnExit(t, repl, &stopped)
+		var dropped uint64
+		waitFor(t, 30*time.Second, fmt.Sprintf("outage %d: the primary drops the stopped replica", i+1), func() error {
+			d, err := c.history(name)
+			if err != nil {
+				return err
+			}
+			h, ok := d.find(from, "member "+repl.http+" removed")
+			if !ok {
+				return fmt.Errorf("not dropped yet: %v", d)
+			}
+			dropped = h.Epoch
+			return nil
+		})
+		time.Sleep(time.Until(stoppedAt.Add(8 * time.Second)))
+		repl.signal(syscall.SIGCONT)
+		stopped = false
+		fio.wait(t, 3*time.Minute, fmt.Sprintf("writes across outage %d", i+1))
+		cur := c.waitMember(name, repl.http, 90*time.Second)
+		want := uint64(i + 1)
+		seen := w.waitFor(t, 30*time.Second, fmt.Sprintf("catch-up %d", i+1), func(seen []recoveryView) error {
+			for _, r := range finished(seen) {
+				if r.CatchUps >= want && strings.HasPrefix(r.Plan, "catch-up") {
+					return nil
+				}
+			}
+			return fmt.Errorf("%d catch-up(s) not finished", want)
+		})
+		for _, r := range seen {
+			if r.Rebuilds != 0 || strings.HasPrefix(r.Plan, "rebuild") {
+				t.Fatalf("outage %d: the replica was rebuilt, want a catch-up: %v", i+1, r)
+			}
+		}
+		t.Logf("outage %d: dropped in epoch %d, member again in epoch %d", i+1, dropped, cur.Epoch)
+		from = cur.Epoch
+	}
+	w.close()
+	want := mustReadAll(t, prim.uri(name), volSize)
+	sameData(t, "the twice caught-up replica's copy", mustReadAll(t, repl.uri(name), volSize), want)
+	cur, err := c.status(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prim.stop(syscall.SIGKILL)
+	c.waitPrimary(name, repl.http, cur.Epoch, 60*time.Second)
+	for _, job := range spans {
+		job.verify(t, repl.uri(name), "on the promoted replica")
+	}
+}
