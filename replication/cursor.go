@@ -165,10 +165,6 @@ func (r *replica) stopAndWait() {
 	<-r.done
 }
 
-func (r *replica) stateName() ReplicaState {
-	return r.state
-}
-
 func (r *replica) set(f func(r *replica)) {
 	r.p.mu.Lock()
 	f(r)

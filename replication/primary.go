@@ -451,6 +451,7 @@ func (p *Primary) monitor() {
 		}
 		now := time.Now()
 		var ask []*replica
+		var why []string // each asked member's state, read under p.mu
 		p.mu.Lock()
 		epoch := p.epoch
 		for _, r := range p.members {
@@ -461,11 +462,12 @@ func (p *Primary) monitor() {
 			if stuck || r.state == StateNeedsRebuild {
 				r.removeAsked = true
 				ask = append(ask, r)
+				why = append(why, r.state.String())
 			}
 		}
 		p.mu.Unlock()
-		for _, r := range ask {
-			glog.Warningf("replication: %s epoch %d: member %s (%s) is %v; asking the master to remove it", p.o.Name, epoch, r.m.ServerID, r.m.Addr, r.stateName())
+		for i, r := range ask {
+			glog.Warningf("replication: %s epoch %d: member %s (%s) is %s; asking the master to remove it", p.o.Name, epoch, r.m.ServerID, r.m.Addr, why[i])
 			if p.o.RemoveMember == nil {
 				continue
 			}
