@@ -123,20 +123,22 @@
 // master lists non-member copies while the volume has fewer members than
 // its RF) a recovery goroutine runs attempts: engine.Slots.Acquire for
 // (volume, server id) at the primary's epoch and the target's replication
-// address; v2bridge.Peer.View (terms read from the primary's retained WAL)
-// and Peer.Report; engine.PlanRecovery; executor.Run. The plan is the
+// address; v2bridge.Peer.View (terms: the primary's own durable term
+// history, blockvol.Terms) and Peer.Report (the copy's history); engine.PlanRecovery; executor.Run. The plan is the
 // cheapest safe one: zero-gap, catch-up from the WAL, truncation of
 // records beyond what the primary holds (then catch-up), or a rebuild
 // (full base, or a base snapshot plus WAL when one fits). A rebuild is
 // forced when the target carries rebuild=true (block.repair -rebuild),
 // when the copy is untrusted, when an earlier attempt or the live stream
 // escalated, and when the copy diverged (its durable LSN beyond the
-// takeover head, see above). When the copy no longer knows the epoch of
-// its last record (its WAL was flushed), it is trusted up to the
-// takeover check: its records up to the primary's own durable LSN are
-// taken to match (the takeover head is known only to the process that
-// took over: a primary restarted since cannot tell such a copy's records
-// from its own — the same limit the live stream always had). Outcomes: InSync → the copy is handed to the live
+// takeover head, see above). Divergence is found from the term histories
+// (blockvol keeps the epoch of every record, durably, across checkpoints
+// and restarts): the copy's records match the primary's only up to the
+// highest LSN where both know the same epoch, so a deposed primary's last
+// writes are truncated or rebuilt even when they were checkpointed and
+// this primary restarted since it took over (no takeover head then); an
+// unknown epoch never matches. The takeover check stays as a second
+// guard. Outcomes: InSync → the copy is handed to the live
 // stream (an async replication.Primary whose cursor starts at the copy's
 // durable+1; a WAL hold keeps those records until the cursor holds its
 // own) and reported caught up once that cursor is in sync; NeedsRebuild →

@@ -2,7 +2,6 @@ package blockvolume
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -290,10 +289,6 @@ func (v *volume) committed() uint64 {
 	return v.vol.Status().Durable
 }
 
-// unknownEpoch is the replica report's epoch when the replica no longer
-// knows the epoch of its last record (v2bridge reports 0 then).
-const unknownEpoch = 0
-
 // attempt runs one plan to its outcome. An error means no attempt ran
 // (nothing to count); the slot is released either way.
 func (rc *recovery) attempt() (engine.Outcome, error) {
@@ -333,15 +328,15 @@ func (rc *recovery) attempt() (engine.Outcome, error) {
 	if _, err := peer.Report(rc.ctx, tok); err != nil {
 		return engine.Outcome{}, err
 	}
-	// A first view holds the WAL from its tail; the terms are read from
-	// what it holds, then the view is taken again with them (Report
-	// depends on the terms of the latest view).
+	// The view holds the WAL from its tail; its terms are the primary's
+	// own durable term history (blockvol keeps it across checkpoints and
+	// restarts), and the report carries the copy's: the planner matches
+	// them exactly, so a copy holding records of an epoch the primary
+	// does not have at those LSNs (a deposed primary's last writes) is
+	// truncated or rebuilt, never kept — also after this server restarted
+	// and lost the takeover state below.
 	view, err := peer.View(tok, nil)
 	if err != nil {
-		return engine.Outcome{}, err
-	}
-	terms := walTerms(v.vol, view.Tail, view.Epoch)
-	if view, err = peer.View(tok, terms); err != nil {
 		return engine.Outcome{}, err
 	}
 	rep, err := peer.Report(rc.ctx, tok)
@@ -360,16 +355,10 @@ func (rc *recovery) attempt() (engine.Outcome, error) {
 		prior, why = engine.NeedsRebuild, "an earlier attempt or the live stream escalated"
 	case rc.takeover && rep.Durable > rc.takeoverHead:
 		// Records beyond the head this primary took over with, on a copy
-		// it never shipped to: an old primary's last writes. Never kept.
+		// it never shipped to: an old primary's last writes. Never kept
+		// (a second guard beside the term histories).
 		prior = engine.NeedsRebuild
 		why = fmt.Sprintf("holds records up to lsn %d, beyond %d where this primary took over: diverged", rep.Durable, rc.takeoverHead)
-	}
-	if rep.Epoch == unknownEpoch && rep.Durable > 0 {
-		// The replica's last record left its WAL, so its epoch is
-		// unknown: the copy is trusted as far as the takeover check
-		// above goes (records up to the primary's own durable LSN are
-		// taken to match; beyond it they are dropped or rebuilt).
-		rep.Epoch, view.Terms = view.Epoch, nil
 	}
 	plan, err := engine.PlanRecovery(view, rep, prior)
 	if err != nil {
@@ -496,32 +485,6 @@ func (rc *recovery) onEvent(e engine.Event) {
 			glog.Infof("blockvolume: %s: recovery of %s attempt %d: %s lsn %d bytes %d %s", rc.v.name, rc.id.Server, e.Attempt, e.Kind, e.LSN, e.Bytes, e.Detail)
 		}
 	}
-}
-
-// walTerms lists where each epoch's records begin in vol's WAL from tail
-// on (as far as it is retained), ending with the current epoch for the
-// records still to come. Records below tail are not described: a replica
-// whose last record is of an older epoch than the oldest retained one is
-// taken to match only up to tail-1.
-func walTerms(vol *blockvol.Volume, tail, epoch uint64) []engine.Term {
-	var terms []engine.Term
-	last := uint64(0)
-	next := tail
-	err := vol.ScanWAL(tail, func(r blockvol.Record) error {
-		next = r.LSN + 1
-		if r.Epoch > last && r.Epoch <= epoch {
-			terms = append(terms, engine.Term{Epoch: r.Epoch, First: r.LSN})
-			last = r.Epoch
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, blockvol.ErrNotRetained) {
-		glog.V(1).Infof("blockvolume: read the WAL's epochs from %d: %v", tail, err)
-	}
-	if last < epoch {
-		terms = append(terms, engine.Term{Epoch: epoch, First: next})
-	}
-	return terms
 }
 
 // progress is rc as a report entry.

@@ -345,13 +345,19 @@ func TestLostReplicaIsRemovedWithRealMaster(t *testing.T) {
 // it is — the new primary rebuilds it, and only then is it caught up and
 // re-added, holding exactly the new primary's data.
 func TestDivergedOldPrimaryIsRebuilt(t *testing.T) {
-	t.Run("head beyond the new primary's", func(t *testing.T) { testDiverged(t, 16, 0) })
+	t.Run("head beyond the new primary's", func(t *testing.T) { testDiverged(t, 16, 0, false) })
 	// The old primary's extra records have LSNs the new primary reused for
-	// its own writes: only the head where it took over tells them apart.
-	t.Run("head within the new primary's", func(t *testing.T) { testDiverged(t, 2, 8) })
+	// its own writes: the head where it took over, or the epochs of the
+	// records (the term histories), tell them apart.
+	t.Run("head within the new primary's", func(t *testing.T) { testDiverged(t, 2, 8, false) })
+	// The new primary restarts before the old one returns (no takeover
+	// state in its process) and the old primary's extra records were
+	// checkpointed (their epochs are only in its term history): the term
+	// histories alone find the divergence.
+	t.Run("new primary restarted, extra records checkpointed", func(t *testing.T) { testDiverged(t, 2, 8, true) })
 }
 
-func testDiverged(t *testing.T, ghosts, later int) {
+func testDiverged(t *testing.T, ghosts, later int, restart bool) {
 	client, info, prim, repl := startPair(t, "dv")
 	c := dialNBD(t, prim.m.Endpoints().GetNbdAddress(), "dv")
 	pat := bytes.Repeat([]byte{0x31}, 4096)
@@ -381,6 +387,14 @@ func testDiverged(t *testing.T, ghosts, later int) {
 	if err := vol.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	if restart {
+		if err := vol.Checkpoint(); err != nil {
+			t.Fatal(err)
+		}
+		if st := vol.Status(); st.Tail != st.Head+1 {
+			t.Fatalf("old primary's WAL still holds records: %+v", st)
+		}
+	}
 	if err := vol.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -391,6 +405,20 @@ func testDiverged(t *testing.T, ghosts, later int) {
 	})
 	nc := dialNBD(t, repl.m.Endpoints().GetNbdAddress(), "dv")
 	eventually(t, 10*time.Second, "new primary writable", func() bool { return nc.write(0, pat) == 0 })
+	if restart {
+		// A restart: no takeover state in the new process. Its flusher
+		// then leaves the later writes in the WAL, so that a catch-up of
+		// the old primary from its head would be possible (and would keep
+		// its extra records) if the divergence went unseen.
+		if e := nc.flush(); e != 0 {
+			t.Fatalf("flush on the new primary: errno %d", e)
+		}
+		nc.nc.Close()
+		repl.stop()
+		repl = startNamedVolumeServer(t, repl.id, "r2", repl.dir, repl.mAddr, func(o *Options) { o.FlushInterval = time.Hour })
+		nc = dialNBD(t, repl.m.Endpoints().GetNbdAddress(), "dv")
+		eventually(t, 15*time.Second, "restarted new primary writable", func() bool { return nc.write(0, pat) == 0 })
+	}
 	for i := 0; i < later; i++ {
 		if e := nc.write(uint64(4096*(64+i)), pat); e != 0 {
 			t.Fatalf("write %d on the new primary: errno %d", i, e)
@@ -441,7 +469,7 @@ func testDiverged(t *testing.T, ghosts, later int) {
 	}
 	// The last plan may be a later zero-gap (a new attempt after the
 	// rebuild); a rebuild was done, for divergence when it is the last.
-	if rec == nil || rec.GetRebuilds() < 1 || (strings.HasPrefix(rec.GetPlan(), "rebuild") && !strings.Contains(rec.GetPlan(), "diverged")) {
+	if rec == nil || rec.GetRebuilds() < 1 || (strings.HasPrefix(rec.GetPlan(), "rebuild") && !strings.Contains(rec.GetPlan(), "diverge")) {
 		t.Fatalf("recovery of the diverged copy: %v", rec)
 	}
 	if e := oc.write(0, pat); e != nbdEPERM {
