@@ -187,7 +187,14 @@ func (v *Volume) CreateSnapshot() (SnapshotInfo, error) {
 	if err != nil {
 		return SnapshotInfo{}, fmt.Errorf("%s: create snapshot: %w", v.path, err)
 	}
-	defer f.Close()
+	imageOpen := true
+	closeImage := func() {
+		if imageOpen {
+			imageOpen = false
+			f.Close()
+		}
+	}
+	defer closeImage()
 	path := v.imagePath(target)
 	// Empty it first so every old block becomes a hole.
 	if err := f.Truncate(0); err != nil {
@@ -244,6 +251,10 @@ func (v *Volume) CreateSnapshot() (SnapshotInfo, error) {
 		return SnapshotInfo{}, fmt.Errorf("%s: create snapshot at %d: %w", v.path, m.lsn, err)
 	}
 	m.sum = sum
+	// Let go of the image before the manifest names it: a reader opening
+	// it at once (its open takes the file's lock) must not find it still
+	// held here, which would mark the new snapshot untrusted.
+	closeImage()
 
 	if err := v.commitManifest(&m, nextSlot); err != nil {
 		return SnapshotInfo{}, err
