@@ -393,7 +393,7 @@ func (m *Manager) applyAssignmentLocked(a *blockpb.Assignment, leaseUntil time.T
 			return errors.New("volume vanished after allocation")
 		}
 	}
-	v.rf = spec.GetReplicationFactor()
+	v.setRF(spec.GetReplicationFactor())
 	m.noteTakeoverLocked(v, cfg)
 	m.beforeConfigLocked(v, cfg)
 	err := m.applyConfigLocked(v, cfg, leaseUntil, true)

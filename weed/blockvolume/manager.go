@@ -74,6 +74,14 @@ type Options struct {
 	MaxBackoff time.Duration
 	// FlushInterval is passed to every volume (0: engine default).
 	FlushInterval time.Duration
+	// SnapshotInterval (-block.snapshotInterval): every volume this server
+	// serves as primary gets a new base snapshot this often (blockvol
+	// CreateSnapshot), so that a copy too far behind for a catch-up can be
+	// rebuilt from the snapshot plus the WAL after it. 0 turns snapshots
+	// off (and deletes those left from before at the next start). Each
+	// costs up to the volume's allocated size on disk beside the volume
+	// file and holds up to half the volume's WAL. See snapshot.go.
+	SnapshotInterval time.Duration
 }
 
 // Manager owns the block volumes of one volume server: the files under
@@ -120,6 +128,9 @@ type Manager struct {
 	ctx    context.Context // ends at Close; set by Start
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// snapWG waits for the snapshot loop (snapshot.go). Close waits for it
+	// only after closing the volumes, which aborts a snapshot being copied.
+	snapWG sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -135,6 +146,9 @@ func New(opts Options) (*Manager, error) {
 	}
 	if opts.MaxBackoff <= 0 {
 		opts.MaxBackoff = 5 * time.Second
+	}
+	if opts.SnapshotInterval < 0 {
+		return nil, fmt.Errorf("blockvolume: Options.SnapshotInterval %v is negative (0 turns snapshots off)", opts.SnapshotInterval)
 	}
 	ep := &blockpb.ServerEndpoints{}
 	if opts.Endpoints != nil {
@@ -238,6 +252,14 @@ func (m *Manager) Start() (err error) {
 			}
 		}()
 	}
+	if m.opts.SnapshotInterval > 0 {
+		s := newSnapshotter(m, m.opts.SnapshotInterval)
+		m.snapWG.Add(1)
+		go func() {
+			defer m.snapWG.Done()
+			s.run(ctx)
+		}()
+	}
 	if m.opts.Masters != nil && m.opts.Dial != nil {
 		m.wg.Add(1)
 		go func() {
@@ -335,6 +357,7 @@ func (m *Manager) openExisting() error {
 		}
 		glog.Infof("blockvolume: opened %s fenced (epoch %d)", path, vol.Status().Epoch)
 		if v := m.lookup(name); v != nil {
+			m.dropSnapshotAtOpen(v)
 			m.syncReplLocked(v) // a replica follows again at once
 		}
 	}
@@ -364,7 +387,8 @@ func (m *Manager) addVolume(v *volume) error {
 }
 
 // removeVolume unexports v (closing its sessions), closes it and, when
-// remove is set, deletes its file. The caller holds opMu.
+// remove is set, deletes its file and its snapshot files. The caller
+// holds opMu.
 func (m *Manager) removeVolume(v *volume, remove bool) error {
 	m.mu.Lock()
 	delete(m.volumes, v.name)
@@ -388,9 +412,8 @@ func (m *Manager) removeVolume(v *volume, remove bool) error {
 	path := v.vol.Path()
 	err := v.vol.Close()
 	if remove {
-		if rerr := os.Remove(path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
-			err = errors.Join(err, fmt.Errorf("remove %s: %w", path, rerr))
-		}
+		// After Close: no snapshot is being written any more.
+		err = errors.Join(err, removeFiles(path))
 	}
 	return err
 }
@@ -497,6 +520,9 @@ func (m *Manager) Close() error {
 				errs = append(errs, fmt.Errorf("close %s: %w", v.name, err))
 			}
 		}
+		// The snapshot loop never takes opMu; a snapshot it was taking
+		// ended with its volume.
+		m.snapWG.Wait()
 		m.mu.Lock()
 		m.volumes = map[string]*volume{}
 		m.mu.Unlock()

@@ -44,6 +44,11 @@ type metrics struct {
 	recBytes    *prometheus.CounterVec
 	recActive   prometheus.Gauge
 	recDuration *prometheus.HistogramVec
+
+	// Base snapshots this server took as primary (snapshot.go), by volume
+	// and outcome (taken, failed, aborted), and the LSN of the last one.
+	snapTaken *prometheus.CounterVec
+	snapLSN   *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -98,6 +103,14 @@ func newMetrics() *metrics {
 			Help:    "Duration of recovery attempts, by plan kind.",
 			Buckets: prometheus.ExponentialBuckets(0.01, 3, 12), // 10 ms .. ~30 min
 		}, []string{"kind"}),
+		snapTaken: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: metricPrefix + "snapshots_total",
+			Help: "Base snapshots attempted by the -block.snapshotInterval loop, by volume and outcome (taken, failed, aborted).",
+		}, []string{"volume", "outcome"}),
+		snapLSN: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: metricPrefix + "snapshot_lsn",
+			Help: "LSN of the last base snapshot taken of the volume by this server.",
+		}, []string{"volume"}),
 	}
 }
 
@@ -108,6 +121,8 @@ func (mt *metrics) forget(name string) {
 	mt.bytes.DeletePartialMatch(l)
 	mt.errs.DeletePartialMatch(l)
 	mt.latency.DeletePartialMatch(l)
+	mt.snapTaken.DeletePartialMatch(l)
+	mt.snapLSN.DeletePartialMatch(l)
 }
 
 // opMetrics are the resolved series of one (volume, op).
@@ -320,6 +335,7 @@ func (m *Manager) Collectors() []prometheus.Collector {
 		m.metrics.ops, m.metrics.bytes, m.metrics.errs, m.metrics.latency,
 		m.metrics.heartbeats, m.metrics.hbErrors, m.metrics.leaseGrants,
 		m.metrics.recStarted, m.metrics.recFinished, m.metrics.recBytes, m.metrics.recActive, m.metrics.recDuration,
+		m.metrics.snapTaken, m.metrics.snapLSN,
 		&stateCollector{m: m},
 	}
 }

@@ -56,7 +56,7 @@ func (s *service) AllocateVolume(ctx context.Context, req *blockpb.AllocateVolum
 		return nil, err
 	}
 	if v := m.lookup(req.GetSpec().GetName()); v != nil {
-		v.rf = req.GetSpec().GetReplicationFactor()
+		v.setRF(req.GetSpec().GetReplicationFactor())
 		m.syncReplLocked(v) // a replica follows its primary at once
 	}
 	return &blockpb.AllocateVolumeResponse{Volume: rep}, nil
@@ -163,12 +163,12 @@ func (m *Manager) allocateLocked(spec *blockpb.VolumeSpec, cfg *blockpb.EpochCon
 	}
 	vol, err := blockvol.Create(path, g.size, blockvol.Options{BlockSize: g.blockSize, WALSize: g.walSize, FlushInterval: m.opts.FlushInterval})
 	if err != nil {
-		os.Remove(path)
+		removeFiles(path)
 		return nil, status.Errorf(codes.Internal, "allocate %s: %v", name, err)
 	}
 	undo := func(err error) error {
 		vol.Close()
-		os.Remove(path)
+		removeFiles(path)
 		return status.Errorf(codes.Internal, "allocate %s: %v", name, err)
 	}
 	untrusted := mode != allocMember

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/golang/glog"
@@ -36,6 +37,8 @@ type volume struct {
 	// hold a degraded primary keeps for returning copies. Both opMu.
 	rf     uint32
 	rejoin *blockvol.Hold
+	// rfSeen mirrors rf for readers without opMu (the snapshot loop).
+	rfSeen atomic.Uint32
 	// takeover: this server became primary (from another role) in this
 	// process, with head takeoverHead then; shipped are the servers its
 	// Primary has had as members since (opMu). See noteTakeoverLocked.
@@ -172,6 +175,7 @@ func (v *volume) report(serverID string, sessions int) *blockpb.VolumeReport {
 	}
 	r.Replicas = v.replicaStates()
 	r.Recoveries = v.recoveryReports()
+	snapshotReport(r, v.vol)
 	if st.Untrusted {
 		// This copy is being (or waits to be) rebuilt.
 		r.Recovery = &blockpb.RecoveryProgress{Phase: phaseRebuild, ServerId: serverID}
