@@ -90,6 +90,8 @@ func newBlockVolume(env VolumePluginEnv) (VolumePlugin, error) {
 		ReplAddr:  env.ReplAddr,
 		Masters:   env.Masters,
 		Dial:      env.Dial,
+
+		SnapshotInterval: env.SnapshotInterval,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("block volumes in %s: %w", env.Dir, err)

@@ -52,7 +52,7 @@ func TestInstallKeepsUpstreamFlags(t *testing.T) {
 
 	volume := findCommand(t, "volume")
 	if err := volume.Flag.Parse([]string{"-port=18080", "-dir=/a,/b", "-max=3", "-master=m1:9333,m2:9333",
-		"-block.dir=/blk", "-block.nbd=:11000", "-rack=r2"}); err != nil {
+		"-block.dir=/blk", "-block.nbd=:11000", "-block.snapshotInterval=1h", "-rack=r2"}); err != nil {
 		t.Fatal(err)
 	}
 	vc, err := volumeConfigFromFlags(&volume.Flag)
@@ -61,13 +61,14 @@ func TestInstallKeepsUpstreamFlags(t *testing.T) {
 	}
 	if vc.Port != 18080 || vc.Dirs != "/a,/b" || vc.Max != "3" || vc.Masters != "m1:9333,m2:9333" ||
 		vc.BlockDir != "/blk" || vc.BlockNBD != ":11000" || vc.BlockISCSI != ":3260" || vc.Rack != "r2" ||
-		vc.ReadMode != "proxy" || vc.FsyncBatchWait != 500*time.Microsecond || vc.PreStopSeconds != 10 {
+		vc.ReadMode != "proxy" || vc.FsyncBatchWait != 500*time.Microsecond || vc.PreStopSeconds != 10 ||
+		vc.BlockSnapshotInterval != time.Hour {
 		t.Errorf("volume config %+v", vc)
 	}
 
 	server := findCommand(t, "server")
 	if err := server.Flag.Parse([]string{"-dir=/d1", "-master.port=19334", "-volume.port=18081",
-		"-volume.block.dir=/blk2", "-rack=r3"}); err != nil {
+		"-volume.block.dir=/blk2", "-volume.block.snapshotInterval=30m", "-rack=r3"}); err != nil {
 		t.Fatal(err)
 	}
 	smc, svc, err := serverConfigs(&server.Flag)
@@ -75,7 +76,7 @@ func TestInstallKeepsUpstreamFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	if smc.Port != 19334 || smc.MetaDir != "/d1" || svc.Port != 18081 || svc.Dirs != "/d1" ||
-		svc.BlockDir != "/blk2" || svc.Rack != "r3" || svc.Max != "8" {
+		svc.BlockDir != "/blk2" || svc.Rack != "r3" || svc.Max != "8" || svc.BlockSnapshotInterval != 30*time.Minute {
 		t.Errorf("server configs %+v %+v", smc, svc)
 	}
 }

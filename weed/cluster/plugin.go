@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/seaweedfs/seaweedfs/weed/glog"
@@ -84,6 +85,8 @@ type VolumePluginEnv struct {
 	Masters func() []string
 	// Dial opens a gRPC connection with the volume server's client TLS.
 	Dial func(ctx context.Context, addr string) (*grpc.ClientConn, error)
+	// SnapshotInterval is -block.snapshotInterval (0: no base snapshots).
+	SnapshotInterval time.Duration
 }
 
 // VolumePlugin is the block side of a volume server.

@@ -95,6 +95,7 @@ func serverConfigs(fs *flag.FlagSet) (MasterConfig, VolumeConfig, error) {
 		BlockNBD:                  r.str("volume." + flagBlockNBD),
 		BlockISCSI:                r.str("volume." + flagBlockISCSI),
 		BlockRepl:                 r.str("volume." + flagBlockRepl),
+		BlockSnapshotInterval:     r.duration("volume." + flagBlockSnapshotInterval),
 	}
 	return mc, vc, r.err
 }

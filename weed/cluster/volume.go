@@ -34,6 +34,9 @@ const (
 	flagBlockNBD   = "block.nbd"
 	flagBlockISCSI = "block.iscsi"
 	flagBlockRepl  = "block.repl"
+	// flagBlockSnapshotInterval: how often each block primary takes a
+	// base snapshot (0: never).
+	flagBlockSnapshotInterval = "block.snapshotInterval"
 )
 
 // httpStopTimeout bounds the graceful stop of a volume server's HTTP.
@@ -79,6 +82,7 @@ type VolumeConfig struct {
 
 	// Block flags: BlockDir "" leaves block support off.
 	BlockDir, BlockNBD, BlockISCSI, BlockRepl string
+	BlockSnapshotInterval                     time.Duration
 	// Block builds the block side; nil or BlockDir "": none.
 	Block VolumePluginFactory
 }
@@ -131,6 +135,7 @@ func volumeConfigFromFlags(fs *flag.FlagSet) (VolumeConfig, error) {
 		BlockNBD:                  r.str(flagBlockNBD),
 		BlockISCSI:                r.str(flagBlockISCSI),
 		BlockRepl:                 r.str(flagBlockRepl),
+		BlockSnapshotInterval:     r.duration(flagBlockSnapshotInterval),
 	}
 	if mserver := r.str("mserver"); mserver != "" {
 		c.Masters = mserver // upstream's deprecated alias wins when set
@@ -144,6 +149,10 @@ func addBlockVolumeFlags(fs *flag.FlagSet, prefix string) {
 	fs.String(prefix+flagBlockNBD, ":10809", "NBD listen address of the block volumes (host:port); empty disables NBD")
 	fs.String(prefix+flagBlockISCSI, ":3260", "iSCSI portal listen address of the block volumes (host:port); empty disables iSCSI")
 	fs.String(prefix+flagBlockRepl, ":10810", "block replication listen address (host:port)")
+	fs.Duration(prefix+flagBlockSnapshotInterval, 0, "how often each block volume this server is primary of takes a base snapshot, "+
+		"so that a copy too far behind for a catch-up from the WAL is rebuilt from the snapshot plus the WAL after it; "+
+		"each snapshot takes up to the volume's allocated size of disk beside the volume file and holds up to half its WAL; "+
+		"0 disables snapshots (and deletes existing ones at start)")
 }
 
 // Volume is a running volume server: upstream's VolumeServer, its gRPC and
@@ -387,6 +396,8 @@ func StartVolume(c VolumeConfig) (*Volume, error) {
 			Rack:        c.Rack,
 			Masters:     func() []string { return grpcAddresses(masters) },
 			Dial:        dialFunc("grpc.volume"),
+
+			SnapshotInterval: c.BlockSnapshotInterval,
 		})
 		if err != nil {
 			closeListeners(httpL, httpLocalL, grpcL, grpcLocalL, pubL, pubLocalL)
