@@ -13,6 +13,7 @@
 //		Masters: func() []string { return []string{"m1:19333"} }, // gRPC addresses
 //		Dial:    func(ctx context.Context, addr string) (*grpc.ClientConn, error) { ... },
 //		Pulse:   500 * time.Millisecond,
+//		SnapshotInterval: time.Hour,                          // -block.snapshotInterval; 0: no base snapshots
 //	})
 //	err = m.Start()                                          // listeners, volumes (fenced), heartbeat
 //	m.Register(grpcServer)                                   // = blockpb.RegisterBlockVolumeServer(grpcServer, m.GRPCService())
@@ -175,6 +176,44 @@
 // and the copy is rebuilt); one whose file was deleted comes back as an
 // empty untrusted copy (below) and is rebuilt.
 //
+// # Base snapshots (snapshot.go)
+//
+// With Options.SnapshotInterval > 0 a goroutine owned by the Manager
+// (started by Start, waited for by Close after the volumes are closed,
+// which aborts a snapshot being copied; it never takes opMu) makes a pass
+// every min(interval, 1 s) over the volumes, one at a time:
+//
+//   - a serving primary (stored role PRIMARY, unfenced within its lease —
+//     only an assignment of this epoch in this process grants that —,
+//     healthy, trusted, replication factor not 1) gets a new
+//     blockvol.CreateSnapshot when interval has passed since its last
+//     attempt (or since its snapshot was taken, while that snapshot is still
+//     a rebuild base, so a restart does not retake a usable one), and at
+//     once when a catch-up target appears (a new live recovery) while
+//     SnapshotBase says it has no usable base. A scheduled snapshot waits
+//     while a recovery attempt of the volume runs (the attempt may have
+//     planned with the current base or still read it);
+//   - a copy whose stored config of its current epoch does not name this
+//     server primary (demoted, replica, removed) has its snapshot deleted:
+//     it is only ever a base on a primary, and costs disk.
+//
+// Failures are logged once per volume until a snapshot works again;
+// ErrSnapshotAborted / ErrSnapshotBusy (closing, deleted, being rebuilt, a
+// rebuild still reading the slot) are quiet. The recoveries then plan a
+// rebuild from the snapshot plus the WAL after it when the snapshot is a
+// base (v2bridge). With the interval 0 no loop runs and snapshots found
+// at Start are deleted (turning snapshots off gives the space back).
+// Deleting a volume (DeleteVolume, a master delete, an allocation undone)
+// also removes blockvol.SnapshotFiles. Reports: VolumeReport.snapshot_lsn,
+// snapshot_trusted, snapshot_base (trusted and the WAL still holds what
+// follows it); metrics weedblock_volume_snapshots_total{volume,outcome}
+// (taken, failed, aborted) and weedblock_volume_snapshot_lsn{volume}.
+//
+// Cost, per primary volume: up to its allocated size of disk beside the
+// volume file (sparse image; two slots while one is replaced), a full read
+// of the extent per snapshot, and a WAL hold of up to half the WAL after
+// the snapshot's LSN (revoked before it would stall writers).
+//
 // # Lost copies and untrusted copies
 //
 // An assignment never creates a trusted copy: one naming this server a
@@ -214,13 +253,15 @@
 // It owns: the volume files under Dir, their frontend exports, the
 // heartbeat client, the lease arithmetic on the volume-server side and the
 // wiring of each volume's replication role (listener, Primary, catch-ups)
-// and the recoveries it runs as primary (recovery.go).
+// and the recoveries it runs as primary (recovery.go), and when the base
+// snapshots of its primaries are taken and deleted (snapshot.go).
 //
 // It must never: import upstream SeaweedFS (the launcher in weed/cluster
 // adapts it), unfence a volume for an epoch it was not given, start a lease
 // later than the heartbeat that earned it, shorten a serving primary's
 // lease by re-applying an unchanged assignment, delete a file it could not
 // open, create a trusted copy from an assignment, unfence or serve an
-// untrusted copy, catch up a diverged copy as it is, or keep goroutines
-// after Close.
+// untrusted copy, catch up a diverged copy as it is, keep a base snapshot
+// on a copy it is not primary of, leave snapshot files behind a deleted
+// volume, or keep goroutines after Close.
 package blockvolume
