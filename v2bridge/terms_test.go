@@ -1,6 +1,7 @@
 package v2bridge
 
 import (
+	"context"
 	"math/rand"
 	"reflect"
 	"strings"
@@ -50,6 +51,12 @@ func TestCheckpointedReplicaCaughtUp(t *testing.T) {
 	}
 	if !reflect.DeepEqual(v.Terms, want) {
 		t.Fatalf("view terms %v, want %v", v.Terms, want)
+	}
+	// A hello that does not ask for the history (an older primary) gets
+	// an answer without it, which an older decoder accepts.
+	old, err := rc.peer.call(context.Background(), tok, &request{Op: opHello})
+	if err != nil || old.HasTerms || old.Terms != nil || old.Epoch != 2 || old.EpochUnknown {
+		t.Fatalf("hello without helloTerms: %+v, %v", old, err)
 	}
 	plan, err := engine.PlanRecovery(v, rep, engine.InSync)
 	if err != nil {
@@ -114,5 +121,73 @@ func TestDivergedCopyTruncated(t *testing.T) {
 	sameDevice(t, p2, r)
 	if got, want := r.Terms(), []blockvol.Term{{Epoch: 1, First: 1}, {Epoch: 2, First: 11}}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("replica terms %v, want %v", got, want)
+	}
+}
+
+// TestVerifyCarriesTerms: a rebuild's verify carries the primary's term
+// history up to the base; malformed terms fail the verify without
+// installing anything; the good one installs the history with the base.
+func TestVerifyCarriesTerms(t *testing.T) {
+	svc, addr := startService(t)
+	prim := primaryVol(t, 1, volOpts{})
+	rep := newReplicaVol(t, "r.vol", 2, volOpts{})
+	svc.Register("vol1", rep)
+	rng := rand.New(rand.NewSource(13))
+	writeRandom(t, prim, rng, 20, 0, testSize/bs)
+	prim.Fence()
+	if err := prim.Unfence(2, blockvol.RolePrimary, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, prim, rng, 10, 0, testSize/bs)
+	if err := prim.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	slots := engine.NewSlots()
+	tok, _ := slots.Acquire(engine.ReplicaID{Volume: "vol1", Server: "s2"}, 2, addr)
+	defer slots.Release(tok)
+	p := NewPeer(slots, prim, PeerOptions{Name: "vol1", Addr: addr})
+	defer p.Close()
+	if err := p.MarkUntrusted(tok); err != nil {
+		t.Fatal(err)
+	}
+	base, err := p.PinBase(tok, engine.Full, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer base.Pin.Release()
+	for off := int64(0); off < base.Size; {
+		n, err := p.TransferBase(context.Background(), tok, base, off, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		off += n
+	}
+	for name, bad := range map[string][]byte{
+		"unordered": appendTerms(nil, []blockvol.Term{{Epoch: 1, First: 9}, {Epoch: 2, First: 3}}),
+		"truncated": appendTerms(nil, []blockvol.Term{{Epoch: 1, First: 1}})[:10],
+	} {
+		p.mu.Lock()
+		req := &request{Op: opVerify, A: base.LSN, C: uint64(base.Size), Data: bad}
+		p.baseSum.Sum(req.Sum[:0])
+		_, err := p.callLocked(context.Background(), tok, req)
+		p.mu.Unlock()
+		if err == nil {
+			t.Fatalf("%s: verify with malformed terms accepted", name)
+		}
+		if st := rep.Status(); !st.Untrusted || st.Checkpoint == base.LSN && base.LSN != 0 {
+			t.Fatalf("%s: base installed after a refused verify: %+v", name, st)
+		}
+	}
+	if err := p.VerifyBase(tok, base); err != nil {
+		t.Fatal(err)
+	}
+	var want []blockvol.Term
+	for _, tm := range prim.Terms() {
+		if tm.First <= base.LSN {
+			want = append(want, tm)
+		}
+	}
+	if len(want) != 2 || !reflect.DeepEqual(rep.Terms(), want) {
+		t.Fatalf("replica terms %v, primary's up to base %d: %v", rep.Terms(), base.LSN, want)
 	}
 }
