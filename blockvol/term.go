@@ -37,14 +37,14 @@ const MaxTerms = 48
 // records still in the WAL then give the terms from the tail on.
 
 // addTerm appends (epoch, lsn) to terms when lsn starts a new epoch, keeping
-// at most MaxTerms.
+// at most MaxTerms. It never changes the elements of terms in place (the
+// persisted superblock may share them): dropping the oldest makes a copy.
 func addTerm(terms []Term, epoch, lsn uint64) []Term {
 	if n := len(terms); n > 0 && terms[n-1].Epoch == epoch {
 		return terms
 	}
 	if len(terms) >= MaxTerms {
-		n := copy(terms, terms[len(terms)-MaxTerms+1:])
-		terms = terms[:n]
+		terms = append(make([]Term, 0, MaxTerms), terms[len(terms)-MaxTerms+1:]...)
 	}
 	return append(terms, Term{Epoch: epoch, First: lsn})
 }

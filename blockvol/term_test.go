@@ -459,3 +459,51 @@ func TestCrashTerms(t *testing.T) {
 		}
 	}
 }
+
+// TestTermsBoundAfterInstall: more than MaxTerms epochs after a base
+// install (whose history the superblock shares) keep the persisted history
+// intact: reopening works and gives the newest MaxTerms terms.
+func TestTermsBoundAfterInstall(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "r")
+	opts := Options{WALSize: 1 << 20, ManualFlush: true}
+	v, err := Create(path, 256*4096, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.BeginRebuild(); err != nil {
+		t.Fatal(err)
+	}
+	var base []Term
+	for e := uint64(1); e <= MaxTerms; e++ {
+		base = append(base, Term{Epoch: e, First: e})
+	}
+	if err := v.InstallBaseTerms(MaxTerms, base); err != nil {
+		t.Fatal(err)
+	}
+	const n = MaxTerms + 20
+	if err := v.Unfence(n, RoleReplica, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	for e := uint64(MaxTerms + 1); e <= n; e++ {
+		applyEpochs(t, v, e, e, e)
+	}
+	if err := v.Close(); err != nil { // persists the superblock as it is
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for slot := 0; slot < 2; slot++ {
+		if _, err := decodeSuperblock(raw[slot*superblockSize : (slot+1)*superblockSize]); err != nil {
+			t.Fatalf("superblock copy %d: %v", slot, err)
+		}
+	}
+	v = openReplica(t, path, opts, n)
+	terms := v.Terms()
+	if len(terms) != MaxTerms || terms[0].First != n-MaxTerms+1 || terms[MaxTerms-1].First != n {
+		t.Fatalf("terms %v", terms)
+	}
+	wantTermAt(t, v, n-MaxTerms, 0, false)
+	wantTermAt(t, v, MaxTerms, MaxTerms, true)
+}
