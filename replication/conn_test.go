@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"net"
 	"testing"
+	"time"
 )
 
 // tcpPair returns both ends of a loopback TCP connection.
@@ -83,4 +84,31 @@ func TestTryBarrierFrame(t *testing.T) {
 	if cn.TryBarrier(45) {
 		t.Fatal("TryBarrier sent without a raw socket")
 	}
+}
+
+// TestQuorumFlushesPastFullSocket: with one of three members blackholed
+// until its socket is full, every quorum flush still commits (within a
+// short CommitTimeout): a flush that ships records or barriers itself
+// never waits on that member's connection. The other replica stays equal.
+func TestQuorumFlushesPastFullSocket(t *testing.T) {
+	c := newCluster(t, clusterOpts{rf: 3, mode: ModeQuorum, size: 16 << 20, walSize: 32 << 20,
+		tune: func(o *PrimaryOptions) { o.CommitTimeout = 2 * time.Second; o.MemberTimeout = time.Minute }})
+	c.node("r2").proxy.SetBlackhole(true)
+	p := make([]byte, 256<<10)
+	for i := 0; i < 24; i++ { // 6 MiB: more than the blackholed socket takes
+		for j := range p {
+			p[j] = byte(i + j)
+		}
+		if err := c.dev.WriteAt(p, int64(i%16)*int64(len(p)), false); err != nil {
+			t.Fatal(err)
+		}
+		if i%4 == 3 {
+			if err := c.dev.Flush(); err != nil {
+				t.Fatalf("quorum flush %d with r2 blackholed: %v", i/4, err)
+			}
+		}
+	}
+	c.waitCaughtUp(t, "r1")
+	c.p.Close()
+	sameDevice(t, c.pvol, c.node("r1").vol, "r1")
 }

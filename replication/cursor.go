@@ -56,6 +56,18 @@ func (s ReplicaState) String() string {
 // errNeedsRebuild marks a session end that reconnecting cannot fix.
 var errNeedsRebuild = errors.New("replica needs rebuild")
 
+// errHelpStop ends a flush's pass (help) that would have to wait for
+// in-flight room; the cursor goes on from there.
+var errHelpStop = errors.New("replication: flush pass stops at the in-flight bound")
+
+// A flush ships records itself (help) only while at most
+// helpInFlightBytes are unacknowledged, and its writes give up (failing
+// the connection) after helpWriteTimeout.
+const (
+	helpInFlightBytes = 512 << 10
+	helpWriteTimeout  = time.Second
+)
+
 // replica is one member's cursor. Fields below mu are guarded by p.mu.
 type replica struct {
 	p     *Primary
@@ -95,6 +107,9 @@ type replica struct {
 // outstanding at a time.
 type liveConn struct {
 	cn *Conn
+	// help, if set, runs one cursor pass from a flush's goroutine when
+	// the cursor is not in one (see session); it reports whether it ran.
+	help func() bool
 	// shipped: every record up to it is queued on cn (before anything
 	// queued later).
 	shipped atomic.Uint64
@@ -356,9 +371,19 @@ func (r *replica) session() (bool, error) {
 	})
 	lc := &liveConn{cn: cn}
 	lc.shipped.Store(rd)
-	r.live.Store(lc)
-	defer r.live.CompareAndSwap(lc, nil)
 
+	// passMu is held for a cursor pass and guards the cursor state
+	// below: passes are made by this goroutine, or by a flush that
+	// finds it idle (help), so the flush need not wait for it to wake.
+	var passMu sync.Mutex
+	helping := false  // a flush's pass: never wait for in-flight room
+	var helpErr error // a flush's pass failed: the session ends with it
+	helpClosed := false
+	defer func() {
+		passMu.Lock()
+		helpClosed = true
+		passMu.Unlock()
+	}()
 	next := from
 	var queue []sentRec // shipped, not yet acknowledged, in LSN order
 	var inflight int64
@@ -413,6 +438,9 @@ func (r *replica) session() (bool, error) {
 	}
 	send := func(rec blockvol.Record) error {
 		size := int64(frameHeaderSize + recordFixed + len(rec.Data))
+		if helping && inflight+size > helpInFlightBytes && len(queue) > 0 {
+			return errHelpStop
+		}
 		if inflight+size > p.o.MaxInFlightBytes && len(queue) > 0 {
 			r.set(func(r *replica) { r.state = StateLagging })
 			if err := cn.Flush(); err != nil {
@@ -443,23 +471,61 @@ func (r *replica) session() (bool, error) {
 		// when no flush asks for it.
 		return barrier(sinceBarrier > p.o.HoldBudget/4)
 	}
+	// pass ships every record written so far, then the barrier a flush
+	// wants. Called with passMu held.
+	pass := func() error {
+		if err := p.canShip(r.epoch); err != nil {
+			return err
+		}
+		if err := hold.Scan(next, send); err != nil {
+			return err
+		}
+		if err := cn.Flush(); err != nil {
+			return err
+		}
+		settle()
+		return barrier(false)
+	}
+	// help is a pass made by a flush (RequestBarrier) while the cursor is
+	// not in one. It never waits: it stops at helpInFlightBytes
+	// unacknowledged, and its socket writes have a deadline (a replica
+	// that cannot take that much in helpWriteTimeout fails the
+	// connection, as a cut would).
+	lc.help = func() bool {
+		if !passMu.TryLock() {
+			return false
+		}
+		defer passMu.Unlock()
+		if helpClosed || helpErr != nil || inflight > helpInFlightBytes {
+			return false
+		}
+		helping = true
+		cn.c.SetWriteDeadline(time.Now().Add(helpWriteTimeout))
+		err := pass()
+		cn.c.SetWriteDeadline(time.Time{})
+		helping = false
+		if err != nil && !errors.Is(err, errHelpStop) {
+			helpErr = err
+			r.kick()
+		}
+		return err == nil
+	}
+	r.live.Store(lc)
+	defer r.live.CompareAndSwap(lc, nil)
+
 	tick := time.NewTicker(idleTick)
 	defer tick.Stop()
 	for {
 		if err := ctx.Err(); err != nil {
 			return ended(err)
 		}
-		if err := p.canShip(r.epoch); err != nil {
-			return ended(err)
+		passMu.Lock()
+		err := helpErr
+		if err == nil {
+			err = pass()
 		}
-		if err := hold.Scan(next, send); err != nil {
-			return ended(err)
-		}
-		if err := cn.Flush(); err != nil {
-			return ended(err)
-		}
-		settle()
-		if err := barrier(false); err != nil {
+		passMu.Unlock()
+		if err != nil {
 			return ended(err)
 		}
 		r.set(func(r *replica) {
@@ -471,8 +537,11 @@ func (r *replica) session() (bool, error) {
 		case <-ctx.Done():
 		case <-r.wake:
 		case <-tick.C:
+			passMu.Lock()
 			settle()
-			if err := barrier(true); err != nil {
+			err := barrier(true)
+			passMu.Unlock()
+			if err != nil {
 				return ended(err)
 			}
 		}

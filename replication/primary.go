@@ -345,7 +345,10 @@ func (p *Primary) Committed() uint64 {
 	return p.committedLocked(d)
 }
 
-// RequestBarrier asks every member to make lsn durable, without waiting.
+// RequestBarrier asks every member to make lsn durable, without waiting
+// for it. When a member's cursor is not in a pass, the caller ships the
+// records lsn needs and the barrier itself (bounded: it never waits for
+// in-flight room, and its writes time out); otherwise the cursor does.
 // In async mode it does nothing (replicas report durability on their own).
 func (p *Primary) RequestBarrier(lsn uint64) {
 	if p.o.Mode == ModeAsync {
@@ -364,6 +367,12 @@ func (p *Primary) RequestBarrier(lsn uint64) {
 		// from here, so the replica's fsync starts before this caller's
 		// own (no cursor wake-up in between), if that cannot block.
 		if lc := r.live.Load(); lc != nil {
+			if lc.shipped.Load() < lsn && lc.help != nil {
+				// The cursor has not shipped them yet (it may not
+				// have woken since the write): ship them from here,
+				// with the barrier, if it is not in a pass itself.
+				lc.help()
+			}
 			if sh := lc.shipped.Load(); sh >= lsn && lc.sendBarrier(sh, true) {
 				continue
 			}
