@@ -310,17 +310,19 @@ func BenchmarkProduct(b *testing.B) {
 	}
 	failover := "n/a (RF=2 not measured)"
 	var cluster *benchCluster
+	var clusterErr error
 	if rows["replicated"] {
-		cluster, err = startBenchCluster(b, filepath.Join(dir, "cluster"), 3)
+		cluster, clusterErr = startBenchCluster(b, filepath.Join(dir, "cluster"), 3)
 	}
-	if !rows["replicated"] {
+	switch {
+	case !rows["replicated"]:
 		measureRF(rf2, "", errNotMeasured)
 		measureRF(rf3, "", errNotMeasured)
 		failover = "- (not measured)"
-	} else if err != nil {
-		measureRF(rf2, "", fmt.Errorf("cluster: %w", err))
-		measureRF(rf3, "", fmt.Errorf("cluster: %w", err))
-	} else {
+	case clusterErr != nil:
+		measureRF(rf2, "", fmt.Errorf("cluster: %w", clusterErr))
+		measureRF(rf3, "", fmt.Errorf("cluster: %w", clusterErr))
+	default:
 		volSize := "-size=" + strconv.Itoa(sizeMiB) + "MiB"
 		uri, err := cluster.createReplicated("bench-rf2", volSize+" -rf=2 -durability=sync", 2)
 		measureRF(rf2, uri, err)
