@@ -507,3 +507,67 @@ func TestTermsBoundAfterInstall(t *testing.T) {
 	wantTermAt(t, v, n-MaxTerms, 0, false)
 	wantTermAt(t, v, MaxTerms, MaxTerms, true)
 }
+
+// TestCrashInstallBaseTerms crashes at every sync of a rebuild's install
+// (and right after it): the volume comes back either as before the install
+// (untrusted, no history) or installed (untrusted until finished, the
+// given history up to the base, head at the base), never a mix.
+func TestCrashInstallBaseTerms(t *testing.T) {
+	const baseLSN = 30
+	given := []Term{{Epoch: 2, First: 1}, {Epoch: 5, First: 12}, {Epoch: 9, First: 31}}
+	want := given[:2]
+	for k := 1; ; k++ {
+		if k > 50 {
+			t.Fatal("the install never ends without a crash")
+		}
+		crashed := false
+		for seed := uint64(0); seed < 3; seed++ {
+			fs := faultfs.New()
+			opts := Options{FS: ffsAdapter{fs}, WALSize: 64 << 10, ManualFlush: true}
+			v, err := Create("r", 32*4096, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := v.Unfence(9, RoleReplica, time.Time{}); err != nil {
+				t.Fatal(err)
+			}
+			applyEpochs(t, v, 1, 3, 1)
+			if err := v.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			v.Fence()
+			if err := v.BeginRebuild(); err != nil {
+				t.Fatal(err)
+			}
+			if err := v.WriteBase(block(4096, 7), 4096); err != nil {
+				t.Fatal(err)
+			}
+			fs.CrashAtSync(fs.SyncCount()+k, faultfs.CrashRandom, seed)
+			ierr := v.InstallBaseTerms(baseLSN, given)
+			if ierr != nil {
+				crashed = true
+			} else {
+				fs.Crash(faultfs.CrashRandom, seed)
+			}
+			v.Close()
+			v, err = Open("r", opts)
+			if err != nil {
+				t.Fatalf("k=%d seed=%d: open: %v", k, seed, err)
+			}
+			st := v.Status()
+			terms := v.Terms()
+			switch {
+			case !st.Untrusted:
+				t.Fatalf("k=%d seed=%d: trusted after a crash in a rebuild: %+v", k, seed, st)
+			case st.Head == baseLSN && reflect.DeepEqual(terms, want):
+			case st.Head == 3 && len(terms) == 0 && ierr != nil:
+			default:
+				t.Fatalf("k=%d seed=%d (install err %v): head %d terms %v", k, seed, ierr, st.Head, terms)
+			}
+			v.Close()
+		}
+		if !crashed {
+			break
+		}
+	}
+}
