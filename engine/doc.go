@@ -5,6 +5,12 @@
 // recovery log (bounded, per replica), and the replica state machine whose
 // states derive only from attempt outcomes.
 //
+// Divergence: given both term histories (PrimaryView.Terms and
+// ReplicaReport.Terms), the planner keeps a replica's records only up to
+// the highest LSN at which both know the same epoch (log matching); an
+// epoch either side does not know never matches, so doubt truncates or
+// rebuilds, never keeps.
+//
 // Intervals of LSNs are written (a, b]: a plan that catches up "from a to b"
 // ships the records a+1 .. b.
 //
