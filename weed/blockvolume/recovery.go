@@ -23,6 +23,10 @@ const (
 	recoveryRetryMax = 10 * time.Second
 	// recoveryEvents: recovery-log events kept per attempt.
 	recoveryEvents = 64
+	// Executor batches: records per catch-up batch (the copy fsyncs once
+	// per batch) and base bytes per rebuild batch.
+	recoveryBatchRecords = 4096
+	recoveryBatchBytes   = 16 << 20
 )
 
 // Phases reported in blockpb.RecoveryProgress.phase.
@@ -388,7 +392,17 @@ func (rc *recovery) attempt() (engine.Outcome, error) {
 	mt.recActive.Inc()
 	start := time.Now()
 	log := engine.NewLog(recoveryEvents, time.Now, rc.onEvent)
-	exec := executor.New(m.slots, executor.Config{Log: log, OnStep: rc.onStep})
+	// Large batches: a catch-up batch costs the copy one fsync, a base
+	// batch one round of pipelined chunks; cancel and budgets are still
+	// checked every few MiB.
+	cfg := executor.Config{Log: log, OnStep: rc.onStep,
+		BatchRecords: recoveryBatchRecords, BatchBytes: recoveryBatchBytes}
+	if m.stepHook.Load() != nil {
+		// Tests that step through a recovery see the executor's small
+		// default batches (many steps on a small volume).
+		cfg.BatchRecords, cfg.BatchBytes = 0, 0
+	}
+	exec := executor.New(m.slots, cfg)
 	released = true // Run owns the token
 	out := exec.Run(rc.ctx, tok, plan, peer.IO())
 	mt.recActive.Dec()
