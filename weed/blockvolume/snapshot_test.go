@@ -137,7 +137,7 @@ func TestSnapshotForNewCatchUpTarget(t *testing.T) {
 		t.Fatal("the snapshot taken for the target is no base")
 	}
 	// The same target again is not new: no more snapshots.
-	time.Sleep(2500 * time.Millisecond)
+	time.Sleep(snapPollMax + 200*time.Millisecond) // more than a pass
 	if n := snaps(rc.p, snapTaken); n != 2 {
 		t.Fatalf("snapshots with the same target: %v", n)
 	}
