@@ -241,3 +241,18 @@ func TestSnapshotCloseStopsLoop(t *testing.T) {
 		t.Fatal("a negative snapshot interval is accepted")
 	}
 }
+
+// TestSnapshotSkipsRF1: a primary of an RF=1 volume (no other copy to
+// rebuild) takes no snapshot.
+func TestSnapshotSkipsRF1(t *testing.T) {
+	rc := newSnapCluster(t, 50*time.Millisecond)
+	rc.rf = 1
+	cfg := rc.config(1, rc.p)
+	rc.allocate(rc.p, cfg, false)
+	rc.setConfig(cfg)
+	rc.write(5) // the primary serves
+	time.Sleep(300 * time.Millisecond)
+	if _, ok := rc.p.lookup(recVol).vol.Snapshot(); ok || snaps(rc.p, snapTaken)+snaps(rc.p, snapFailed) != 0 {
+		t.Fatal("an RF=1 primary took a snapshot")
+	}
+}
