@@ -355,10 +355,24 @@ func (s fioSpan) args(uri string, extra ...string) []string {
 	}, extra...)
 }
 
-// write runs the span's writes to completion (no verify pass).
+// write runs the span's writes to completion (no verify pass), then
+// flushes.
 func (s fioSpan) write(t *testing.T, uri string) {
 	t.Helper()
 	mustRun(t, 3*time.Minute, "fio", s.args(uri, "--do_verify=0")...)
+	flushed(t, uri)
+}
+
+// flushed sends one more FLUSH to uri with qemu-io, which must succeed: it
+// covers every write acknowledged before it. fio's nbd engine ignores
+// FLUSH errors (fio 3.33 exits 0 with err=0 when every FLUSH fails), so a
+// fio exit status alone does not say its writes were committed.
+func flushed(t *testing.T, uri string) {
+	t.Helper()
+	r := runCmd(t, time.Minute, "qemu-io", "-f", "raw", "-c", "flush", uri)
+	if r.code != 0 || strings.Contains(r.stdout+r.stderr, "failed") {
+		t.Fatalf("FLUSH after fio's writes to %s failed: exit %d: %s%s", uri, r.code, r.stdout, r.stderr)
+	}
 }
 
 // verify reads the span back through uri and checks every block.
@@ -371,10 +385,13 @@ func (s fioSpan) verify(t *testing.T, uri, what string) {
 	}
 }
 
-// startWrite starts the span's writes in the background at iops.
+// startWrite starts the span's writes in the background at iops; wait
+// then also flushes (see flushed).
 func (s fioSpan) startWrite(t *testing.T, uri string, iops int) *bgCmd {
 	t.Helper()
-	return startBg(t, "fio", s.args(uri, "--do_verify=0", "--rate_iops="+strconv.Itoa(iops))...)
+	b := startBg(t, "fio", s.args(uri, "--do_verify=0", "--rate_iops="+strconv.Itoa(iops))...)
+	b.flushURI = uri
+	return b
 }
 
 // bgCmd is a client command running in the background; it is killed if
@@ -387,6 +404,9 @@ type bgCmd struct {
 	done    chan struct{}
 	err     error
 	started time.Time
+	// flushURI: after a successful exit, wait sends a FLUSH there that
+	// must succeed.
+	flushURI string
 }
 
 func startBg(t *testing.T, name string, args ...string) *bgCmd {
@@ -426,6 +446,9 @@ func (b *bgCmd) wait(t *testing.T, timeout time.Duration, what string) {
 		t.Fatalf("%s (%s): %v\nstdout:\n%s\nstderr:\n%s", b.name, what, b.err, b.stdout.String(), b.stderr.String())
 	}
 	t.Logf("%s (%s) finished in %v", b.name, what, time.Since(b.started).Round(100*time.Millisecond))
+	if b.flushURI != "" {
+		flushed(t, b.flushURI)
+	}
 }
 
 // running says whether the command has not exited yet.
