@@ -67,6 +67,38 @@ func Dial(ctx context.Context, addr, volume string, epoch uint64, o DialOptions)
 	if o.HelloTimeout <= 0 {
 		o.HelloTimeout = helloTimeout
 	}
+	c, fr, ok, err := dialHello(ctx, addr, volume, epoch, o, true)
+	var re *RemoteError
+	if errors.As(err, &re) && re.Code == codeProtocol {
+		// An older replica refuses a hello asking for the head epoch:
+		// say it again without (the head epoch is then unknown).
+		c, fr, ok, err = dialHello(ctx, addr, volume, epoch, o, false)
+	}
+	if err != nil {
+		return nil, err
+	}
+	cn := &Conn{
+		c: c, epoch: epoch, hello: ok,
+		bw:       bufio.NewWriterSize(c, 256<<10),
+		changed:  make(chan struct{}),
+		done:     make(chan struct{}),
+		onChange: o.OnChange,
+	}
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			cn.raw = raw
+		}
+	}
+	cn.prog.Applied = ok.Head
+	cn.prog.Durable = ok.Durable
+	cn.prog.LastHeard = time.Now()
+	go cn.read(fr)
+	return cn, nil
+}
+
+// dialHello opens a connection and exchanges the hello (asking for the
+// replica's head epoch when wantHeadEpoch).
+func dialHello(ctx context.Context, addr, volume string, epoch uint64, o DialOptions, wantHeadEpoch bool) (net.Conn, *frameReader, helloOKMsg, error) {
 	dial := o.Dialer
 	if dial == nil {
 		var d net.Dialer
@@ -74,7 +106,7 @@ func Dial(ctx context.Context, addr, volume string, epoch uint64, o DialOptions)
 	}
 	c, err := dial(ctx, addr)
 	if err != nil {
-		return nil, fmt.Errorf("replication: dial %s for %s: %w", addr, volume, err)
+		return nil, nil, helloOKMsg{}, fmt.Errorf("replication: dial %s for %s: %w", addr, volume, err)
 	}
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
@@ -85,12 +117,12 @@ func Dial(ctx context.Context, addr, volume string, epoch uint64, o DialOptions)
 	}
 	c.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
-	fail := func(err error) (*Conn, error) {
+	fail := func(err error) (net.Conn, *frameReader, helloOKMsg, error) {
 		stop()
 		c.Close()
-		return nil, fmt.Errorf("replication: hello %s at %s epoch %d: %w", volume, addr, epoch, err)
+		return nil, nil, helloOKMsg{}, fmt.Errorf("replication: hello %s at %s epoch %d: %w", volume, addr, epoch, err)
 	}
-	if err := writeFrame(c, typeHello, encodeHello(helloMsg{Epoch: epoch, Volume: volume})); err != nil {
+	if err := writeFrame(c, typeHello, encodeHello(helloMsg{Epoch: epoch, Volume: volume, WantHeadEpoch: wantHeadEpoch})); err != nil {
 		return fail(err)
 	}
 	br := bufio.NewReaderSize(c, 64<<10)
@@ -118,23 +150,7 @@ func Dial(ctx context.Context, addr, volume string, epoch uint64, o DialOptions)
 		return fail(ctx.Err())
 	}
 	c.SetDeadline(time.Time{})
-	cn := &Conn{
-		c: c, epoch: epoch, hello: ok,
-		bw:       bufio.NewWriterSize(c, 256<<10),
-		changed:  make(chan struct{}),
-		done:     make(chan struct{}),
-		onChange: o.OnChange,
-	}
-	if sc, ok := c.(syscall.Conn); ok {
-		if raw, err := sc.SyscallConn(); err == nil {
-			cn.raw = raw
-		}
-	}
-	cn.prog.Applied = ok.Head
-	cn.prog.Durable = ok.Durable
-	cn.prog.LastHeard = time.Now()
-	go cn.read(fr)
-	return cn, nil
+	return c, fr, ok, nil
 }
 
 // Epoch is the epoch the connection sends with.
@@ -145,6 +161,13 @@ func (cn *Conn) ReplicaHead() uint64 { return cn.hello.Head }
 
 // ReplicaDurable is the replica's durable LSN at hello.
 func (cn *Conn) ReplicaDurable() uint64 { return cn.hello.Durable }
+
+// ReplicaHeadEpoch is the epoch of the replica's record at ReplicaHead,
+// from its term history; ok is false when the replica did not know it or
+// did not say (an older replica).
+func (cn *Conn) ReplicaHeadEpoch() (epoch uint64, ok bool) {
+	return cn.hello.HeadEpoch, cn.hello.HeadEpochKnown
+}
 
 func (cn *Conn) read(fr *frameReader) {
 	defer close(cn.done)

@@ -340,7 +340,7 @@ func (r *replica) session() (bool, error) {
 	if rh := cn.ReplicaHead(); rh > st.Head {
 		return false, fmt.Errorf("%w: replica head %d is ahead of primary head %d", errNeedsRebuild, rh, st.Head)
 	}
-	if err := p.checkTakeover(r.m.ServerID, cn.ReplicaHead()); err != nil {
+	if err := p.checkHead(r.m.ServerID, cn); err != nil {
 		return false, err
 	}
 	from := rd + 1

@@ -25,6 +25,21 @@
 // assigned (Unfence(epoch, RoleReplica, lease)) before it follows a primary
 // of that epoch, never the other way round.
 //
+// Divergence at hello (headterm.go, Primary.checkHead): a hello may ask
+// for the epoch of the replica's head record (a trailing flag; an older
+// replica refuses it and is greeted again without), and the answer then
+// carries it from the replica's durable term history with a known flag
+// (a trailing field; an answer without it is "unknown"). Before a cursor
+// streams to a member it checks, in order: the replica's durable and head
+// are not beyond the primary's head; if the replica's head epoch is known
+// and the primary's history positively shows another epoch at that LSN
+// (its TermAt differs, or the LSN is older than its oldest kept term,
+// whose epoch is below the replica's), the member holds records this
+// primary never had; then the takeover check (Takeover). Any failure
+// makes the member StateNeedsRebuild: nothing is shipped to it and it is
+// reported to RemoveMember. Equal epochs do not skip the takeover check
+// (a primary restarted in the same epoch may have rewritten LSNs it lost).
+//
 // It must never: import upstream SeaweedFS or anything under weed/, import
 // another weedblock package except blockvol and blockdev, renumber a record
 // (replicas keep the primary's LSN and epoch), acknowledge a FLUSH before

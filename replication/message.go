@@ -12,17 +12,41 @@ import (
 const maxNameLen = 1024
 
 // helloMsg opens a connection for one volume at the sender's epoch.
+// WantHeadEpoch asks the replica to say the epoch of its head record in
+// its answer; it travels as an optional trailing flags byte (bit 0), which
+// older replicas refuse as a malformed hello (the sender then says hello
+// again without it). The byte is exactly 1 when present: any other value
+// is refused, so a later flag is refused the same way by this version.
 type helloMsg struct {
-	Epoch  uint64
-	Volume string
+	Epoch         uint64
+	Volume        string
+	WantHeadEpoch bool
 }
 
-// helloOKMsg is the replica's position when it accepts a hello.
+// helloOKMsg is the replica's position when it accepts a hello. HeadEpoch
+// (valid when HeadEpochKnown) is the epoch of the record at Head from the
+// replica's term history; it is sent only to a hello that asked for it, as
+// a trailing field (epoch, flags byte with bit 0 = known). An answer
+// without it decodes as unknown.
 type helloOKMsg struct {
-	Epoch   uint64
-	Head    uint64
-	Durable uint64
+	Epoch          uint64
+	Head           uint64
+	Durable        uint64
+	HeadEpoch      uint64
+	HeadEpochKnown bool
+	// extended: the trailing field was (is to be) sent.
+	extended bool
 }
+
+// Sizes of a hello-ok without and with the head epoch.
+const (
+	helloOKBase     = 24
+	helloOKExtended = helloOKBase + 8 + 1
+)
+
+// helloFlagHeadEpoch is the hello flag asking for the head epoch, and
+// the hello-ok flag saying it is known.
+const helloFlagHeadEpoch = 1
 
 // recordMsg carries one WAL record at the sender's epoch.
 type recordMsg struct {
@@ -61,10 +85,14 @@ type errorMsg struct {
 const recordFixed = 8 + 8 + 8 + 1 + 8 + 4
 
 func encodeHello(m helloMsg) []byte {
-	b := make([]byte, 10+len(m.Volume))
+	n := 10 + len(m.Volume)
+	b := make([]byte, n, n+1)
 	binary.BigEndian.PutUint64(b[0:], m.Epoch)
 	binary.BigEndian.PutUint16(b[8:], uint16(len(m.Volume)))
 	copy(b[10:], m.Volume)
+	if m.WantHeadEpoch {
+		b = append(b, helloFlagHeadEpoch)
+	}
 	return b
 }
 
@@ -73,10 +101,17 @@ func decodeHello(p []byte) (helloMsg, error) {
 		return helloMsg{}, fmt.Errorf("%w: hello of %d bytes", ErrBadFrame, len(p))
 	}
 	n := int(binary.BigEndian.Uint16(p[8:]))
-	if n == 0 || n > maxNameLen || len(p) != 10+n {
+	if n == 0 || n > maxNameLen || (len(p) != 10+n && len(p) != 11+n) {
 		return helloMsg{}, fmt.Errorf("%w: hello name of %d bytes in %d", ErrBadFrame, n, len(p))
 	}
-	return helloMsg{Epoch: binary.BigEndian.Uint64(p), Volume: string(p[10:])}, nil
+	m := helloMsg{Epoch: binary.BigEndian.Uint64(p), Volume: string(p[10 : 10+n])}
+	if len(p) == 11+n {
+		if f := p[10+n]; f != helloFlagHeadEpoch {
+			return helloMsg{}, fmt.Errorf("%w: hello flags %#x", ErrBadFrame, f)
+		}
+		m.WantHeadEpoch = true
+	}
+	return m, nil
 }
 
 func encodeU64s(vs ...uint64) []byte {
@@ -97,11 +132,50 @@ func decodeU64s(p []byte, what string, vs ...*uint64) error {
 	return nil
 }
 
-func encodeHelloOK(m helloOKMsg) []byte { return encodeU64s(m.Epoch, m.Head, m.Durable) }
+// encodeHelloOK encodes m, with the head epoch when m.extended.
+func encodeHelloOK(m helloOKMsg) []byte {
+	if !m.extended {
+		return encodeU64s(m.Epoch, m.Head, m.Durable)
+	}
+	b := make([]byte, helloOKExtended)
+	binary.BigEndian.PutUint64(b[0:], m.Epoch)
+	binary.BigEndian.PutUint64(b[8:], m.Head)
+	binary.BigEndian.PutUint64(b[16:], m.Durable)
+	if m.HeadEpochKnown {
+		binary.BigEndian.PutUint64(b[24:], m.HeadEpoch)
+		b[32] = helloFlagHeadEpoch
+	}
+	return b
+}
 
+// decodeHelloOK accepts the answer with or without the head epoch; in
+// the extended form the flags byte is 0 or 1 and an unknown head epoch
+// is 0.
 func decodeHelloOK(p []byte) (m helloOKMsg, err error) {
-	err = decodeU64s(p, "hello-ok", &m.Epoch, &m.Head, &m.Durable)
-	return
+	switch len(p) {
+	case helloOKBase:
+		err = decodeU64s(p, "hello-ok", &m.Epoch, &m.Head, &m.Durable)
+		return m, err
+	case helloOKExtended:
+	default:
+		return helloOKMsg{}, fmt.Errorf("%w: hello-ok of %d bytes, want %d or %d", ErrBadFrame, len(p), helloOKBase, helloOKExtended)
+	}
+	m = helloOKMsg{
+		Epoch:     binary.BigEndian.Uint64(p[0:]),
+		Head:      binary.BigEndian.Uint64(p[8:]),
+		Durable:   binary.BigEndian.Uint64(p[16:]),
+		HeadEpoch: binary.BigEndian.Uint64(p[24:]),
+		extended:  true,
+	}
+	switch f := p[32]; {
+	case f == helloFlagHeadEpoch:
+		m.HeadEpochKnown = true
+	case f != 0:
+		return helloOKMsg{}, fmt.Errorf("%w: hello-ok head-epoch flags %#x", ErrBadFrame, f)
+	case m.HeadEpoch != 0:
+		return helloOKMsg{}, fmt.Errorf("%w: hello-ok with unknown head epoch %d", ErrBadFrame, m.HeadEpoch)
+	}
+	return m, nil
 }
 
 // encodeRecordHeader fills dst (recordFixed bytes) with the fixed part of

@@ -79,9 +79,10 @@ type PrimaryOptions struct {
 	// plain TCP.
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 	// Takeover, if set, says where this server's history as primary
-	// began; see Takeover. Nil: only the always-on check applies (a
-	// member whose head is beyond the primary's head at hello needs a
-	// rebuild).
+	// began; see Takeover. Nil: only the always-on checks apply (a
+	// member whose head is beyond the primary's head at hello, or whose
+	// head record's epoch differs from the primary's record at that LSN,
+	// needs a rebuild; see doc.go).
 	Takeover *Takeover
 }
 

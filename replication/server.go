@@ -24,6 +24,13 @@ type Target interface {
 	Status() blockvol.Status
 }
 
+// termHistory is the optional part of a Target that knows the epoch of
+// its records (*blockvol.Volume does): a hello that asks for it gets the
+// epoch of the record at the head. A Target without it answers "unknown".
+type termHistory interface {
+	TermAt(lsn uint64) (epoch uint64, ok bool)
+}
+
 // helloTimeout bounds how long a new connection may take to say hello.
 const helloTimeout = 10 * time.Second
 
@@ -231,7 +238,14 @@ func (s *Server) handle(c net.Conn, r io.Reader) {
 		refuse(m)
 		return
 	}
-	if err := writeFrame(bw, typeHelloOK, encodeHelloOK(helloOKMsg{Epoch: st.Epoch, Head: st.Head, Durable: st.Durable})); err != nil {
+	hok := helloOKMsg{Epoch: st.Epoch, Head: st.Head, Durable: st.Durable, extended: h.WantHeadEpoch}
+	if th, can := tgt.(termHistory); can && h.WantHeadEpoch {
+		hok.HeadEpoch, hok.HeadEpochKnown = th.TermAt(st.Head)
+		if !hok.HeadEpochKnown {
+			hok.HeadEpoch = 0
+		}
+	}
+	if err := writeFrame(bw, typeHelloOK, encodeHelloOK(hok)); err != nil {
 		return
 	}
 	if err := bw.Flush(); err != nil {

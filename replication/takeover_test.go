@@ -15,7 +15,8 @@ import (
 // to r1 only), and r2 has 1..4. Then everyone moves to epoch 2 with
 // the future primary as primary, and r1 is kept unreachable until the
 // primary has written past r1's head (so the ghost LSNs are reused).
-func takeoverCluster(t *testing.T, takeover func(pv *blockvol.Volume) *Takeover) (*cluster, []byte) {
+// Each prepare runs just before the primary starts.
+func takeoverCluster(t *testing.T, takeover func(pv *blockvol.Volume) *Takeover, prepare ...func(*cluster)) (*cluster, []byte) {
 	dir := t.TempDir()
 	const size, walSize = 4 << 20, 8 << 20
 	pv, err := blockvol.Create(filepath.Join(dir, "primary.blk"), size, blockvol.Options{WALSize: walSize})
@@ -69,6 +70,9 @@ func takeoverCluster(t *testing.T, takeover func(pv *blockvol.Volume) *Takeover)
 	}
 	c.node("r1").proxy.SetDrop(true)
 	c.node("r1").proxy.Cut()
+	for _, f := range prepare {
+		f(c)
+	}
 	c.p, err = NewPrimary(pv, PrimaryOptions{
 		Name: volName, Mode: ModeQuorum, Epoch: 2, Members: c.members(),
 		RemoveMember:  func(id string) error { c.removed <- id; return nil },
