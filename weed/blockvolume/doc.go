@@ -104,7 +104,12 @@
 // takeover head (replication.Takeover) and a member it never shipped to
 // whose head is beyond it goes needs-rebuild, gets nothing, and is
 // reported to the master for removal (it then comes back as a catch-up
-// target and is rebuilt). The primary's view of each member and catch-up
+// target and is rebuilt). Without takeover state (this primary restarted
+// since it took over, or already shipped to the member before it
+// reconnected) the replication hello still finds such a member: the
+// epoch of its head record (from its term history) differs from the
+// primary's record at that LSN, and it goes needs-rebuild the same way.
+// The primary's view of each member and catch-up
 // is reported in VolumeReport.replicas, its recoveries in
 // VolumeReport.recoveries.
 //
