@@ -296,6 +296,13 @@ func BenchmarkProduct(b *testing.B) {
 	rf2 := make([]cell, len(productWorkloads))
 	rf3 := make([]cell, len(productWorkloads))
 	measureRF := func(out []cell, uri string, err error) {
+		if err == nil {
+			// Written once like the single-node targets, so every row
+			// compares writes over allocated blocks.
+			if perr := prefill([]string{"--ioengine=nbd", "--uri=" + uri}); perr != nil {
+				err = fmt.Errorf("prefill: %w", perr)
+			}
+		}
 		for i, w := range productWorkloads {
 			switch {
 			case !w.replicated:
