@@ -95,6 +95,11 @@ func FuzzFrame(f *testing.F) {
 	writeFrame(&buf, typeHello, encodeHello(helloMsg{Epoch: 2, Volume: "v"}))
 	writeFrame(&buf, typeBarrier, encodeBarrier(barrierMsg{Epoch: 2, LSN: 5}))
 	f.Add(append([]byte(nil), buf.Bytes()...))
+	buf.Reset()
+	writeFrame(&buf, typeHello, encodeHello(helloMsg{Epoch: 2, Volume: "v", WantHeadEpoch: true}))
+	writeFrame(&buf, typeHelloOK, encodeHelloOK(helloOKMsg{Epoch: 2, Head: 9, Durable: 8, HeadEpoch: 2, HeadEpochKnown: true, extended: true}))
+	writeFrame(&buf, typeHelloOK, encodeHelloOK(helloOKMsg{Epoch: 2, Head: 9, Durable: 8, extended: true}))
+	f.Add(append([]byte(nil), buf.Bytes()...))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fr := newFrameReader(bytes.NewReader(b))
