@@ -468,14 +468,15 @@ type benchVolume struct {
 	Warning  string `json:"warning"`
 	Primary  string `json:"primary"`
 	Replicas []struct {
-		ServerID     string `json:"server_id"`
-		Role         string `json:"role"`
-		Alive        bool   `json:"alive"`
-		Reported     bool   `json:"reported"`
-		Epoch        uint64 `json:"epoch"`
-		Fenced       bool   `json:"fenced"`
-		DurableLSN   uint64 `json:"durable_lsn"`
-		ReplicaState string `json:"replica_state"`
+		ServerID      string `json:"server_id"`
+		Role          string `json:"role"`
+		Alive         bool   `json:"alive"`
+		Reported      bool   `json:"reported"`
+		Epoch         uint64 `json:"epoch"`
+		Fenced        bool   `json:"fenced"`
+		DurableLSN    uint64 `json:"durable_lsn"`
+		CheckpointLSN uint64 `json:"checkpoint_lsn"`
+		ReplicaState  string `json:"replica_state"`
 	} `json:"replicas"`
 	Attach struct {
 		NBDURI string `json:"nbd_uri"`
@@ -523,6 +524,24 @@ func (c *benchCluster) durableLSNs(name string) string {
 		parts = append(parts, fmt.Sprintf("%s %d", r.Role, r.DurableLSN))
 	}
 	return "durable LSN " + strings.Join(parts, ", ")
+}
+
+// settled waits (at most a minute) until every copy of name has the same
+// durable LSN and has flushed its WAL to the extent up to it, so a
+// measurement does not start behind the flusher backlog of a prefill.
+func (c *benchCluster) settled(name string) error {
+	return benchPoll(time.Minute, name+" copies equal and checkpointed", func() error {
+		v, err := c.status(name)
+		if err != nil {
+			return err
+		}
+		for _, r := range v.Replicas {
+			if r.DurableLSN != v.Replicas[0].DurableLSN || r.CheckpointLSN < r.DurableLSN {
+				return fmt.Errorf("%s", c.durableLSNs(name))
+			}
+		}
+		return nil
+	})
 }
 
 // backoffStop wraps an error that ends a benchPoll at once (no retry).

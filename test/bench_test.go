@@ -295,12 +295,18 @@ func BenchmarkProduct(b *testing.B) {
 	// Replicated: RF=2 sync and RF=3 quorum on a real cluster.
 	rf2 := make([]cell, len(productWorkloads))
 	rf3 := make([]cell, len(productWorkloads))
-	measureRF := func(out []cell, uri string, err error) {
+	var cluster *benchCluster
+	var clusterErr error
+	measureRF := func(out []cell, name, uri string, err error) {
 		if err == nil {
 			// Written once like the single-node targets, so every row
-			// compares writes over allocated blocks.
+			// compares writes over allocated blocks, then left until the
+			// copies have flushed the prefill (as the RF=1 target has by
+			// its turn).
 			if perr := prefill([]string{"--ioengine=nbd", "--uri=" + uri}); perr != nil {
 				err = fmt.Errorf("prefill: %w", perr)
+			} else if serr := cluster.settled(name); serr != nil {
+				err = fmt.Errorf("after prefill: %w", serr)
 			}
 		}
 		for i, w := range productWorkloads {
@@ -316,28 +322,26 @@ func BenchmarkProduct(b *testing.B) {
 		}
 	}
 	failover := "n/a (RF=2 not measured)"
-	var cluster *benchCluster
-	var clusterErr error
 	if rows["replicated"] {
 		cluster, clusterErr = startBenchCluster(b, filepath.Join(dir, "cluster"), 3)
 	}
 	switch {
 	case !rows["replicated"]:
-		measureRF(rf2, "", errNotMeasured)
-		measureRF(rf3, "", errNotMeasured)
+		measureRF(rf2, "", "", errNotMeasured)
+		measureRF(rf3, "", "", errNotMeasured)
 		failover = "- (not measured)"
 	case clusterErr != nil:
-		measureRF(rf2, "", fmt.Errorf("cluster: %w", clusterErr))
-		measureRF(rf3, "", fmt.Errorf("cluster: %w", clusterErr))
+		measureRF(rf2, "", "", fmt.Errorf("cluster: %w", clusterErr))
+		measureRF(rf3, "", "", fmt.Errorf("cluster: %w", clusterErr))
 	default:
 		volSize := "-size=" + strconv.Itoa(sizeMiB) + "MiB"
 		uri, err := cluster.createReplicated("bench-rf2", volSize+" -rf=2 -durability=sync", 2)
-		measureRF(rf2, uri, err)
+		measureRF(rf2, "bench-rf2", uri, err)
 		if err == nil {
 			notes = append(notes, "RF=2 sync after its jobs: "+cluster.durableLSNs("bench-rf2"))
 		}
 		uri, err = cluster.createReplicated("bench-rf3", volSize+" -rf=3 -durability=quorum", 3)
-		measureRF(rf3, uri, err)
+		measureRF(rf3, "bench-rf3", uri, err)
 		if err == nil {
 			notes = append(notes, "RF=3 quorum after its jobs: "+cluster.durableLSNs("bench-rf3"))
 		}
