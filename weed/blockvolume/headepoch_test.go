@@ -105,9 +105,9 @@ func TestDivergedMemberOfRestartedPrimaryIsRebuilt(t *testing.T) {
 	if in := lookupInfo(t, client, "hm"); in.GetConfig().GetEpoch() != newEpoch || !isMember(in.GetConfig(), prim.id) {
 		t.Fatalf("before the member returns: %v (want epoch %d with %s)", in.GetConfig(), newEpoch, prim.id)
 	}
-	if v := repl.m.lookup("hm"); v.takeover {
-		t.Fatal("the restarted primary has takeover state")
-	}
+	// (The restarted primary's own takeover check — first serving in this
+	// process — would catch the member too; the head-epoch check of the
+	// replication hello is the one that tells the epochs apart.)
 
 	// 4. The member returns: it is removed, rebuilt and re-added.
 	old := startNamedVolumeServer(t, prim.id, "r1", prim.dir, prim.mAddr, func(o *Options) { o.ReplAddr = replAddr })

@@ -571,10 +571,24 @@ func (m *Manager) recoverTargetLocked(v *volume, id string, t *blockpb.CatchUpTa
 // old primary wrote nothing here after it). A returning copy whose head is
 // beyond it, and to which this primary never shipped, holds records this
 // primary never had: it diverged and is rebuilt (never caught up as is).
+//
+// The first assignment naming this server primary in this process counts
+// as a takeover too, even in the epoch it already had: a primary that
+// crashed may have lost records it had shipped but not yet synced, and a
+// member that made them durable holds, at the same LSNs and epoch, writes
+// this primary will number again. Its head beyond the head this process
+// started serving with gives it away.
 func (m *Manager) noteTakeoverLocked(v *volume, cfg *blockpb.EpochConfig) {
 	st := v.vol.Status()
 	if roleIn(cfg, m.serverID) != blockpb.Role_ROLE_PRIMARY {
 		v.takeover = false
+		return
+	}
+	if !v.wasPrimary {
+		v.wasPrimary = true
+		v.takeover, v.takeoverHead = true, st.Head
+		v.shipped = map[string]bool{}
+		glog.Infof("blockvolume: %s: first serving as primary in this process at epoch %d with head %d", v.name, cfg.GetEpoch(), st.Head)
 		return
 	}
 	if cfg.GetEpoch() <= st.Epoch {

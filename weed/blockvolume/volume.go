@@ -42,7 +42,10 @@ type volume struct {
 	// takeover: this server became primary (from another role) in this
 	// process, with head takeoverHead then; shipped are the servers its
 	// Primary has had as members since (opMu). See noteTakeoverLocked.
+	// wasPrimary: an assignment has named this server primary of v in
+	// this process (opMu).
 	primErrEpoch uint64 // epoch whose Primary failed to start (logged once)
+	wasPrimary   bool
 	takeover     bool
 	takeoverHead uint64
 	shipped      map[string]bool
