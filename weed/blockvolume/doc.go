@@ -95,7 +95,10 @@
 // Primary whose only member is that server follows the live stream; once
 // its cursor is in sync the primary calls ReportCaughtUp and the master's
 // next epoch makes it a member. When this server took over as primary in
-// this process (it was not primary before), a returning copy it never
+// this process (it was not primary before, or this is the first
+// assignment naming it primary since the process started — a crashed
+// primary may have lost records a member had made durable, in the same
+// epoch), a returning copy it never
 // shipped to whose durable LSN is beyond the head this primary had when it
 // took over holds records this primary never had (an old primary's last
 // writes): it has diverged and is rebuilt, never caught up as it is. The
@@ -104,9 +107,9 @@
 // takeover head (replication.Takeover) and a member it never shipped to
 // whose head is beyond it goes needs-rebuild, gets nothing, and is
 // reported to the master for removal (it then comes back as a catch-up
-// target and is rebuilt). Without takeover state (this primary restarted
-// since it took over, or already shipped to the member before it
-// reconnected) the replication hello still finds such a member: the
+// target and is rebuilt). Without takeover state (the member was already
+// shipped to before it reconnected) the replication hello still finds
+// such a member: the
 // epoch of its head record (from its term history) differs from the
 // primary's record at that LSN, and it goes needs-rebuild the same way.
 // The primary's view of each member and catch-up
