@@ -141,7 +141,10 @@ func tail(s string, n int) string {
 	return s
 }
 
-// freePorts returns n distinct free TCP ports on 127.0.0.1.
+// freePorts returns n distinct free TCP ports on 127.0.0.1. They are
+// picked below Linux's ephemeral range (32768 and up), so no outgoing
+// connection of a busy machine can take one between this check and the
+// child's bind ("address already in use").
 func freePorts(t *testing.T, n int) []int {
 	t.Helper()
 	var ls []net.Listener
@@ -151,13 +154,17 @@ func freePorts(t *testing.T, n int) []int {
 		}
 	}()
 	ports := make([]int, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 10000 {
+			t.Fatalf("found only %d free ports in 12000..32767", len(ports))
+		}
+		p := 12000 + rand.IntN(32768-12000)
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
 		if err != nil {
-			t.Fatal(err)
+			continue
 		}
 		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ports = append(ports, p)
 	}
 	return ports
 }
