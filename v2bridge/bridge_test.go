@@ -532,6 +532,7 @@ func TestBaseMismatchRefused(t *testing.T) {
 		off += n
 	}
 	p.mu.Lock()
+	p.waitAheadLocked()
 	p.baseSum.Write([]byte{1}) // the manifest no longer matches what was sent
 	p.mu.Unlock()
 	if err := p.VerifyBase(tok, base); !errors.Is(err, executor.ErrBaseMismatch) {

@@ -70,8 +70,14 @@ type Peer struct {
 	// readHead: the primary's head once the last base byte was read; every
 	// write the fuzzy image may show is at or below it
 	readHead uint64
-	chunk    []byte
+	chunk    []byte // the batch being sent
+	spare    []byte // the next batch, read ahead
 	zeroBlk  []byte // one zero block, to spot zero blocks in chunk
+	// ahead is the background stage of the base transfer (nil: none):
+	// it hashes the batch just sent, then reads the next one into spare.
+	// Everything that touches baseSum, spare or the pinned image waits
+	// for it first (waitAheadLocked).
+	ahead *baseAhead
 	// Base chunks are not waited for one by one: TransferBase returns once
 	// they are sent, and their answers are read later (at most baseWindow
 	// unread), before any other request's and by VerifyBase.
@@ -113,6 +119,7 @@ func (p *Peer) IO() executor.IO {
 func (p *Peer) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.waitAheadLocked()
 	p.closed = true
 	p.dropLocked()
 	return nil
@@ -540,6 +547,7 @@ type basePin struct {
 
 func (b *basePin) Release() error {
 	b.p.mu.Lock()
+	b.p.waitAheadLocked()
 	b.p.baseSum, b.p.baseNext = nil, 0
 	b.p.endBaseLocked()
 	b.p.mu.Unlock()
@@ -564,6 +572,7 @@ func (p *Peer) PinBase(tok engine.Token, src engine.Source, lsn uint64) (executo
 	}
 	st := p.vol.Status()
 	p.mu.Lock()
+	p.waitAheadLocked()
 	p.baseLSN, p.baseNext, p.baseSum, p.readHead = st.Durable, 0, sha256.New(), 0
 	p.mu.Unlock()
 	p.pins.Add(1)
@@ -613,22 +622,31 @@ func (p *Peer) TransferBase(ctx context.Context, tok engine.Token, b executor.Ba
 		return 0, fmt.Errorf("v2bridge: base transfer at %d, next is %d", offset, p.baseNext)
 	}
 	if offset == 0 {
+		p.waitAheadLocked()
 		p.endBaseLocked() // a new transfer: nothing of an older one counts
 	}
 	if p.baseErr != nil {
 		return 0, p.baseErr
 	}
-	bs := int64(p.vol.BlockSize())
-	n := min(max, b.Size-offset, maxBatchBytes) / bs * bs
-	if n <= 0 {
-		n = min(bs, b.Size-offset)
+	n := p.batchLen(b, offset, max)
+	// The background stage hashed the batch sent last (the digest is then
+	// complete up to offset) and read this one ahead, if it guessed right.
+	a := p.waitAheadLocked()
+	var buf []byte
+	if a != nil && a.off == offset && int64(len(a.buf)) == n && a.err == nil {
+		buf = a.buf
+		p.chunk, p.spare = p.spare, p.chunk
+	} else {
+		p.chunk = grow(p.chunk, n)
+		buf = p.chunk[:n]
+		if err := p.readBase(b, buf, offset); err != nil {
+			return 0, fmt.Errorf("v2bridge: read base at %d: %w", offset, err)
+		}
 	}
-	if int64(cap(p.chunk)) < n {
-		p.chunk = make([]byte, n)
-	}
-	buf := p.chunk[:n]
-	if err := p.readBase(b, buf, offset); err != nil {
-		return 0, fmt.Errorf("v2bridge: read base at %d: %w", offset, err)
+	if p.baseNext+n == b.Size && b.Source != engine.Snapshot {
+		// Every write the fuzzy image may show is at or below the head
+		// now that its last byte was read.
+		p.readHead = p.vol.Status().Head
 	}
 	reqs := p.baseRequests(buf, offset, b)
 	ss, err := p.openLocked(ctx, opBase)
@@ -636,22 +654,28 @@ func (p *Peer) TransferBase(ctx context.Context, tok engine.Token, b executor.Ba
 		return 0, err
 	}
 	defer ss.end()
+	// While the batch goes out: hash it, then read the next one, which the
+	// executor asks for next with the same max (a guess; checked above).
+	p.startAheadLocked(b, buf, offset+n, max)
+	// From here the digest counts this batch: if it is not all sent, the
+	// transfer cannot go on.
+	lost := func(err error) error {
+		err = ss.fail(err)
+		if p.baseErr == nil {
+			p.baseErr = fmt.Errorf("v2bridge: base %s: batch at %d not sent: %w", p.o.Name, offset, err)
+		}
+		return err
+	}
 	for i := range reqs {
 		if err := p.writeRequestLocked(tok, &reqs[i]); err != nil {
-			return 0, ss.fail(err)
+			return 0, lost(err)
 		}
 	}
 	if err := p.bw.Flush(); err != nil {
-		return 0, ss.fail(err)
+		return 0, lost(err)
 	}
 	p.pending += len(reqs)
-	// Sent: hash (the replica writes meanwhile), then wait for the answers
-	// beyond the window.
-	p.baseSum.Write(buf)
 	p.baseNext += n
-	if p.baseNext == b.Size && b.Source != engine.Snapshot {
-		p.readHead = p.vol.Status().Head
-	}
 	if err := p.settleLocked(baseWindow); err != nil {
 		return 0, ss.fail(err)
 	}
@@ -659,6 +683,69 @@ func (p *Peer) TransferBase(ctx context.Context, tok engine.Token, b executor.Ba
 		return 0, p.baseErr
 	}
 	return n, nil
+}
+
+// batchLen is the length of the base batch at offset for a TransferBase of
+// at most max bytes: whole blocks, at least one.
+func (p *Peer) batchLen(b executor.Base, offset, max int64) int64 {
+	bs := int64(p.vol.BlockSize())
+	n := min(max, b.Size-offset, maxBatchBytes) / bs * bs
+	if n <= 0 {
+		n = min(bs, b.Size-offset)
+	}
+	return n
+}
+
+func grow(p []byte, n int64) []byte {
+	if int64(cap(p)) < n {
+		return make([]byte, n)
+	}
+	return p
+}
+
+// baseAhead is one run of the background stage of a base transfer.
+type baseAhead struct {
+	done chan struct{}
+	off  int64  // where buf was read (when read)
+	buf  []byte // the batch read ahead; nil: none
+	err  error
+}
+
+// startAheadLocked starts the background stage: hash sent (the batch going
+// out now) into the base's digest, then read the batch at next (if any)
+// into the spare buffer. Owned by the Peer: waitAheadLocked ends it, and
+// everything that uses the digest, the spare buffer or the pinned image
+// calls it first.
+func (p *Peer) startAheadLocked(b executor.Base, sent []byte, next, max int64) {
+	a := &baseAhead{done: make(chan struct{}), off: next}
+	var buf []byte
+	if next < b.Size {
+		n := p.batchLen(b, next, max)
+		p.spare = grow(p.spare, n)
+		buf = p.spare[:n]
+	}
+	sum := p.baseSum
+	p.ahead = a
+	go func() {
+		defer close(a.done)
+		sum.Write(sent)
+		if buf != nil {
+			a.err = p.readBase(b, buf, next)
+			a.buf = buf
+		}
+	}()
+}
+
+// waitAheadLocked waits for the background stage, if one runs, and
+// returns it (nil if none).
+func (p *Peer) waitAheadLocked() *baseAhead {
+	a := p.ahead
+	if a == nil {
+		return nil
+	}
+	<-a.done
+	p.ahead = nil
+	return a
 }
 
 // baseRequests cuts buf (the base at offset) into requests: zero runs of
@@ -741,6 +828,7 @@ func (p *Peer) VerifyBase(tok engine.Token, b executor.Base) error {
 		terms = append(terms, t)
 	}
 	req.Data = appendTerms(nil, terms)
+	p.waitAheadLocked() // the digest of the last batch
 	p.baseSum.Sum(req.Sum[:0])
 	sum, derr := p.baseDigestLocked(b, req.Sum) // a snapshot's: its manifest's
 	if derr != nil {

@@ -464,10 +464,20 @@ func (rv *replicaVol) base(req *request) error {
 	if err := rv.chunk(req, uint64(len(req.Data))); err != nil {
 		return err
 	}
-	if err := rv.vol.WriteBase(req.Data, int64(req.A)); err != nil {
+	// Hash while the bytes are written: the digest is over exactly the
+	// bytes received, whatever the write does.
+	hashed := make(chan struct{})
+	sum := rv.sum
+	go func() {
+		defer close(hashed)
+		sum.Write(req.Data)
+	}()
+	err := rv.vol.WriteBase(req.Data, int64(req.A))
+	<-hashed
+	if err != nil {
+		rv.sum = nil // the digest counts bytes not written: the transfer is lost
 		return err
 	}
-	rv.sum.Write(req.Data)
 	rv.next += uint64(len(req.Data))
 	rv.unsynced += uint64(len(req.Data))
 	rv.syncBehind()

@@ -50,6 +50,10 @@ type snapPin struct {
 
 func (s *snapPin) Release() error {
 	var err error
+	// The background stage of a transfer may still read the image.
+	s.base.p.mu.Lock()
+	s.base.p.waitAheadLocked()
+	s.base.p.mu.Unlock()
 	s.once.Do(func() { err = s.r.Close() })
 	if rerr := s.base.Release(); err == nil {
 		err = rerr

@@ -168,6 +168,7 @@ func TestVerifyCarriesTerms(t *testing.T) {
 	} {
 		p.mu.Lock()
 		req := &request{Op: opVerify, A: base.LSN, C: uint64(base.Size), Data: bad}
+		p.waitAheadLocked()
 		p.baseSum.Sum(req.Sum[:0])
 		_, err := p.callLocked(context.Background(), tok, req)
 		p.mu.Unlock()
