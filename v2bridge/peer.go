@@ -74,7 +74,7 @@ type Peer struct {
 	spare    []byte // the next batch, read ahead
 	zeroBlk  []byte // one zero block, to spot zero blocks in chunk
 	// ahead is the background stage of the base transfer (nil: none):
-	// it hashes the batch just sent, then reads the next one into spare.
+	// it hashes the batch being sent and reads the next one into spare.
 	// Everything that touches baseSum, spare or the pinned image waits
 	// for it first (waitAheadLocked).
 	ahead *baseAhead
@@ -712,8 +712,8 @@ type baseAhead struct {
 }
 
 // startAheadLocked starts the background stage: hash sent (the batch going
-// out now) into the base's digest, then read the batch at next (if any)
-// into the spare buffer. Owned by the Peer: waitAheadLocked ends it, and
+// out now) into the base's digest and, meanwhile, read the batch at next
+// (if any) into the spare buffer. Owned by the Peer: waitAheadLocked ends it, and
 // everything that uses the digest, the spare buffer or the pinned image
 // calls it first.
 func (p *Peer) startAheadLocked(b executor.Base, sent []byte, next, max int64) {
@@ -726,13 +726,25 @@ func (p *Peer) startAheadLocked(b executor.Base, sent []byte, next, max int64) {
 	}
 	sum := p.baseSum
 	p.ahead = a
+	// Two goroutines, so that the read, the hash and the send (this
+	// goroutine) all overlap; a.done closes once both ended.
+	var wg sync.WaitGroup
+	wg.Add(1)
 	go func() {
-		defer close(a.done)
+		defer wg.Done()
 		sum.Write(sent)
-		if buf != nil {
+	}()
+	if buf != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
 			a.err = p.readBase(b, buf, next)
 			a.buf = buf
-		}
+		}()
+	}
+	go func() {
+		wg.Wait()
+		close(a.done)
 	}()
 }
 
