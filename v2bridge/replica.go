@@ -47,6 +47,10 @@ type replicaVol struct {
 	next       uint64
 	sum        hash.Hash
 	zeros      []byte // zeroChunk zero bytes, allocated on first use
+	// hashed is closed when the last base chunk handed to the background
+	// hash (hashBehind) is in sum; nil: none. Chunks are hashed in order,
+	// each after the one before; whatever reads or adds to sum waits first.
+	hashed chan struct{}
 	// Background syncs of the base (SyncBase) every syncEvery bytes, one
 	// at a time, counted in bg (the Service's wait group).
 	bg        *sync.WaitGroup
@@ -199,7 +203,7 @@ func (s *Service) Close() error {
 
 // readAhead is how many frames a connection's reader may hold read while
 // the request before them is being handled.
-const readAhead = 2
+const readAhead = 4
 
 // inFrame is one frame read ahead (or the read's error).
 type inFrame struct {
@@ -256,13 +260,16 @@ func (s *Service) serveConn(c net.Conn) {
 		}
 		p := f.p
 		var resp response
+		kept := false // p went to a background hash, which frees it
 		req, err := decodeRequest(p)
 		if err != nil {
 			resp = response{Code: codeOther, Msg: err.Error()}
 		} else {
-			resp = s.handle(&req)
+			resp, kept = s.handle(&req, p, free)
 		}
-		free <- p[:0] // req's slices of p are not used after this
+		if !kept {
+			free <- p[:0] // req's slices of p are not used after this
+		}
 		out = resp.encode(out[:0])
 		if err := writeFrame(bw, out); err != nil {
 			return
@@ -273,17 +280,20 @@ func (s *Service) serveConn(c net.Conn) {
 	}
 }
 
-func (s *Service) handle(req *request) response {
+// handle answers req, whose slices point into the frame buf. A base chunk
+// keeps buf (kept) until its background hash ended, which then sends it
+// to free.
+func (s *Service) handle(req *request, buf []byte, free chan<- []byte) (_ response, kept bool) {
 	s.mu.Lock()
 	rv := s.vols[req.Volume]
 	s.mu.Unlock()
 	if rv == nil {
-		return response{Code: codeUnknownVolume, Msg: fmt.Sprintf("volume %q is not registered", req.Volume)}
+		return response{Code: codeUnknownVolume, Msg: fmt.Sprintf("volume %q is not registered", req.Volume)}, false
 	}
 	rv.mu.Lock()
 	defer rv.mu.Unlock()
 	if r, ok := rv.admit(req); !ok {
-		return r
+		return r, false
 	}
 	var err error
 	switch req.Op {
@@ -295,7 +305,7 @@ func (s *Service) handle(req *request) response {
 	case opBegin:
 		err = rv.begin(req)
 	case opBase:
-		err = rv.base(req)
+		kept, err = rv.base(req, buf, free)
 	case opZero:
 		err = rv.zero(req)
 	case opVerify:
@@ -321,7 +331,7 @@ func (s *Service) handle(req *request) response {
 			r.Code = codeBaseMismatch
 		}
 	}
-	return r
+	return r, kept
 }
 
 // admit applies the epoch and attempt rules.
@@ -460,28 +470,61 @@ func (rv *replicaVol) chunk(req *request, n uint64) error {
 	return nil
 }
 
-func (rv *replicaVol) base(req *request) error {
+// base writes a base chunk. Its bytes are hashed meanwhile by a background
+// goroutine (hashBehind) that owns buf until then (kept), so the next chunk
+// can be written while this one is hashed; the digest is over exactly the
+// bytes received, in order.
+func (rv *replicaVol) base(req *request, buf []byte, free chan<- []byte) (kept bool, err error) {
 	if err := rv.chunk(req, uint64(len(req.Data))); err != nil {
-		return err
+		return false, err
 	}
-	// Hash while the bytes are written: the digest is over exactly the
-	// bytes received, whatever the write does.
-	hashed := make(chan struct{})
-	sum := rv.sum
-	go func() {
-		defer close(hashed)
-		sum.Write(req.Data)
-	}()
-	err := rv.vol.WriteBase(req.Data, int64(req.A))
-	<-hashed
+	wrote := make(chan struct{})
+	kept = rv.hashBehind(req.Data, buf, free, wrote)
+	err = rv.vol.WriteBase(req.Data, int64(req.A))
+	close(wrote)
 	if err != nil {
+		rv.waitHashed()
 		rv.sum = nil // the digest counts bytes not written: the transfer is lost
-		return err
+		return kept, err
 	}
 	rv.next += uint64(len(req.Data))
 	rv.unsynced += uint64(len(req.Data))
 	rv.syncBehind()
-	return nil
+	return kept, nil
+}
+
+// hashBehind adds data (a slice of buf) to the base's digest after the
+// chunks before it, in a goroutine counted in rv.bg that gives buf back to
+// free once it hashed data and wrote is closed (the write of data ended);
+// true if it did so. Without rv.bg (no Service) the hash is done here and
+// buf is not kept.
+func (rv *replicaVol) hashBehind(data, buf []byte, free chan<- []byte, wrote <-chan struct{}) bool {
+	if rv.bg == nil || free == nil {
+		rv.sum.Write(data)
+		return false
+	}
+	prev, done, sum := rv.hashed, make(chan struct{}), rv.sum
+	rv.hashed = done
+	rv.bg.Add(1)
+	go func() {
+		defer rv.bg.Done()
+		if prev != nil {
+			<-prev
+		}
+		sum.Write(data)
+		close(done)
+		<-wrote
+		free <- buf[:0] // never blocks: free holds every buffer of its connection
+	}()
+	return true
+}
+
+// waitHashed waits until every chunk handed to hashBehind is in the digest.
+func (rv *replicaVol) waitHashed() {
+	if rv.hashed != nil {
+		<-rv.hashed
+		rv.hashed = nil
+	}
 }
 
 // syncBehind starts a background SyncBase once syncEvery bytes were
@@ -533,6 +576,7 @@ func (rv *replicaVol) zero(req *request) error {
 	if rv.zeros == nil {
 		rv.zeros = make([]byte, zeroChunk)
 	}
+	rv.waitHashed() // the zeros come after the chunks before them
 	for done := uint64(0); done < req.D; {
 		n := min(req.D-done, zeroChunk)
 		rv.sum.Write(rv.zeros[:n])
@@ -543,6 +587,7 @@ func (rv *replicaVol) zero(req *request) error {
 }
 
 func (rv *replicaVol) verify(req *request) error {
+	rv.waitHashed()
 	if !rv.rebuilding || rv.sum == nil {
 		return errors.New("no base transfer in progress")
 	}
