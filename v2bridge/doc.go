@@ -23,13 +23,24 @@
 // asks the replica to fsync before it answers, so the durable LSN it
 // reports covers the whole call. Base chunks (1 MiB) are not awaited one by
 // one: TransferBase returns once its chunks are sent, with at most 16 of
-// them unanswered, so the primary reads and hashes the next batch while the
-// replica writes this one; a refusal among those answers fails a later
-// TransferBase or VerifyBase, which waits for all of them (nothing is
-// trusted before VerifyBase and Commit anyway). Runs of zero blocks of at
-// least 16 KiB travel as zero ranges (opZero: offset and length, no bytes)
-// and become holes on the replica. The replica's connection handler reads
-// and checks the next frames while it applies the current one. The rebuild
+// them unanswered, so the replica writes while the primary goes on; a
+// refusal among those answers fails a later TransferBase or VerifyBase,
+// which waits for all of them (nothing is trusted before VerifyBase and
+// Commit anyway). Each side runs the SHA-256 once, beside its I/O: while
+// TransferBase sends a batch, a background stage owned by the Peer hashes
+// it and reads the next batch (the executor's next call, if it asks for
+// that range; anything else is read again), in two goroutines; whatever
+// uses the digest or the pinned image (VerifyBase, the pin's Release,
+// PinBase, Close) waits for that stage first. A batch's bytes enter the
+// digest as they go out, so a batch not wholly sent loses the transfer.
+// Runs of zero blocks of at least 16 KiB travel as zero ranges (opZero:
+// offset and length, no bytes) and become holes on the replica. The
+// replica's connection handler reads and checks the next frames (4 ahead)
+// while it applies the current one, and hashes each base chunk in a
+// goroutine of its own, in order after the chunks before it, while it
+// writes that chunk and the next ones; the frame's buffer goes back to the
+// reader once both are done, and whatever reads the digest (a zero range,
+// VerifyBase) waits for those hashes first. The rebuild
 // needs the replica's extent fsynced once, in InstallBase (VerifyBase), not
 // per chunk; every 16 MiB of base the replica starts a background SyncBase
 // (one at a time, owned by the Service: Close waits for it) so that the
