@@ -283,9 +283,15 @@ func (p *Primary) SetMembers(epoch uint64, members []Member) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	holds := make(map[string]*blockvol.Hold)
+	// stuck carries how long a member kept in the next epoch has been
+	// holding up a commit: a new epoch (another member leaving or coming
+	// back) must not restart its timeout, or a silent member that is
+	// never removed fails every sync FLUSH once epochs change often.
+	stuck := make(map[string]time.Time)
 	for _, r := range stop {
 		if m, ok := want[r.m.ServerID]; ok && m == r.m && r.state != StateNeedsRebuild {
 			holds[r.m.ServerID] = r.hold // the next epoch's cursor keeps it
+			stuck[r.m.ServerID] = r.stuckSince
 		} else {
 			r.releaseHold()
 		}
@@ -303,7 +309,9 @@ func (p *Primary) SetMembers(epoch uint64, members []Member) error {
 		if r, ok := keep[m.ServerID]; ok {
 			p.members = append(p.members, r)
 		} else {
-			p.members = append(p.members, p.startLocked(m, epoch, holds[m.ServerID]))
+			r := p.startLocked(m, epoch, holds[m.ServerID])
+			r.stuckSince = stuck[m.ServerID]
+			p.members = append(p.members, r)
 		}
 	}
 	p.publishLocked()

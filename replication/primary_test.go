@@ -228,6 +228,45 @@ func TestSyncFlushWaitsForMemberRemoval(t *testing.T) {
 	sameDevice(t, c.pvol, c.node("r1").vol, "r1")
 }
 
+// TestSilentMemberRemovedAcrossEpochs: new epochs arriving more often than
+// the member timeout (other members leaving and coming back) do not
+// restart a silent member's timeout; it is still reported for removal,
+// and the waiting sync FLUSH completes once an epoch without it comes.
+func TestSilentMemberRemovedAcrossEpochs(t *testing.T) {
+	c := newCluster(t, clusterOpts{rf: 3, mode: ModeSync})
+	write(t, c.dev, 0, 1)
+	if err := c.dev.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c.node("r2").proxy.SetBlackhole(true)
+	write(t, c.dev, 1, 2)
+	done := flushAsync(c.dev)
+	epoch := uint64(1)
+	tick := time.NewTicker(150 * time.Millisecond) // < MemberTimeout (500 ms)
+	defer tick.Stop()
+	deadline := time.After(10 * time.Second)
+	for removed := false; !removed; {
+		select {
+		case id := <-c.removed:
+			if id != "r2" {
+				t.Fatalf("RemoveMember(%s), want r2", id)
+			}
+			removed = true
+		case err := <-done:
+			t.Fatalf("sync flush returned %v while a member was blackholed and still in the epoch", err)
+		case <-tick.C:
+			epoch++
+			c.moveEpoch(t, epoch, "r1", "r2")
+		case <-deadline:
+			t.Fatalf("RemoveMember was not called for the blackholed member across %d epochs", epoch)
+		}
+	}
+	c.moveEpoch(t, epoch+1, "r1")
+	if err := <-done; err != nil {
+		t.Fatalf("flush after the member was removed: %v", err)
+	}
+}
+
 func TestSyncFlushBoundedWait(t *testing.T) {
 	c := newCluster(t, clusterOpts{rf: 2, mode: ModeSync, tune: func(o *PrimaryOptions) { o.CommitTimeout = 700 * time.Millisecond }})
 	write(t, c.dev, 0, 1)
