@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weedblock/weedblock/blockvol"
 	"github.com/weedblock/weedblock/weed/pb/blockpb"
 )
 
@@ -62,23 +61,8 @@ func TestDivergedMemberOfRestartedPrimaryIsRebuilt(t *testing.T) {
 	// from its WAL.
 	replAddr := prim.m.Endpoints().GetReplAddress() // the epoch's config names it
 	prim.stop()
-	vol, err := blockvol.Open(filepath.Join(prim.dir, "hm"+FileExt), blockvol.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := vol.Unfence(vol.Status().Epoch, blockvol.RoleReplica, time.Time{}); err != nil {
-		t.Fatal(err)
-	}
 	ghost := bytes.Repeat([]byte{0xee}, 4096)
-	for i := uint64(1); i <= 2; i++ {
-		rec := blockvol.Record{LSN: head + i, Epoch: oldEpoch, Kind: blockvol.KindWrite, LBA: 100 + i, Blocks: 1, Data: ghost}
-		if err := vol.ApplyReplicated(rec); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := vol.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	vol := appendGhosts(t, filepath.Join(prim.dir, "hm"+FileExt), head, oldEpoch, 100, ghost)
 	if err := vol.Checkpoint(); err != nil {
 		t.Fatal(err)
 	}

@@ -41,23 +41,8 @@ func TestRestartedPrimarySameEpochDivergedMember(t *testing.T) {
 	// (the ones the primary is about to lose).
 	replAddr := repl.m.Endpoints().GetReplAddress()
 	repl.stop()
-	vol, err := blockvol.Open(filepath.Join(repl.dir, "se"+FileExt), blockvol.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := vol.Unfence(vol.Status().Epoch, blockvol.RoleReplica, time.Time{}); err != nil {
-		t.Fatal(err)
-	}
 	ghost := bytes.Repeat([]byte{0xee}, 4096)
-	for i := uint64(1); i <= 2; i++ {
-		rec := blockvol.Record{LSN: head + i, Epoch: epoch, Kind: blockvol.KindWrite, LBA: 300 + i, Blocks: 1, Data: ghost}
-		if err := vol.ApplyReplicated(rec); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := vol.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	vol := appendGhosts(t, filepath.Join(repl.dir, "se"+FileExt), head, epoch, 300, ghost)
 	if err := vol.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -107,4 +92,28 @@ func TestRestartedPrimarySameEpochDivergedMember(t *testing.T) {
 		t.Fatal("the member kept a record the primary lost")
 	}
 	nc.nc.Close()
+}
+
+// appendGhosts opens the stopped copy at path and makes two records durable
+// on it behind everyone's back: LSNs head+1 and head+2 of epoch, writing
+// data at LBAs lba+1 and lba+2. The caller closes the returned volume.
+func appendGhosts(t *testing.T, path string, head, epoch, lba uint64, data []byte) *blockvol.Volume {
+	t.Helper()
+	vol, err := blockvol.Open(path, blockvol.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := vol.Unfence(vol.Status().Epoch, blockvol.RoleReplica, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	for i := uint64(1); i <= 2; i++ {
+		rec := blockvol.Record{LSN: head + i, Epoch: epoch, Kind: blockvol.KindWrite, LBA: lba + i, Blocks: 1, Data: data}
+		if err := vol.ApplyReplicated(rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := vol.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return vol
 }
