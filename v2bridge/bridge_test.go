@@ -533,7 +533,7 @@ func TestBaseMismatchRefused(t *testing.T) {
 	}
 	p.mu.Lock()
 	p.waitAheadLocked()
-	p.baseSum.Write([]byte{1}) // the manifest no longer matches what was sent
+	p.baseDig.h.Write([]byte{1}) // the digest no longer matches what was sent
 	p.mu.Unlock()
 	if err := p.VerifyBase(tok, base); !errors.Is(err, executor.ErrBaseMismatch) {
 		t.Fatalf("verify with a wrong digest: %v", err)

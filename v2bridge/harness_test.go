@@ -192,7 +192,7 @@ func (r *recovery) run(tok engine.Token, plan engine.Plan, cfg executor.Config) 
 		time.Sleep(5 * time.Millisecond)
 	}
 	r.peer.mu.Lock()
-	pinned := r.peer.baseSum != nil
+	pinned := r.peer.baseDig != nil
 	r.peer.mu.Unlock()
 	if pinned {
 		r.t.Fatalf("base still pinned after %v", out)

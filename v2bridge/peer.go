@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -63,10 +62,14 @@ type Peer struct {
 	rbuf   []byte
 	wbuf   []byte
 	closed bool
-	// base being sent: the SHA-256 of exactly the bytes sent so far
+	// base being sent: baseDig is the digest (baseDigest) of the base
+	// requests sent so far, nil when no base is pinned; imgSum, for a
+	// snapshot base only, the SHA-256 of the image bytes sent so far
+	// (checked against the manifest by VerifyBase)
 	baseLSN  uint64
 	baseNext int64
-	baseSum  hash.Hash
+	baseDig  *baseDigest
+	imgSum   hash.Hash
 	// readHead: the primary's head once the last base byte was read; every
 	// write the fuzzy image may show is at or below it
 	readHead uint64
@@ -74,9 +77,9 @@ type Peer struct {
 	spare    []byte // the next batch, read ahead
 	zeroBlk  []byte // one zero block, to spot zero blocks in chunk
 	// ahead is the background stage of the base transfer (nil: none):
-	// it hashes the batch being sent and reads the next one into spare.
-	// Everything that touches baseSum, spare or the pinned image waits
-	// for it first (waitAheadLocked).
+	// it reads the next batch into spare and, for a snapshot base, hashes
+	// the batch being sent into imgSum. Everything that touches imgSum,
+	// spare or the pinned image waits for it first (waitAheadLocked).
 	ahead *baseAhead
 	// Base chunks are not waited for one by one: TransferBase returns once
 	// they are sent, and their answers are read later (at most baseWindow
@@ -159,7 +162,7 @@ func (p *Peer) callLocked(ctx context.Context, tok engine.Token, req *request) (
 func (p *Peer) exchangeLocked(ctx context.Context, tok engine.Token, reqs []*request) (response, error) {
 	return p.roundLocked(ctx, reqs[0].Op, func() (int, error) {
 		for i, req := range reqs {
-			if err := p.writeRequestLocked(tok, req); err != nil {
+			if _, err := p.writeRequestLocked(tok, req); err != nil {
 				return i, err
 			}
 		}
@@ -253,8 +256,9 @@ func (p *Peer) roundLocked(ctx context.Context, what op, send func() (int, error
 	return last, first
 }
 
-// writeRequestLocked writes one request frame (not flushed) under tok.
-func (p *Peer) writeRequestLocked(tok engine.Token, req *request) error {
+// writeRequestLocked writes one request frame (not flushed) under tok and
+// returns its payload's CRC32C.
+func (p *Peer) writeRequestLocked(tok engine.Token, req *request) (uint32, error) {
 	req.Volume, req.Epoch, req.Attempt = p.o.Name, tok.Epoch, tok.Attempt
 	p.wbuf = req.encodeHead(p.wbuf[:0])
 	return writeFrameParts(p.bw, p.wbuf, req.Data)
@@ -472,7 +476,7 @@ func (p *Peer) StreamWAL(ctx context.Context, tok engine.Token, after, upTo uint
 		if fsync {
 			binary.BigEndian.PutUint64(cur[bAt:], 1)
 		}
-		err := writeFrameParts(p.bw, cur, nil)
+		_, err := writeFrameParts(p.bw, cur, nil)
 		p.abuf = cur[:0]
 		return err
 	}
@@ -548,7 +552,7 @@ type basePin struct {
 func (b *basePin) Release() error {
 	b.p.mu.Lock()
 	b.p.waitAheadLocked()
-	b.p.baseSum, b.p.baseNext = nil, 0
+	b.p.baseDig, b.p.imgSum, b.p.baseNext = nil, nil, 0
 	b.p.endBaseLocked()
 	b.p.mu.Unlock()
 	b.p.release(&b.done)
@@ -573,7 +577,8 @@ func (p *Peer) PinBase(tok engine.Token, src engine.Source, lsn uint64) (executo
 	st := p.vol.Status()
 	p.mu.Lock()
 	p.waitAheadLocked()
-	p.baseLSN, p.baseNext, p.baseSum, p.readHead = st.Durable, 0, sha256.New(), 0
+	p.baseLSN, p.baseNext, p.readHead = st.Durable, 0, 0
+	p.baseDig, p.imgSum = newBaseDigest(st.Durable, uint64(st.Size)), nil
 	p.mu.Unlock()
 	p.pins.Add(1)
 	return executor.Base{Source: engine.Full, LSN: st.Durable, Size: st.Size, Pin: &basePin{p: p}}, nil
@@ -615,7 +620,7 @@ func (p *Peer) TransferBase(ctx context.Context, tok engine.Token, b executor.Ba
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.baseSum == nil || b.LSN != p.baseLSN {
+	if p.baseDig == nil || b.LSN != p.baseLSN {
 		return 0, fmt.Errorf("v2bridge: transfer of base %d that is not pinned: %w", b.LSN, executor.ErrBaseUnavailable)
 	}
 	if offset != p.baseNext {
@@ -629,8 +634,8 @@ func (p *Peer) TransferBase(ctx context.Context, tok engine.Token, b executor.Ba
 		return 0, p.baseErr
 	}
 	n := p.batchLen(b, offset, max)
-	// The background stage hashed the batch sent last (the digest is then
-	// complete up to offset) and read this one ahead, if it guessed right.
+	// The background stage read this batch ahead, if it guessed right (and
+	// hashed the snapshot image up to offset).
 	a := p.waitAheadLocked()
 	var buf []byte
 	if a != nil && a.off == offset && int64(len(a.buf)) == n && a.err == nil {
@@ -654,10 +659,11 @@ func (p *Peer) TransferBase(ctx context.Context, tok engine.Token, b executor.Ba
 		return 0, err
 	}
 	defer ss.end()
-	// While the batch goes out: hash it, then read the next one, which the
-	// executor asks for next with the same max (a guess; checked above).
+	// While the batch goes out: read the next one, which the executor asks
+	// for next with the same max (a guess; checked above), and hash a
+	// snapshot's image.
 	p.startAheadLocked(b, buf, offset+n, max)
-	// From here the digest counts this batch: if it is not all sent, the
+	// From here the digests count this batch: if it is not all sent, the
 	// transfer cannot go on.
 	lost := func(err error) error {
 		err = ss.fail(err)
@@ -667,9 +673,16 @@ func (p *Peer) TransferBase(ctx context.Context, tok engine.Token, b executor.Ba
 		return err
 	}
 	for i := range reqs {
-		if err := p.writeRequestLocked(tok, &reqs[i]); err != nil {
+		r := &reqs[i]
+		crc, err := p.writeRequestLocked(tok, r)
+		if err != nil {
 			return 0, lost(err)
 		}
+		n := uint64(len(r.Data))
+		if r.Op == opZero {
+			n = r.D
+		}
+		p.baseDig.add(r.Op, r.A, n, crc)
 	}
 	if err := p.bw.Flush(); err != nil {
 		return 0, lost(err)
@@ -711,11 +724,11 @@ type baseAhead struct {
 	err  error
 }
 
-// startAheadLocked starts the background stage: hash sent (the batch going
-// out now) into the base's digest and, meanwhile, read the batch at next
-// (if any) into the spare buffer. Owned by the Peer: waitAheadLocked ends it, and
-// everything that uses the digest, the spare buffer or the pinned image
-// calls it first.
+// startAheadLocked starts the background stage: read the batch at next (if
+// any) into the spare buffer and, meanwhile, for a snapshot base, hash sent
+// (the batch going out now) into imgSum. Owned by the Peer:
+// waitAheadLocked ends it, and everything that uses imgSum, the spare
+// buffer or the pinned image calls it first.
 func (p *Peer) startAheadLocked(b executor.Base, sent []byte, next, max int64) {
 	a := &baseAhead{done: make(chan struct{}), off: next}
 	var buf []byte
@@ -724,16 +737,18 @@ func (p *Peer) startAheadLocked(b executor.Base, sent []byte, next, max int64) {
 		p.spare = grow(p.spare, n)
 		buf = p.spare[:n]
 	}
-	sum := p.baseSum
+	sum := p.imgSum
 	p.ahead = a
 	// Two goroutines, so that the read, the hash and the send (this
 	// goroutine) all overlap; a.done closes once both ended.
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		sum.Write(sent)
-	}()
+	if sum != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sum.Write(sent)
+		}()
+	}
 	if buf != nil {
 		wg.Add(1)
 		go func() {
@@ -817,16 +832,17 @@ func (p *Peer) baseRequests(buf []byte, offset int64, b executor.Base) []request
 }
 
 // VerifyBase waits for every answer owed for base chunks, then sends the
-// manifest's SHA-256 (of exactly the bytes sent) and size; the replica
-// compares them with what it received and installs the base
-// (executor.ErrBaseMismatch when they differ).
+// base's digest (baseDigest: of exactly the requests sent) and size; the
+// replica compares them with what it received and installs the base
+// (executor.ErrBaseMismatch when they differ). For a snapshot base it
+// first checks that the image bytes sent hash to the manifest's SHA-256.
 func (p *Peer) VerifyBase(tok engine.Token, b executor.Base) error {
 	if err := p.slots.Check(tok); err != nil {
 		return err
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.baseSum == nil || b.LSN != p.baseLSN {
+	if p.baseDig == nil || b.LSN != p.baseLSN {
 		return fmt.Errorf("v2bridge: verify of base %d that is not pinned: %w", b.LSN, executor.ErrBaseUnavailable)
 	}
 	req := &request{Op: opVerify, A: b.LSN, C: uint64(b.Size)}
@@ -840,13 +856,11 @@ func (p *Peer) VerifyBase(tok engine.Token, b executor.Base) error {
 		terms = append(terms, t)
 	}
 	req.Data = appendTerms(nil, terms)
-	p.waitAheadLocked() // the digest of the last batch
-	p.baseSum.Sum(req.Sum[:0])
-	sum, derr := p.baseDigestLocked(b, req.Sum) // a snapshot's: its manifest's
-	if derr != nil {
-		return derr
+	p.waitAheadLocked() // a snapshot's image hash of the last batch
+	if err := p.checkImageLocked(b); err != nil {
+		return err
 	}
-	req.Sum = sum
+	req.Sum = p.baseDig.sum()
 	// The round reads the owed answers first; a refusal among them fails
 	// the verification even if the replica's digest happened to match.
 	_, err := p.callLocked(tok.Context(), tok, req)

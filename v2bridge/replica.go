@@ -2,10 +2,8 @@ package v2bridge
 
 import (
 	"bufio"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"net"
 	"sync"
@@ -45,12 +43,9 @@ type replicaVol struct {
 	baseLSN    uint64
 	size       uint64
 	next       uint64
-	sum        hash.Hash
-	zeros      []byte // zeroChunk zero bytes, allocated on first use
-	// hashed is closed when the last base chunk handed to the background
-	// hash (hashBehind) is in sum; nil: none. Chunks are hashed in order,
-	// each after the one before; whatever reads or adds to sum waits first.
-	hashed chan struct{}
+	// sum is the digest (baseDigest) of the base requests applied so far;
+	// nil: no base transfer in progress (or it was lost)
+	sum *baseDigest
 	// Background syncs of the base (SyncBase) every syncEvery bytes, one
 	// at a time, counted in bg (the Service's wait group).
 	bg        *sync.WaitGroup
@@ -92,7 +87,11 @@ func (s *Service) Unregister(name string) {
 // (replication.Server.Route(Preface, svc)), so recovery shares the volume
 // server's replication port. Its first byte is not a replication frame
 // type.
-const Preface = "WBRECV01"
+//
+// Version 2 ("WBRECV02"): the base is verified by baseDigest (frame CRCs
+// in sequence) instead of the SHA-256 of its bytes; a peer of version 1
+// is refused at the preface (closed) rather than disagreeing on digests.
+const Preface = "WBRECV02"
 
 // prefaceTimeout bounds how long Serve waits for a connection's preface.
 const prefaceTimeout = 10 * time.Second
@@ -205,9 +204,11 @@ func (s *Service) Close() error {
 // the request before them is being handled.
 const readAhead = 4
 
-// inFrame is one frame read ahead (or the read's error).
+// inFrame is one frame read ahead (or the read's error), with its
+// payload's CRC32C.
 type inFrame struct {
 	p   []byte
+	crc uint32
 	err error
 }
 
@@ -233,9 +234,9 @@ func (s *Service) serveConn(c net.Conn) {
 			case <-stop:
 				return
 			}
-			p, err := readFrame(br, buf)
+			p, crc, err := readFrameCRC(br, buf)
 			select {
-			case frames <- inFrame{p: p, err: err}:
+			case frames <- inFrame{p: p, crc: crc, err: err}:
 			case <-stop:
 				return
 			}
@@ -260,16 +261,13 @@ func (s *Service) serveConn(c net.Conn) {
 		}
 		p := f.p
 		var resp response
-		kept := false // p went to a background hash, which frees it
 		req, err := decodeRequest(p)
 		if err != nil {
 			resp = response{Code: codeOther, Msg: err.Error()}
 		} else {
-			resp, kept = s.handle(&req, p, free)
+			resp = s.handle(&req, f.crc)
 		}
-		if !kept {
-			free <- p[:0] // req's slices of p are not used after this
-		}
+		free <- p[:0] // req's slices of p are not used after this
 		out = resp.encode(out[:0])
 		if err := writeFrame(bw, out); err != nil {
 			return
@@ -280,20 +278,19 @@ func (s *Service) serveConn(c net.Conn) {
 	}
 }
 
-// handle answers req, whose slices point into the frame buf. A base chunk
-// keeps buf (kept) until its background hash ended, which then sends it
-// to free.
-func (s *Service) handle(req *request, buf []byte, free chan<- []byte) (_ response, kept bool) {
+// handle answers req, whose frame payload has the CRC32C crc (a base
+// request's entry in the base's digest).
+func (s *Service) handle(req *request, crc uint32) response {
 	s.mu.Lock()
 	rv := s.vols[req.Volume]
 	s.mu.Unlock()
 	if rv == nil {
-		return response{Code: codeUnknownVolume, Msg: fmt.Sprintf("volume %q is not registered", req.Volume)}, false
+		return response{Code: codeUnknownVolume, Msg: fmt.Sprintf("volume %q is not registered", req.Volume)}
 	}
 	rv.mu.Lock()
 	defer rv.mu.Unlock()
 	if r, ok := rv.admit(req); !ok {
-		return r, false
+		return r
 	}
 	var err error
 	switch req.Op {
@@ -305,9 +302,9 @@ func (s *Service) handle(req *request, buf []byte, free chan<- []byte) (_ respon
 	case opBegin:
 		err = rv.begin(req)
 	case opBase:
-		kept, err = rv.base(req, buf, free)
+		err = rv.base(req, crc)
 	case opZero:
-		err = rv.zero(req)
+		err = rv.zero(req, crc)
 	case opVerify:
 		err = rv.verify(req)
 	case opCommit:
@@ -331,7 +328,7 @@ func (s *Service) handle(req *request, buf []byte, free chan<- []byte) (_ respon
 			r.Code = codeBaseMismatch
 		}
 	}
-	return r, kept
+	return r
 }
 
 // admit applies the epoch and attempt rules.
@@ -453,7 +450,7 @@ func (rv *replicaVol) chunk(req *request, n uint64) error {
 		if req.C != uint64(rv.vol.Size()) {
 			return fmt.Errorf("base of %d bytes for a %d byte volume: %w", req.C, rv.vol.Size(), executor.ErrBaseMismatch)
 		}
-		rv.baseLSN, rv.size, rv.next, rv.sum = req.B, req.C, 0, sha256.New()
+		rv.baseLSN, rv.size, rv.next, rv.sum = req.B, req.C, 0, newBaseDigest(req.B, req.C)
 	}
 	if rv.sum == nil || req.B != rv.baseLSN || req.C != rv.size {
 		return fmt.Errorf("chunk of base %d/%d bytes without its manifest", req.B, req.C)
@@ -470,61 +467,22 @@ func (rv *replicaVol) chunk(req *request, n uint64) error {
 	return nil
 }
 
-// base writes a base chunk. Its bytes are hashed meanwhile by a background
-// goroutine (hashBehind) that owns buf until then (kept), so the next chunk
-// can be written while this one is hashed; the digest is over exactly the
-// bytes received, in order.
-func (rv *replicaVol) base(req *request, buf []byte, free chan<- []byte) (kept bool, err error) {
+// base writes a base chunk and counts it in the base's digest (kind,
+// offset, length and its frame's CRC32C, checked when it was read): the
+// digest is over exactly the requests applied, in order.
+func (rv *replicaVol) base(req *request, crc uint32) error {
 	if err := rv.chunk(req, uint64(len(req.Data))); err != nil {
-		return false, err
+		return err
 	}
-	wrote := make(chan struct{})
-	kept = rv.hashBehind(req.Data, buf, free, wrote)
-	err = rv.vol.WriteBase(req.Data, int64(req.A))
-	close(wrote)
-	if err != nil {
-		rv.waitHashed()
-		rv.sum = nil // the digest counts bytes not written: the transfer is lost
-		return kept, err
+	if err := rv.vol.WriteBase(req.Data, int64(req.A)); err != nil {
+		rv.sum = nil // the transfer is lost
+		return err
 	}
+	rv.sum.add(opBase, req.A, uint64(len(req.Data)), crc)
 	rv.next += uint64(len(req.Data))
 	rv.unsynced += uint64(len(req.Data))
 	rv.syncBehind()
-	return kept, nil
-}
-
-// hashBehind adds data (a slice of buf) to the base's digest after the
-// chunks before it, in a goroutine counted in rv.bg that gives buf back to
-// free once it hashed data and wrote is closed (the write of data ended);
-// true if it did so. Without rv.bg (no Service) the hash is done here and
-// buf is not kept.
-func (rv *replicaVol) hashBehind(data, buf []byte, free chan<- []byte, wrote <-chan struct{}) bool {
-	if rv.bg == nil || free == nil {
-		rv.sum.Write(data)
-		return false
-	}
-	prev, done, sum := rv.hashed, make(chan struct{}), rv.sum
-	rv.hashed = done
-	rv.bg.Add(1)
-	go func() {
-		defer rv.bg.Done()
-		if prev != nil {
-			<-prev
-		}
-		sum.Write(data)
-		close(done)
-		<-wrote
-		free <- buf[:0] // never blocks: free holds every buffer of its connection
-	}()
-	return true
-}
-
-// waitHashed waits until every chunk handed to hashBehind is in the digest.
-func (rv *replicaVol) waitHashed() {
-	if rv.hashed != nil {
-		<-rv.hashed
-		rv.hashed = nil
-	}
+	return nil
 }
 
 // syncBehind starts a background SyncBase once syncEvery bytes were
@@ -558,12 +516,9 @@ func (rv *replicaVol) syncBehind() {
 	}()
 }
 
-// zeroChunk is the largest piece of a zero range hashed at once.
-const zeroChunk = 1 << 20
-
 // zero writes a zero range of the base (req.D bytes at req.A): holes in
-// the extent, and zeros in the digest, as if they had been sent.
-func (rv *replicaVol) zero(req *request) error {
+// the extent, and one entry in the digest like a chunk's.
+func (rv *replicaVol) zero(req *request, crc uint32) error {
 	if err := rv.chunk(req, req.D); err != nil {
 		return err
 	}
@@ -571,23 +526,15 @@ func (rv *replicaVol) zero(req *request) error {
 		return fmt.Errorf("zero range %d@%d is not in whole %d byte blocks", req.D, req.A, bs)
 	}
 	if err := rv.vol.ZeroBase(int64(req.A), int64(req.D)); err != nil {
+		rv.sum = nil // the transfer is lost
 		return err
 	}
-	if rv.zeros == nil {
-		rv.zeros = make([]byte, zeroChunk)
-	}
-	rv.waitHashed() // the zeros come after the chunks before them
-	for done := uint64(0); done < req.D; {
-		n := min(req.D-done, zeroChunk)
-		rv.sum.Write(rv.zeros[:n])
-		done += n
-	}
+	rv.sum.add(opZero, req.A, req.D, crc)
 	rv.next += req.D
 	return nil
 }
 
 func (rv *replicaVol) verify(req *request) error {
-	rv.waitHashed()
 	if !rv.rebuilding || rv.sum == nil {
 		return errors.New("no base transfer in progress")
 	}
@@ -595,10 +542,8 @@ func (rv *replicaVol) verify(req *request) error {
 		return fmt.Errorf("manifest base %d size %d, received base %d with %d of %d bytes: %w",
 			req.A, req.C, rv.baseLSN, rv.next, rv.size, executor.ErrBaseMismatch)
 	}
-	var got [32]byte
-	rv.sum.Sum(got[:0])
-	if got != req.Sum {
-		return fmt.Errorf("base %d: SHA-256 %x, manifest %x: %w", rv.baseLSN, got, req.Sum, executor.ErrBaseMismatch)
+	if got := rv.sum.sum(); got != req.Sum {
+		return fmt.Errorf("base %d: digest of the requests received %x, of those sent %x: %w", rv.baseLSN, got, req.Sum, executor.ErrBaseMismatch)
 	}
 	// The primary's term history up to the base comes with the manifest
 	// (absent from a primary that does not send it: then unknown).

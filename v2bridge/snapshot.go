@@ -88,7 +88,8 @@ func (p *Peer) pinSnapshot(lsn uint64) (executor.Base, error) {
 	}
 	p.mu.Lock()
 	// readHead 0: the image is exact, Commit replays nothing beyond.
-	p.baseLSN, p.baseNext, p.baseSum, p.readHead = lsn, 0, sha256.New(), 0
+	p.baseLSN, p.baseNext, p.readHead = lsn, 0, 0
+	p.baseDig, p.imgSum = newBaseDigest(lsn, uint64(info.Size)), sha256.New()
 	p.mu.Unlock()
 	p.pins.Add(1)
 	return executor.Base{
@@ -114,21 +115,27 @@ func (p *Peer) readBase(b executor.Base, buf []byte, off int64) error {
 	return nil
 }
 
-// baseDigestLocked is the SHA-256 VerifyBase sends for b, given the digest
-// of the bytes sent: for a snapshot the manifest's, after checking that
-// what was read from the image hashes to it (an image changed under the
-// pin is marked untrusted on the primary and executor.ErrBaseMismatch is
-// returned, nothing is sent). Callers hold p.mu.
-func (p *Peer) baseDigestLocked(b executor.Base, sent [32]byte) ([32]byte, error) {
+// checkImageLocked checks, for a snapshot base, that the image bytes sent
+// (imgSum) hash to the manifest's SHA-256: an image changed under the pin
+// is marked untrusted on the primary and executor.ErrBaseMismatch is
+// returned (VerifyBase then sends nothing, so the replica never installs
+// it). A full base has no digest before it is read: nil. Callers hold p.mu
+// and waited for the background stage.
+func (p *Peer) checkImageLocked(b executor.Base) error {
 	if b.Source != engine.Snapshot {
-		return sent, nil
+		return nil
 	}
+	var sent [32]byte
+	if p.imgSum == nil {
+		return fmt.Errorf("v2bridge: snapshot base %d: no image digest: %w", b.LSN, executor.ErrBaseUnavailable)
+	}
+	p.imgSum.Sum(sent[:0])
 	if sent != b.SHA256 {
 		err := fmt.Errorf("image read hashes to %x, manifest %x", sent, b.SHA256)
 		if sp, ok := b.Pin.(*snapPin); ok {
 			p.vol.MarkSnapshotBad(sp.r.Info().Seq, err)
 		}
-		return sent, fmt.Errorf("v2bridge: snapshot base %d: %w: %v", b.LSN, executor.ErrBaseMismatch, err)
+		return fmt.Errorf("v2bridge: snapshot base %d: %w: %v", b.LSN, executor.ErrBaseMismatch, err)
 	}
-	return b.SHA256, nil
+	return nil
 }

@@ -169,7 +169,7 @@ func TestVerifyCarriesTerms(t *testing.T) {
 		p.mu.Lock()
 		req := &request{Op: opVerify, A: base.LSN, C: uint64(base.Size), Data: bad}
 		p.waitAheadLocked()
-		p.baseSum.Sum(req.Sum[:0])
+		req.Sum = p.baseDig.sum()
 		_, err := p.callLocked(context.Background(), tok, req)
 		p.mu.Unlock()
 		if err == nil {

@@ -35,7 +35,7 @@ const (
 	opTruncate               // drop records after A
 	opBegin                  // durably untrusted, WAL dropped
 	opBase                   // base chunk: Data at offset A; manifest B = base LSN, C = size
-	opVerify                 // A = base LSN, C = size, Sum = SHA-256 of what was sent; Data = the base's terms (optional)
+	opVerify                 // A = base LSN, C = size, Sum = the base's digest (baseDigest); Data = the base's terms (optional)
 	opCommit                 // A = achieved: checkpoint and clear untrusted
 	opZero                   // base zero range: D bytes of zeros at A; manifest as opBase
 )
@@ -320,52 +320,66 @@ func decodeResponse(p []byte) (response, error) {
 
 // writeFrame writes one frame and flushes w.
 func writeFrame(w *bufio.Writer, payload []byte) error {
-	if err := writeFrameParts(w, payload, nil); err != nil {
+	if _, err := writeFrameParts(w, payload, nil); err != nil {
 		return err
 	}
 	return w.Flush()
 }
 
+// frameCRC is the CRC32C of the payload head then data.
+func frameCRC(head, data []byte) uint32 {
+	return crc32.Update(crc32.Checksum(head, castagnoli), castagnoli, data)
+}
+
 // writeFrameParts writes one frame whose payload is head then data,
-// without flushing w.
-func writeFrameParts(w *bufio.Writer, head, data []byte) error {
+// without flushing w, and returns the payload's CRC32C.
+func writeFrameParts(w *bufio.Writer, head, data []byte) (uint32, error) {
 	n := len(head) + len(data)
 	if n > maxFrame {
-		return fmt.Errorf("write frame: %d bytes exceed the %d byte limit", n, maxFrame)
+		return 0, fmt.Errorf("write frame: %d bytes exceed the %d byte limit", n, maxFrame)
 	}
+	crc := frameCRC(head, data)
 	var h [frameHeader]byte
 	binary.BigEndian.PutUint32(h[0:4], uint32(n))
-	binary.BigEndian.PutUint32(h[4:8], crc32.Update(crc32.Checksum(head, castagnoli), castagnoli, data))
+	binary.BigEndian.PutUint32(h[4:8], crc)
 	if _, err := w.Write(h[:]); err != nil {
-		return err
+		return 0, err
 	}
 	if _, err := w.Write(head); err != nil {
-		return err
+		return 0, err
 	}
 	_, err := w.Write(data)
-	return err
+	return crc, err
 }
 
 // readFrame reads one frame into buf (grown as needed) and returns the
 // payload.
 func readFrame(r io.Reader, buf []byte) ([]byte, error) {
+	p, _, err := readFrameCRC(r, buf)
+	return p, err
+}
+
+// readFrameCRC is readFrame that also returns the payload's CRC32C
+// (checked).
+func readFrameCRC(r io.Reader, buf []byte) ([]byte, uint32, error) {
 	var h [frameHeader]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	n := binary.BigEndian.Uint32(h[0:4])
 	if n > maxFrame {
-		return nil, fmt.Errorf("%w: %d byte payload exceeds the %d byte limit", ErrBadFrame, n, maxFrame)
+		return nil, 0, fmt.Errorf("%w: %d byte payload exceeds the %d byte limit", ErrBadFrame, n, maxFrame)
 	}
 	if cap(buf) < int(n) {
 		buf = make([]byte, n)
 	}
 	p := buf[:n]
 	if _, err := io.ReadFull(r, p); err != nil {
-		return nil, fmt.Errorf("read frame payload: %w", err)
+		return nil, 0, fmt.Errorf("read frame payload: %w", err)
 	}
-	if crc32.Checksum(p, castagnoli) != binary.BigEndian.Uint32(h[4:8]) {
-		return nil, fmt.Errorf("%w: CRC mismatch", ErrBadFrame)
+	crc := binary.BigEndian.Uint32(h[4:8])
+	if crc32.Checksum(p, castagnoli) != crc {
+		return nil, 0, fmt.Errorf("%w: CRC mismatch", ErrBadFrame)
 	}
-	return p, nil
+	return p, crc, nil
 }

@@ -21,6 +21,9 @@ type rawClient struct {
 	t  *testing.T
 	c  net.Conn
 	bw *bufio.Writer
+	// crc: the CRC32C of the last request's frame payload (its entry in a
+	// base's digest)
+	crc uint32
 }
 
 func dialRawService(t *testing.T, addr string) *rawClient {
@@ -40,9 +43,14 @@ func dialRawService(t *testing.T, addr string) *rawClient {
 func (rc *rawClient) do(req request) response {
 	rc.t.Helper()
 	req.Volume, req.Epoch, req.Attempt = "vol1", 1, 1
-	if err := writeFrame(rc.bw, req.encode(nil)); err != nil {
+	crc, err := writeFrameParts(rc.bw, req.encode(nil), nil)
+	if err == nil {
+		err = rc.bw.Flush()
+	}
+	if err != nil {
 		rc.t.Fatal(err)
 	}
+	rc.crc = crc
 	p, err := readFrame(rc.c, nil)
 	if err != nil {
 		rc.t.Fatal(err)
@@ -124,7 +132,9 @@ func TestZeroRangesMalformedRefused(t *testing.T) {
 	// A valid transfer: zeros, data, zeros; then ranges out of order.
 	data := make([]byte, 4*bs)
 	rand.New(rand.NewSource(31)).Read(data)
-	sum := sha256.New()
+	// The digest of the requests sent, and one that leaves the zero
+	// ranges out.
+	sum, noZeros := newBaseDigest(lsn, size), newBaseDigest(lsn, size)
 	steps := []request{
 		{Op: opZero, A: 0, B: lsn, C: size, D: 8 * bs},
 		{Op: opBase, A: 8 * bs, B: lsn, C: size, Data: data},
@@ -132,6 +142,12 @@ func TestZeroRangesMalformedRefused(t *testing.T) {
 	for _, s := range steps {
 		if r := rc.do(s); r.Code != codeOK {
 			t.Fatalf("%s at %d: %+v", s.Op, s.A, r)
+		}
+		if s.Op == opZero {
+			sum.add(opZero, s.A, s.D, rc.crc)
+		} else {
+			sum.add(opBase, s.A, uint64(len(s.Data)), rc.crc)
+			noZeros.add(opBase, s.A, uint64(len(s.Data)), rc.crc)
 		}
 	}
 	for _, bad := range []request{
@@ -149,17 +165,18 @@ func TestZeroRangesMalformedRefused(t *testing.T) {
 	if r := rc.do(request{Op: opZero, A: 12 * bs, B: lsn, C: size, D: rest}); r.Code != codeOK {
 		t.Fatalf("last zero range: %+v", r)
 	}
-	sum.Write(make([]byte, 8*bs))
-	sum.Write(data)
-	sum.Write(make([]byte, rest))
+	sum.add(opZero, 12*bs, rest, rc.crc)
 	// A digest that leaves out the zeros does not match.
-	wrong := sha256.Sum256(data)
-	if r := rc.do(request{Op: opVerify, A: lsn, C: size, Sum: wrong}); r.Code != codeBaseMismatch {
+	if r := rc.do(request{Op: opVerify, A: lsn, C: size, Sum: noZeros.sum()}); r.Code != codeBaseMismatch {
 		t.Fatalf("verify with zeros left out of the digest: %+v", r)
 	}
-	var right [32]byte
-	sum.Sum(right[:0])
-	if r := rc.do(request{Op: opVerify, A: lsn, C: size, Sum: right}); r.Code != codeOK {
+	// Nor does the plain SHA-256 of the image (version 1's digest).
+	img := make([]byte, size)
+	copy(img[8*bs:], data)
+	if r := rc.do(request{Op: opVerify, A: lsn, C: size, Sum: sha256.Sum256(img)}); r.Code != codeBaseMismatch {
+		t.Fatalf("verify with the image's SHA-256: %+v", r)
+	}
+	if r := rc.do(request{Op: opVerify, A: lsn, C: size, Sum: sum.sum()}); r.Code != codeOK {
 		t.Fatalf("verify: %+v", r)
 	}
 	got := make([]byte, size)
