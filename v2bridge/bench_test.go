@@ -164,7 +164,7 @@ func benchRecovery(b *testing.B, kind engine.Kind, prim *blockvol.Volume, bytes 
 }
 
 // fillVolume writes random data over all of v and checkpoints it.
-func fillVolume(b *testing.B, v *blockvol.Volume, seed int64) {
+func fillVolume(b testing.TB, v *blockvol.Volume, seed int64) {
 	rng := rand.New(rand.NewSource(seed))
 	p := make([]byte, 1<<20)
 	for off := int64(0); off < v.Size(); off += int64(len(p)) {
