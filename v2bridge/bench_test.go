@@ -41,8 +41,17 @@ func copySource(b *testing.B, n int64) string {
 	return src
 }
 
-// fileCopy copies src to a new file (read, write, fsync) and returns how
-// long it took; the copy is removed afterwards.
+// cpuTime is the CPU time (user + system) this process used so far.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// fileCopy copies src to a new file (io.Copy: copy_file_range, then
+// fsync) and returns how long it took; the copy is removed afterwards.
 func fileCopy(b *testing.B, src string) time.Duration {
 	b.Helper()
 	dst := src + ".copy"
@@ -110,13 +119,15 @@ func (w *loadWriter) finish(b *testing.B) {
 
 // benchRecovery runs plan kind into a fresh replica b.N times and reports
 // its MB/s beside a plain file copy of the same size, one copy after each
-// recovery (so both see the same machine). With load > 0 a writer adds a
-// 4 KiB write to the primary every load meanwhile.
+// recovery (so both see the same machine), and the CPU time (user +
+// system, both ends: this process) per GiB of each, which varies less than
+// the MB/s on a busy machine. With load > 0 a writer adds a 4 KiB write to
+// the primary every load meanwhile.
 func benchRecovery(b *testing.B, kind engine.Kind, prim *blockvol.Volume, bytes int64, load time.Duration) {
 	svc, addr := startService(b)
 	slots := engine.NewSlots()
 	src := copySource(b, bytes)
-	var total, copies time.Duration
+	var total, copies, cpu, copyCPU time.Duration
 	var writes int64
 	for i := 0; i < b.N; i++ {
 		rep := newReplicaVol(b, "r.vol", 1, volOpts{size: prim.Size(), wal: 64 << 20})
@@ -137,9 +148,10 @@ func benchRecovery(b *testing.B, kind engine.Kind, prim *blockvol.Volume, bytes 
 		// No write-back debt of the setup (filling the primary, the last
 		// copy) slows what is timed.
 		syscall.Sync()
-		start := time.Now()
+		start, c0 := time.Now(), cpuTime(b)
 		out := executor.New(slots, executor.Config{BatchRecords: 256, BatchBytes: 4 << 20}).Run(context.Background(), tok, plan, rc.peer.IO())
 		total += time.Since(start)
+		cpu += cpuTime(b) - c0
 		if w != nil {
 			w.finish(b)
 			writes += w.n.Load()
@@ -150,13 +162,18 @@ func benchRecovery(b *testing.B, kind engine.Kind, prim *blockvol.Volume, bytes 
 		rep.Close()
 		os.Remove(rep.Path())
 		syscall.Sync()
+		c0 = cpuTime(b)
 		copies += fileCopy(b, src)
+		copyCPU += cpuTime(b) - c0
 	}
 	mbps := float64(bytes) * float64(b.N) / 1e6 / total.Seconds()
 	cp := float64(bytes) * float64(b.N) / 1e6 / copies.Seconds()
 	b.ReportMetric(mbps, "MB/s")
 	b.ReportMetric(cp, "filecopy-MB/s")
 	b.ReportMetric(mbps/cp, "ratio")
+	gib := float64(bytes) * float64(b.N) / (1 << 30)
+	b.ReportMetric(cpu.Seconds()/gib, "cpu-s/GiB")
+	b.ReportMetric(copyCPU.Seconds()/gib, "filecopy-cpu-s/GiB")
 	if load > 0 {
 		b.ReportMetric(float64(writes)/total.Seconds(), "load-writes/s")
 	}

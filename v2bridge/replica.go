@@ -217,7 +217,13 @@ type inFrame struct {
 // while the current request is handled, in buffers that go round between
 // the two.
 func (s *Service) serveConn(c net.Conn) {
-	br := bufio.NewReaderSize(c, 256<<10)
+	if sb, ok := c.(interface{ SetReadBuffer(int) error }); ok {
+		sb.SetReadBuffer(socketBuffer) // best effort: the kernel may cap it
+	}
+	// A small read buffer: a base chunk's bytes are mostly read straight
+	// into its frame buffer, and only what a read of the buffer took of
+	// them is copied.
+	br := bufio.NewReaderSize(c, 16<<10)
 	bw := bufio.NewWriterSize(c, 64<<10)
 	free := make(chan []byte, readAhead+1)
 	for i := 0; i <= readAhead; i++ {

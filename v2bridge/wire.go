@@ -21,6 +21,11 @@ const (
 	maxBatchBytes = 16 << 20
 )
 
+// socketBuffer is the kernel socket buffer a Peer asks for its sends and a
+// Service for its receives: base chunks of a MiB then go in fewer, larger
+// steps (fewer wake-ups of either end).
+const socketBuffer = 4 << 20
+
 // ErrBadFrame: bytes from the network do not form a valid message.
 var ErrBadFrame = errors.New("v2bridge: bad frame")
 
