@@ -18,6 +18,19 @@
 // (engine.ErrStaleToken), so a superseded attempt fails closed on both sides;
 // the Peer calls Slots.Check(tok) before every request too.
 //
+// Base digest (wire version 2, Preface "WBRECV02"; digest.go): no base
+// byte is hashed with SHA-256 on the wire path. Every frame already carries
+// a CRC32C of its payload, computed by the sender as it writes the frame
+// and checked by the receiver as it reads it (a corrupt frame is refused
+// with its reason and ends the connection); the base's digest is a
+// SHA-256 over the manifest (base LSN, size) and, per base request in
+// order, its kind (data or zero range), offset, length and frame CRC. The
+// Peer adds each request as it writes it, the replica each request it
+// applied; VerifyBase sends the Peer's and the replica compares (a request
+// lost, duplicated, reordered, applied at another offset, or data turned
+// into zeros gives executor.ErrBaseMismatch even where the offset checks
+// would not see it). A peer of version 1 is refused at the preface.
+//
 // Throughput: StreamWAL encodes records straight from the WAL scan into
 // pipelined apply requests of about 1 MiB; only the last request of a call
 // asks the replica to fsync before it answers, so the durable LSN it
@@ -26,21 +39,20 @@
 // them unanswered, so the replica writes while the primary goes on; a
 // refusal among those answers fails a later TransferBase or VerifyBase,
 // which waits for all of them (nothing is trusted before VerifyBase and
-// Commit anyway). Each side runs the SHA-256 once, beside its I/O: while
-// TransferBase sends a batch, a background stage owned by the Peer hashes
-// it and reads the next batch (the executor's next call, if it asks for
-// that range; anything else is read again), in two goroutines; whatever
-// uses the digest or the pinned image (VerifyBase, the pin's Release,
-// PinBase, Close) waits for that stage first. A batch's bytes enter the
-// digest as they go out, so a batch not wholly sent loses the transfer.
-// Runs of zero blocks of at least 16 KiB travel as zero ranges (opZero:
-// offset and length, no bytes) and become holes on the replica. The
-// replica's connection handler reads and checks the next frames (4 ahead)
-// while it applies the current one, and hashes each base chunk in a
-// goroutine of its own, in order after the chunks before it, while it
-// writes that chunk and the next ones; the frame's buffer goes back to the
-// reader once both are done, and whatever reads the digest (a zero range,
-// VerifyBase) waits for those hashes first. The rebuild
+// Commit anyway). While TransferBase sends a batch, a background stage
+// owned by the Peer reads the next batch (the executor's next call, if it
+// asks for that range; anything else is read again) and, for a snapshot
+// base only, hashes the batch sent into the image's SHA-256, in two
+// goroutines; whatever uses that hash or the pinned image (VerifyBase, the
+// pin's Release, PinBase, Close) waits for that stage first. A batch's
+// requests enter the digest as they go out, so a batch not wholly sent
+// loses the transfer. A data chunk goes out in one writev from its read
+// buffer; the replica reads it mostly straight into its frame buffer (a
+// 16 KiB read buffer) and writes it to the extent with one pwrite per run
+// of non-zero blocks. Runs of zero blocks of at least 16 KiB travel as zero
+// ranges (opZero: offset and length, no bytes) and become holes on the
+// replica. The replica's connection handler reads and checks the next
+// frames (4 ahead) while it applies the current one. The rebuild
 // needs the replica's extent fsynced once, in InstallBase (VerifyBase), not
 // per chunk; every 16 MiB of base the replica starts a background SyncBase
 // (one at a time, owned by the Service: Close waits for it) so that the
@@ -60,11 +72,10 @@
 // writes continue (a fuzzy image: every block holds its version at the base
 // LSN or a newer one), so the replay of (baseLSN, target] rewrites every
 // block a racing write touched, in LSN order, and the result is exact.
-// The manifest (base LSN, size) travels with the first chunk; the SHA-256
-// is computed by the primary over exactly the bytes it sent and checked by
-// the replica over exactly the bytes it received (VerifyBase), because a
-// fuzzy image has no digest before it is read. It is the plain SHA-256 of
-// the image: a zero range counts as its zero bytes on both sides. executor.Base.SHA256 is
+// The manifest (base LSN, size) travels with the first chunk; the digest
+// is computed by the primary over exactly the requests it sent and checked
+// by the replica over exactly the requests it applied (VerifyBase), because
+// a fuzzy image has no digest before it is read. executor.Base.SHA256 is
 // therefore left zero by PinBase.
 //
 // Because of that, Commit first replays the WAL on to the primary's head as
@@ -105,8 +116,9 @@
 // VerifyBase checks that the bytes read hash to the manifest's SHA-256 (an
 // image damaged on disk is marked untrusted on the primary and the attempt
 // fails with executor.ErrBaseMismatch; the replica never installs it) and
-// sends that SHA-256, so the replica checks what it received against the
-// manifest. The image is read once: its digest is never computed apart.
+// then sends the base's digest like a full base's, so the replica checks
+// that it received exactly those bytes. The image is read once: its
+// SHA-256 is never computed apart, and only on the primary.
 // The image is exact, so Commit replays nothing beyond the executor's
 // target.
 //

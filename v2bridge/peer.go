@@ -233,7 +233,7 @@ func (p *Peer) roundLocked(ctx context.Context, what op, send func() (int, error
 	}
 	defer ss.end()
 	if err := p.settleLocked(0); err != nil {
-		return response{}, ss.fail(err)
+		return response{}, p.withBaseErr(ss.fail(err))
 	}
 	// The answers are small: the replica never blocks writing them while
 	// this side is still writing requests.
@@ -310,6 +310,17 @@ func (p *Peer) readAnswerLocked() (response, error) {
 	}
 	p.rbuf = payload[:0]
 	return decodeResponse(payload)
+}
+
+// withBaseErr is err, a transport failure while answers for base chunks
+// were read, led by the refusal of a base chunk if one came first (the
+// replica refuses a bad frame, then ends the connection): the reason, not
+// just the closed connection.
+func (p *Peer) withBaseErr(err error) error {
+	if p.baseErr == nil {
+		return err
+	}
+	return fmt.Errorf("%w (then: %v)", p.baseErr, err)
 }
 
 // settleLocked reads the answers owed for base chunks until at most keep
@@ -729,7 +740,7 @@ func (p *Peer) TransferBase(ctx context.Context, tok engine.Token, b executor.Ba
 	p.pending += len(reqs)
 	p.baseNext += n
 	if err := p.settleLocked(baseWindow); err != nil {
-		return 0, ss.fail(err)
+		return 0, p.withBaseErr(ss.fail(err))
 	}
 	if p.baseErr != nil {
 		return 0, p.baseErr

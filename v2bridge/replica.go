@@ -262,6 +262,7 @@ func (s *Service) serveConn(c net.Conn) {
 		if f.err != nil {
 			if errors.Is(f.err, ErrBadFrame) {
 				glog.Warningf("v2bridge: %s: %v", c.RemoteAddr(), f.err)
+				refuseBadFrame(c, bw, f.err)
 			}
 			return
 		}
@@ -282,6 +283,28 @@ func (s *Service) serveConn(c net.Conn) {
 			return // undecodable request: the stream may be out of step
 		}
 	}
+}
+
+// badFrameDrain bounds how long a connection that sent a bad frame is
+// read (and discarded) after its refusal, so that the peer reads the
+// refusal instead of a reset.
+const badFrameDrain = 2 * time.Second
+
+// refuseBadFrame answers a frame that failed its checks (CRC, length) with
+// a refusal saying so, as the answer to that frame's request, and ends the
+// connection gracefully: the stream may be out of step, so nothing after
+// it is read, but it is drained for a while so that the peer, still
+// sending, gets the refusal rather than a connection reset.
+func refuseBadFrame(c net.Conn, bw *bufio.Writer, why error) {
+	r := response{Code: codeOther, Msg: fmt.Sprintf("refused: %v", why)}
+	if err := writeFrame(bw, r.encode(nil)); err != nil {
+		return
+	}
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	c.SetReadDeadline(time.Now().Add(badFrameDrain))
+	io.Copy(io.Discard, c)
 }
 
 // handle answers req, whose frame payload has the CRC32C crc (a base

@@ -166,7 +166,7 @@ func TestTamperedBaseRefused(t *testing.T) {
 			crc := frameCRC(p, nil)
 			p[len(p)-100] ^= 0x10 // in the data; the CRC is the original's
 			return []outFrame{{payload: p, crc: crc}}
-		}, "", false},
+		}, "CRC mismatch", false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

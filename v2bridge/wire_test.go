@@ -7,6 +7,7 @@ import (
 	"math/rand"
 	"net"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -123,7 +124,8 @@ func TestServiceRefusesCorruptFrames(t *testing.T) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	c.Write([]byte(Preface))
-	// A frame whose CRC does not match: the connection is dropped.
+	// A frame whose CRC does not match: refused with the reason, then the
+	// connection ends (nothing after it is read).
 	payload := (&request{Op: opHello, Volume: "vol1", Epoch: 1}).encode(nil)
 	var fr bytes.Buffer
 	w := bufio.NewWriter(&fr)
@@ -131,9 +133,7 @@ func TestServiceRefusesCorruptFrames(t *testing.T) {
 	b := fr.Bytes()
 	b[len(b)-1] ^= 1
 	c.Write(b)
-	if _, err := readFrame(c, nil); err == nil {
-		t.Fatal("the service answered a corrupt frame")
-	}
+	wantRefusedThenEnd(t, c, "CRC mismatch")
 	// A well-framed request that does not decode gets an error answer.
 	c2, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -161,10 +161,25 @@ func TestServiceRefusesCorruptFrames(t *testing.T) {
 	c3.SetDeadline(time.Now().Add(10 * time.Second))
 	c3.Write([]byte(Preface))
 	c3.Write([]byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0})
-	if _, err := readFrame(c3, nil); err == nil {
-		t.Fatal("the service answered an oversized frame")
-	}
+	wantRefusedThenEnd(t, c3, "exceeds")
 	if st := rep.Status(); st.Head != 0 || !st.Healthy {
 		t.Fatalf("replica changed: %+v", st)
+	}
+}
+
+// wantRefusedThenEnd reads a refusal saying why from c, then the end of
+// the connection.
+func wantRefusedThenEnd(t *testing.T, c net.Conn, why string) {
+	t.Helper()
+	p, err := readFrame(c, nil)
+	if err != nil {
+		t.Fatalf("no refusal: %v", err)
+	}
+	r, err := decodeResponse(p)
+	if err != nil || r.Code != codeOther || !strings.Contains(r.Msg, why) {
+		t.Fatalf("answer %+v, %v: want a refusal saying %q", r, err, why)
+	}
+	if _, err := readFrame(c, nil); err == nil {
+		t.Fatal("the service answered after a bad frame")
 	}
 }
