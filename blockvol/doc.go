@@ -4,7 +4,8 @@
 // Writes are appended to the WAL (group-committed, 4 KiB aligned batches
 // written with one pwritev) and acknowledged; an in-memory index maps every
 // dirty LBA to its newest WAL location so reads see the newest data at once.
-// Flush and FUA writes share one fdatasync. A background flusher copies WAL
+// Flush and FUA writes share one fdatasync, and any fdatasync of the file
+// (the flusher's too) makes the records written before it durable. A background flusher copies WAL
 // records into the extent in LSN order, fdatasyncs, persists the checkpoint
 // in the superblock and only then frees WAL space. Retention holds keep WAL
 // records readable for lagging replicas, within a byte budget after which

@@ -350,20 +350,37 @@ func (v *Volume) failedErrLocked() error {
 
 // syncFile is the only caller of File.Sync after open. Syncs are serialized
 // and a failure is final: later calls fail without touching the file.
-func (v *Volume) syncFile() error {
+func (v *Volume) syncFile() error { return v.syncWAL(0) }
+
+// syncWAL is syncFile for a caller that only needs WAL records up to lsn
+// durable (lsn 0: always sync). Every sync makes the records written
+// before it started durable (one file: fdatasync covers them), so a
+// FLUSH that queued behind another sync (the flusher's extent sync, say)
+// finds its records durable once it gets the turn and skips its own.
+func (v *Volume) syncWAL(lsn uint64) error {
 	v.syncMu.Lock()
 	defer v.syncMu.Unlock()
 	v.mu.Lock()
-	failed := v.failed
+	failed, w, gen := v.failed, v.written, v.gen
+	covered := lsn > 0 && v.durable >= lsn
 	v.mu.Unlock()
 	if failed != nil {
 		return fmt.Errorf("%s: %w: %v", v.path, ErrUnhealthy, failed)
+	}
+	if covered {
+		return nil
 	}
 	if err := v.f.Sync(); err != nil {
 		err = fmt.Errorf("fdatasync %s: %w", v.path, err)
 		v.fail(err)
 		return err
 	}
+	v.mu.Lock()
+	if v.gen == gen && w > v.durable && v.failed == nil {
+		v.durable = w
+		v.cond.Broadcast()
+	}
+	v.mu.Unlock()
 	return nil
 }
 

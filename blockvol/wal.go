@@ -408,7 +408,7 @@ func (v *Volume) flushTo(target uint64) error {
 			v.syncing = true
 			w := v.written
 			v.mu.Unlock()
-			err := v.syncFile()
+			err := v.syncWAL(w)
 			v.mu.Lock()
 			v.syncing = false
 			if err == nil && w > v.durable {

@@ -287,14 +287,17 @@ func (r *replica) onProgress(cn *Conn) {
 		p.broadcastLocked()
 	}
 	// A plain ack needs no cursor pass (it settles its in-flight queue
-	// when it ships or waits for room); an answered barrier may let it
-	// send the next one, and a failure ends its session.
+	// when it ships or waits for room, and advances the hold then or at
+	// its idle tick); an answered barrier lets it send the next one, which
+	// only matters while a flush wants more than is durable; a failure
+	// ends its session.
 	answered := pr.Barrier > r.barrierAck
 	if answered {
 		r.barrierAck = pr.Barrier
 	}
+	wanted := r.barrierWant.Load() > r.durable
 	p.mu.Unlock()
-	if moved || answered || cn.Err() != nil {
+	if ((moved || answered) && wanted) || cn.Err() != nil {
 		r.kick()
 	}
 }
@@ -472,7 +475,9 @@ func (r *replica) session() (bool, error) {
 		return barrier(sinceBarrier > p.o.HoldBudget/4)
 	}
 	// pass ships every record written so far, then the barrier a flush
-	// wants. Called with passMu held.
+	// wants, in one socket write (the replica reads them together: one
+	// wake-up, and the records it applies then need no ack of their own).
+	// Called with passMu held.
 	pass := func() error {
 		if err := p.canShip(r.epoch); err != nil {
 			return err
@@ -480,11 +485,11 @@ func (r *replica) session() (bool, error) {
 		if err := hold.Scan(next, send); err != nil {
 			return err
 		}
-		if err := cn.Flush(); err != nil {
+		settle()
+		if err := barrier(false); err != nil {
 			return err
 		}
-		settle()
-		return barrier(false)
+		return cn.Flush()
 	}
 	// help is a pass made by a flush (RequestBarrier) while the cursor is
 	// not in one. It never waits: it stops at helpInFlightBytes

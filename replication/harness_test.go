@@ -2,10 +2,12 @@ package replication
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"math/rand"
 	"net"
 	"path/filepath"
+	"runtime/pprof"
 	"sync"
 	"testing"
 	"time"
@@ -60,6 +62,10 @@ func (c *cluster) members() []Member {
 
 func newReplicaNode(t testing.TB, dir, id string, size, walSize int64, epoch uint64) *node {
 	t.Helper()
+	// Goroutines started here (the volume's flusher, the server and its
+	// connections) carry side=replica in profiles.
+	defer pprof.SetGoroutineLabels(context.Background())
+	pprof.SetGoroutineLabels(pprof.WithLabels(context.Background(), pprof.Labels("side", "replica")))
 	v, err := blockvol.Create(filepath.Join(dir, id+".blk"), size, blockvol.Options{WALSize: walSize})
 	if err != nil {
 		t.Fatal(err)
@@ -103,6 +109,9 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 		o.walSize = 8 << 20
 	}
 	dir := t.TempDir()
+	// The primary's goroutines (flusher, cursors) carry side=primary in
+	// profiles; so does whatever the caller runs (the writers).
+	pprof.SetGoroutineLabels(pprof.WithLabels(context.Background(), pprof.Labels("side", "primary")))
 	pv, err := blockvol.Create(filepath.Join(dir, "primary.blk"), o.size, blockvol.Options{WALSize: o.walSize})
 	if err != nil {
 		t.Fatal(err)
@@ -126,6 +135,7 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 	if o.tune != nil {
 		o.tune(&po)
 	}
+	pprof.SetGoroutineLabels(pprof.WithLabels(context.Background(), pprof.Labels("side", "primary")))
 	if c.p, err = NewPrimary(pv, po); err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/golang/glog"
@@ -29,6 +30,15 @@ type Target interface {
 // epoch of the record at the head. A Target without it answers "unknown".
 type termHistory interface {
 	TermAt(lsn uint64) (epoch uint64, ok bool)
+}
+
+// barrierNext says whether the next buffered frame is a barrier.
+func barrierNext(br *bufio.Reader) bool {
+	if br.Buffered() == 0 {
+		return false // Peek would wait for the network
+	}
+	b, err := br.Peek(1)
+	return err == nil && frameType(b[0]) == typeBarrier
 }
 
 // helloTimeout bounds how long a new connection may take to say hello.
@@ -251,31 +261,44 @@ func (s *Server) handle(c net.Conn, r io.Reader) {
 	if err := bw.Flush(); err != nil {
 		return
 	}
-	// Barriers are answered by a second goroutine so that records keep
-	// being applied while the replica fsyncs; Flush covers every record
-	// applied before the barrier was read.
+	// A barrier is answered (fsync, then barrier-ack) by the reader
+	// itself when nothing else has arrived and no earlier barrier is
+	// being answered: no goroutine hand-off on the commit path. Otherwise
+	// a second goroutine answers it, so that records keep being applied
+	// while the replica fsyncs. Flush covers every record applied before
+	// the barrier was read either way.
 	var wmu sync.Mutex
+	answer := func(m barrierMsg) bool {
+		err := tgt.Flush()
+		if err != nil {
+			wmu.Lock()
+			refuse(&errorMsg{applyCode(err), fmt.Sprintf("barrier %d: flush: %v", m.LSN, err)})
+			wmu.Unlock()
+			c.Close()
+			return false
+		}
+		st := tgt.Status()
+		wmu.Lock()
+		err = writeFrame(bw, typeBarrierAck, encodeBarrierAck(barrierAckMsg{LSN: m.LSN, Durable: st.Durable}))
+		if err == nil {
+			err = bw.Flush()
+		}
+		wmu.Unlock()
+		if err != nil {
+			c.Close()
+			return false
+		}
+		return true
+	}
 	bars := make(chan barrierMsg, 1)
+	var barsBusy atomic.Int32 // barriers handed to the goroutine, not yet answered
 	barsDone := make(chan struct{})
 	go func() {
 		defer close(barsDone)
 		for m := range bars {
-			if err := tgt.Flush(); err != nil {
-				wmu.Lock()
-				refuse(&errorMsg{applyCode(err), fmt.Sprintf("barrier %d: flush: %v", m.LSN, err)})
-				wmu.Unlock()
-				c.Close()
-				return
-			}
-			st := tgt.Status()
-			wmu.Lock()
-			err := writeFrame(bw, typeBarrierAck, encodeBarrierAck(barrierAckMsg{LSN: m.LSN, Durable: st.Durable}))
-			if err == nil {
-				err = bw.Flush()
-			}
-			wmu.Unlock()
-			if err != nil {
-				c.Close()
+			ok := answer(m)
+			barsBusy.Add(-1)
+			if !ok {
 				return
 			}
 		}
@@ -294,14 +317,16 @@ func (s *Server) handle(c net.Conn, r io.Reader) {
 	batch := make([]blockvol.Record, 0, maxBatch)
 	arena := make([]byte, 0, maxBatchBytes)
 	var cur blockvol.Status
-	apply := func() bool {
+	// apply applies the batch gathered so far; with ack it acknowledges
+	// it (a barrier's answer acknowledges what it covers instead).
+	apply := func(ack bool) bool {
 		if len(batch) == 0 {
 			return true
 		}
 		n, err := tgt.ApplyReplicatedBatch(batch)
-		var ack uint64
+		var applied uint64
 		if n > 0 {
-			ack = batch[n-1].LSN
+			applied = batch[n-1].LSN
 		}
 		if err != nil {
 			var at uint64
@@ -312,8 +337,11 @@ func (s *Server) handle(c net.Conn, r io.Reader) {
 			return false
 		}
 		batch, arena = batch[:0], arena[:0]
+		if !ack {
+			return true
+		}
 		wmu.Lock()
-		err = writeFrame(bw, typeAck, encodeAck(ack))
+		err = writeFrame(bw, typeAck, encodeAck(applied))
 		if err == nil {
 			err = bw.Flush()
 		}
@@ -344,13 +372,13 @@ func (s *Server) handle(c net.Conn, r io.Reader) {
 				fail(e)
 				return
 			}
-			if len(arena)+len(m.Rec.Data) > cap(arena) && !apply() {
+			if len(arena)+len(m.Rec.Data) > cap(arena) && !apply(true) {
 				return
 			}
 			if len(m.Rec.Data) > cap(arena) {
 				// Larger than the arena: apply it alone, from the frame.
 				batch = append(batch, m.Rec)
-				if !apply() {
+				if !apply(true) {
 					return
 				}
 				continue
@@ -360,12 +388,13 @@ func (s *Server) handle(c net.Conn, r io.Reader) {
 			m.Rec.Data = arena[off:len(arena):len(arena)]
 			batch = append(batch, m.Rec)
 			if br.Buffered() < frameHeaderSize || len(batch) >= maxBatch {
-				if !apply() {
+				// A barrier next answers for these records: no ack.
+				if !apply(!barrierNext(br)) {
 					return
 				}
 			}
 		case typeBarrier:
-			if !apply() {
+			if !apply(false) {
 				return
 			}
 			m, err := decodeBarrier(p)
@@ -377,13 +406,20 @@ func (s *Server) handle(c net.Conn, r io.Reader) {
 				fail(e)
 				return
 			}
+			if barsBusy.Load() == 0 && br.Buffered() == 0 {
+				if !answer(m) {
+					return
+				}
+				continue
+			}
+			barsBusy.Add(1)
 			select {
 			case bars <- m:
 			case <-barsDone:
 				return
 			}
 		default:
-			apply()
+			apply(true)
 			fail(&errorMsg{codeProtocol, fmt.Sprintf("unexpected %v", t)})
 			return
 		}
