@@ -281,22 +281,26 @@ func (p *Peer) writeBaseRequestLocked(tok engine.Token, req *request) (uint32, e
 		return p.writeRequestLocked(tok, req)
 	}
 	req.Volume, req.Epoch, req.Attempt = p.o.Name, tok.Epoch, tok.Attempt
-	// The frame header goes before the head in the same buffer.
-	hb := append(p.wbuf[:0], make([]byte, frameHeader)...)
-	hb = req.encodeHead(hb)
-	p.wbuf = hb
-	head := hb[frameHeader:]
-	n := len(head) + len(req.Data)
+	p.wbuf = req.encodeHead(p.wbuf[:0])
+	return p.writeFrameDirectLocked(p.wbuf, req.Data)
+}
+
+// writeFrameDirectLocked writes one frame whose payload is head then data
+// with one writev, after whatever the buffered writer holds, and returns
+// the payload's CRC32C. For large payloads: nothing of them is copied.
+func (p *Peer) writeFrameDirectLocked(head, data []byte) (uint32, error) {
+	n := len(head) + len(data)
 	if n > maxFrame {
 		return 0, fmt.Errorf("write frame: %d bytes exceed the %d byte limit", n, maxFrame)
 	}
-	crc := frameCRC(head, req.Data)
-	binary.BigEndian.PutUint32(hb[0:4], uint32(n))
-	binary.BigEndian.PutUint32(hb[4:8], crc)
+	crc := frameCRC(head, data)
+	var h [frameHeader]byte
+	binary.BigEndian.PutUint32(h[0:4], uint32(n))
+	binary.BigEndian.PutUint32(h[4:8], crc)
 	if err := p.bw.Flush(); err != nil {
 		return 0, err
 	}
-	bufs := net.Buffers{hb, req.Data}
+	bufs := net.Buffers{h[:], head, data}
 	if _, err := bufs.WriteTo(p.conn); err != nil {
 		return 0, err
 	}
@@ -526,7 +530,7 @@ func (p *Peer) StreamWAL(ctx context.Context, tok engine.Token, after, upTo uint
 		if fsync {
 			binary.BigEndian.PutUint64(cur[bAt:], 1)
 		}
-		_, err := writeFrameParts(p.bw, cur, nil)
+		_, err := p.writeFrameDirectLocked(cur, nil)
 		p.abuf = cur[:0]
 		return err
 	}
