@@ -57,9 +57,18 @@ type conn struct {
 	lastRecv atomic.Int64  // unix nanoseconds of the last PDU read
 	pingTTT  atomic.Uint32 // TTT of the outstanding target NOP-In, 0 if none
 
+	// armedAt is when the write deadline was last set (under wmu).
+	armedAt time.Time
+
 	// Reader-owned state.
 	nextTTT uint32
 	text    textExchange
+	// unflushed: the reader added responses of commands it ran itself to
+	// the write batch without flushing it (more input was buffered).
+	unflushed bool
+	// handOff counts the next quick commands the reader hands to
+	// goroutines anyway, after one it ran was slow.
+	handOff int
 
 	pduPool sync.Pool
 }
@@ -194,14 +203,55 @@ func (c *conn) sendNow(ps ...*outPDU) {
 	c.wmu.Unlock()
 }
 
+// sendBatched adds the PDUs of one response of a command the reader ran
+// itself to the write batch, in order. It flushes only when no other
+// writer is in line and the next PDU is not already buffered by the
+// reader: the reader then runs that one first and one writev carries
+// both responses. fullFeature flushes before it waits for input.
+func (c *conn) sendBatched(ps ...*outPDU) {
+	select {
+	case <-c.closing:
+		return
+	default:
+	}
+	c.wpending.Add(1)
+	c.wmu.Lock()
+	for _, p := range ps {
+		c.writeLocked(p)
+	}
+	if c.wpending.Add(-1) == 0 {
+		if c.rd.nextBuffered() {
+			c.unflushed = true
+		} else {
+			c.flushLocked()
+		}
+	}
+	c.wmu.Unlock()
+}
+
+// flushBatched sends what sendBatched left in the batch. Reader only.
+func (c *conn) flushBatched() {
+	c.unflushed = false
+	c.wpending.Add(1)
+	c.wmu.Lock()
+	if c.wpending.Add(-1) == 0 {
+		c.flushLocked()
+	}
+	c.wmu.Unlock()
+}
+
 // writeLocked stamps p with StatSN, ExpCmdSN and MaxCmdSN and adds it to
-// the batch. The caller holds wmu. The first PDU of a batch arms the write
-// deadline: the batch may be sent from inside wr.write when it grows large,
-// not only by flushLocked.
+// the batch. The caller holds wmu. The first PDU of a batch makes sure the
+// write deadline is at least 15/16 of WriteTimeout away (re-arming it
+// costs a timer update, so not every batch does): the batch may be sent
+// from inside wr.write when it grows large, not only by flushLocked.
 func (c *conn) writeLocked(p *outPDU) {
 	if !c.wfailed {
 		if c.wr.pending == 0 {
-			c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+			if now := time.Now(); now.Sub(c.armedAt) > c.srv.cfg.WriteTimeout/16 {
+				c.nc.SetWriteDeadline(now.Add(c.srv.cfg.WriteTimeout))
+				c.armedAt = now
+			}
 		}
 		exp, maxSN := c.sess.cmdSNs()
 		h := &p.hdr
@@ -288,6 +338,9 @@ func (c *conn) writer() {
 // graceful=true after a logout whose response is queued.
 func (c *conn) fullFeature() (graceful bool, err error) {
 	for {
+		if c.unflushed && !c.rd.nextBuffered() {
+			c.flushBatched()
+		}
 		err := c.rd.readHeader()
 		c.lastRecv.Store(time.Now().UnixNano())
 		if err != nil {

@@ -5,11 +5,16 @@
 //
 // It owns PDUs, sessions, connections, sequence numbers (CmdSN, StatSN,
 // DataSN, R2TSN), data movement (immediate data, unsolicited Data-Out, R2T,
-// Data-In splitting), task tags and task management. Each command runs on
-// its own goroutine, which writes its Data-In and status itself under the
-// connection's write lock (the last writer in line flushes the batch with
-// one writev, large payloads referenced, not copied) and then hands a
-// DataInReleaser logical unit its buffer back. It delegates every
+// Data-In splitting), task tags and task management. A command the logical
+// unit calls quick (QuickChecker: a small READ) runs on the connection's
+// reader, which adds its response to the write batch and flushes only when
+// the next PDU is not already buffered (one writev for a burst of reads;
+// a quick command that was slow makes the reader hand the next ones off).
+// Every other command runs on its own goroutine, which writes its Data-In
+// and status itself under the connection's write lock (the last writer in
+// line flushes the batch with one writev, large payloads referenced, not
+// copied). A DataInReleaser logical unit gets its buffer back once sent.
+// It delegates every
 // SCSI decision (CDB parsing, sense data, the block device) to a
 // LogicalUnit (normally frontend/scsi).
 //

@@ -145,6 +145,31 @@ func (pr *pduReader) readHeader() error {
 	return nil
 }
 
+// nextBuffered reports whether the whole next PDU (header, data, padding
+// and digests) is already buffered, so that reading it will not block.
+func (pr *pduReader) nextBuffered() bool {
+	n := pr.r.Buffered()
+	if n < bhsLen {
+		return false
+	}
+	b, err := pr.r.Peek(bhsLen)
+	if err != nil {
+		return false
+	}
+	h := (*bhs)(b)
+	total := bhsLen + h.ahsLen()
+	if pr.headerDigest {
+		total += digestLen
+	}
+	if d := h.dataLen(); d > 0 {
+		total += d + pad4(d)
+		if pr.dataDigest {
+			total += digestLen
+		}
+	}
+	return total <= n
+}
+
 // readData reads the data segment (plus padding and digest) of the PDU
 // whose header was just read into dst, which must be exactly dataLen bytes.
 func (pr *pduReader) readData(dst []byte) error {

@@ -64,6 +64,16 @@ type DataInReleaser interface {
 	ReleaseDataIn(resp *scsi.Response)
 }
 
+// QuickChecker is optionally implemented by a LogicalUnit: Quick reports
+// whether cmd usually completes without waiting (a small READ that copies
+// from the page cache). The connection's reader then runs it itself,
+// instead of handing it to a goroutine, and sends its response with the
+// next batch. A quick command that turns out slow makes the reader hand
+// the next ones off again for a while.
+type QuickChecker interface {
+	Quick(cmd *scsi.Command) bool
+}
+
 // CHAP holds the secrets of one side of CHAP authentication.
 type CHAP struct {
 	// User and Secret authenticate the initiator to the target.

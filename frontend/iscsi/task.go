@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"runtime/debug"
 	"sync"
+	"time"
 
 	"github.com/golang/glog"
 
@@ -171,6 +172,10 @@ func (c *conn) handleSCSICmd(h *bhs) error {
 	if !t.cmd.Write || edtl == 0 {
 		if err := c.rd.discardData(); err != nil {
 			return err
+		}
+		if c.runsInline(t) {
+			c.executeInline(t)
+			return nil
 		}
 		c.execute(t)
 		return nil
@@ -385,8 +390,50 @@ func (c *conn) execute(t *task) {
 	c.cmdWG.Add(1)
 	go func() {
 		defer c.cmdWG.Done()
-		c.respond(t, c.executeLU(t), true)
+		c.respond(t, c.executeLU(t), sendDirect)
 	}()
+}
+
+// Quick commands the reader ran itself: one slower than slowInline makes
+// it hand the next handOffAfterSlow quick ones to goroutines (the device
+// waits for something, say a disk read, and those run concurrently).
+const (
+	slowInline       = 250 * time.Microsecond
+	handOffAfterSlow = 64
+)
+
+// runsInline says whether the reader runs t itself: the logical unit
+// calls it quick (QuickChecker) and no quick command was slow lately.
+// A goroutine hand-off costs a wake-up and a scheduler round trip, more
+// than a page-cache read of a few blocks. Reader only.
+func (c *conn) runsInline(t *task) bool {
+	q, ok := c.sess.target.LU.(QuickChecker)
+	if !ok || !q.Quick(&t.cmd) {
+		return false
+	}
+	if c.handOff > 0 {
+		c.handOff--
+		return false
+	}
+	return true
+}
+
+// executeInline runs t on the reader and adds its response to the write
+// batch (sendBatched).
+func (c *conn) executeInline(t *task) {
+	c.mu.Lock()
+	if t.aborted {
+		c.mu.Unlock()
+		return
+	}
+	t.executing = true
+	c.mu.Unlock()
+	start := time.Now()
+	r := c.executeLU(t)
+	if time.Since(start) > slowInline {
+		c.handOff = handOffAfterSlow
+	}
+	c.respond(t, r, sendInline)
 }
 
 // executeLU runs the logical unit. A panic in it (a bug there, reachable
@@ -436,10 +483,24 @@ func (c *conn) releaseTaskBuf(t *task, recycle bool) {
 	close(t.done)
 }
 
+// How respond sends a response.
+type sendMode int
+
+const (
+	// sendQueued: through the writer goroutine (the reader, for
+	// responses it builds without running the logical unit).
+	sendQueued sendMode = iota
+	// sendDirect: written by the calling command goroutine (sendNow).
+	sendDirect
+	// sendInline: added to the batch by the reader, which ran the
+	// command itself (sendBatched).
+	sendInline
+)
+
 // respond sends the Data-In and status of a completed command. A command
-// goroutine writes them itself (direct); the reader queues them for the
-// writer, so that it never blocks on the socket.
-func (c *conn) respond(t *task, r *scsi.Response, direct bool) {
+// goroutine writes them itself (sendDirect); the reader batches those of
+// commands it ran itself (sendInline) and queues the rest for the writer.
+func (c *conn) respond(t *task, r *scsi.Response, mode sendMode) {
 	if !c.finishTask(t) {
 		// Aborted: no response, but give the slot back.
 		c.releaseTask(t)
@@ -493,12 +554,15 @@ func (c *conn) respond(t *task, r *scsi.Response, direct bool) {
 	var stack [8]*outPDU
 	ps, dataSN := c.dataInPDUs(stack[:0], t, in, statusInData, r.Status, resFlags, residual, release)
 	defer func() {
-		if direct {
+		switch mode {
+		case sendDirect:
 			c.sendNow(ps...)
-			return
-		}
-		for _, p := range ps {
-			c.send(p)
+		case sendInline:
+			c.sendBatched(ps...)
+		default:
+			for _, p := range ps {
+				c.send(p)
+			}
 		}
 	}()
 	if statusInData {
@@ -574,7 +638,7 @@ func (c *conn) dataInPDUs(ps []*outPDU, t *task, in []byte, withStatus bool, sta
 
 // finishWithSense completes a task that never reached the logical unit.
 func (c *conn) finishWithSense(t *task, sense []byte) {
-	c.respond(t, &scsi.Response{Status: scsi.StatusCheckCondition, Sense: sense}, false)
+	c.respond(t, &scsi.Response{Status: scsi.StatusCheckCondition, Sense: sense}, sendQueued)
 }
 
 // Fixed-format sense data the transport itself needs.

@@ -11,7 +11,9 @@
 //     overlapping writes through a range lock), SYNCHRONIZE CACHE,
 //     PRE-FETCH, GET LBA STATUS, READ CAPACITY; READ data-in buffers are
 //     recycled per unit (not zeroed: the device fills them) once the
-//     transport hands them back through ReleaseDataIn;
+//     transport hands them back through ReleaseDataIn; Quick tells a
+//     transport which commands (READs up to 128 KiB) it may run without a
+//     goroutine hand-off;
 //   - identification: INQUIRY with VPD pages 00h, 80h, 83h, B0h, B1h, B2h,
 //     REPORT LUNS, REPORT SUPPORTED OPERATION CODES and TASK MANAGEMENT
 //     FUNCTIONS;

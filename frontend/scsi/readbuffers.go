@@ -74,3 +74,49 @@ func (lu *LogicalUnit) ReleaseDataIn(resp *Response) {
 	resp.DataIn = nil
 	lu.readBufs.put(b)
 }
+
+// quickReadMax is the largest READ that Quick calls quick: copying more out
+// of the page cache takes long enough that running it beside the next
+// commands pays for a goroutine hand-off.
+const quickReadMax = 128 << 10
+
+// Quick reports whether cmd is a READ (6/10/12/16) of at most 128 KiB, the
+// command a transport may run on its reading goroutine (iscsi.QuickChecker):
+// it usually only copies from the page cache, so handing it to another
+// goroutine costs more than it runs. It only inspects the CDB; whether the
+// read is valid is Execute's business.
+func (lu *LogicalUnit) Quick(cmd *Command) bool {
+	cdb := cmd.CDB
+	if len(cdb) == 0 || cmd.Write {
+		return false
+	}
+	var n uint64
+	switch cdb[0] {
+	case opRead6:
+		if len(cdb) < 6 {
+			return false
+		}
+		n = uint64(cdb[4])
+		if n == 0 {
+			n = 256
+		}
+	case opRead10:
+		if len(cdb) < 10 {
+			return false
+		}
+		n = uint64(be16(cdb[7:9]))
+	case opRead12:
+		if len(cdb) < 12 {
+			return false
+		}
+		n = uint64(be32(cdb[6:10]))
+	case opRead16:
+		if len(cdb) < 16 {
+			return false
+		}
+		n = uint64(be32(cdb[10:14]))
+	default:
+		return false
+	}
+	return n*uint64(lu.bs) <= quickReadMax
+}

@@ -95,3 +95,29 @@ func TestReadBufferClasses(t *testing.T) {
 	odd := make([]byte, 100, 3000)
 	p.put(&odd) // not a class size: dropped
 }
+
+func TestQuick(t *testing.T) {
+	lu, _ := newTestLU(t, 1024, Options{})
+	for _, c := range []struct {
+		name  string
+		cmd   Command
+		quick bool
+	}{
+		{"read10 64k", Command{CDB: cdb10(opRead10, 0, 0, 64<<10/testBS), Read: true}, true},
+		{"read10 128k", Command{CDB: cdb10(opRead10, 0, 0, 128<<10/testBS), Read: true}, true},
+		{"read10 128k+1 block", Command{CDB: cdb10(opRead10, 0, 0, 128<<10/testBS+1), Read: true}, false},
+		{"read6 0 = 256 blocks", Command{CDB: cdb6(opRead6, 0, 0), Read: true}, 256*testBS <= 128<<10},
+		{"read6 1 block", Command{CDB: cdb6(opRead6, 0, 1), Read: true}, true},
+		{"read12", Command{CDB: cdb12(opRead12, 0, 0, 1), Read: true}, true},
+		{"read16", Command{CDB: cdb16(opRead16, 0, 0, 2), Read: true}, true},
+		{"read16 huge", Command{CDB: cdb16(opRead16, 0, 0, 0xFFFFFFFF), Read: true}, false},
+		{"read10 short cdb", Command{CDB: []byte{opRead10, 0, 0}, Read: true}, false},
+		{"write10", Command{CDB: cdb10(opWrite10, 0, 0, 1), Write: true}, false},
+		{"inquiry", Command{CDB: []byte{opInquiry, 0, 0, 0, 36, 0}, Read: true}, false},
+		{"empty", Command{}, false},
+	} {
+		if got := lu.Quick(&c.cmd); got != c.quick {
+			t.Errorf("%s: Quick = %v, want %v", c.name, got, c.quick)
+		}
+	}
+}
