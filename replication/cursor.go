@@ -100,6 +100,11 @@ type replica struct {
 	shipped     uint64 // highest LSN sent on the current connection
 	inflight    int64  // bytes sent and not yet acknowledged
 	barrierAck  uint64 // latest barrier answered (onProgress)
+	// accepted is the connection whose reports count: set once its
+	// session has checked the replica's position at hello (a replica
+	// ahead of the primary, or of another history, reports a durable LSN
+	// that says nothing about this primary's records).
+	accepted *Conn
 }
 
 // liveConn is one session's connection with what was put on it: the
@@ -269,6 +274,15 @@ func (r *replica) onProgress(cn *Conn) {
 	pr := cn.Progress()
 	p := r.p
 	p.mu.Lock()
+	if r.accepted != cn {
+		// Not (or no longer) the session's accepted connection: its
+		// hello position was refused, or it is being torn down.
+		p.mu.Unlock()
+		if cn.Err() != nil {
+			r.kick()
+		}
+		return
+	}
 	moved := false
 	if pr.Applied > r.applied {
 		r.applied = pr.Applied
@@ -365,7 +379,13 @@ func (r *replica) session() (bool, error) {
 		}
 	}()
 	defer func() { cancel(); watch.Wait() }()
+	defer r.set(func(r *replica) {
+		if r.accepted == cn {
+			r.accepted = nil
+		}
+	})
 	r.set(func(r *replica) {
+		r.accepted = cn
 		r.state, r.lastErr = StateCatchingUp, nil
 		r.applied, r.durable = cn.ReplicaHead(), rd
 		r.lastAck = time.Now()

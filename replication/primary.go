@@ -40,9 +40,6 @@ const (
 	// idleTick: how often an idle cursor looks for appends nobody
 	// announced and sends a barrier so replicas report durable progress.
 	idleTick = 50 * time.Millisecond
-	// shipBatchBytes: writes wake the cursors once this much was appended
-	// since they were last woken (see notify).
-	shipBatchBytes = 64 << 10
 )
 
 // PrimaryOptions configure NewPrimary.
@@ -122,8 +119,6 @@ type Primary struct {
 	changed  chan struct{}
 	closed   bool
 	shipList atomic.Pointer[[]*replica]
-	// unkicked: bytes appended since the cursors were last woken (notify).
-	unkicked atomic.Int64
 	// unchecked: members of NewPrimary's list still to be checked against
 	// the takeover head at their first successful hello.
 	unchecked map[string]bool
@@ -225,20 +220,6 @@ func (p *Primary) publishLocked() {
 func (p *Primary) broadcastLocked() {
 	close(p.changed)
 	p.changed = make(chan struct{})
-}
-
-// notify tells the cursors that n more bytes were appended, waking them
-// only once shipBatchBytes have gathered since they were last woken: a
-// cursor woken per 4 KiB write ships it alone (a socket write, a wake-up
-// and a WAL write on the replica, an ack back: several times the write
-// itself on two shared cores). What stays behind is shipped by the next
-// flush's barrier (RequestBarrier), or by the cursor's idle tick.
-func (p *Primary) notify(n int64) {
-	if p.unkicked.Add(n) < shipBatchBytes {
-		return
-	}
-	p.unkicked.Store(0)
-	p.Notify()
 }
 
 // Notify tells the cursors that records were appended. Writes through

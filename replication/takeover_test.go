@@ -2,6 +2,7 @@ package replication
 
 import (
 	"bytes"
+	"errors"
 	"path/filepath"
 	"testing"
 	"time"
@@ -189,5 +190,55 @@ func TestReplicaAheadOfPrimaryNeedsRebuild(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	if h := n.vol.Status().Head; h != 3 {
 		t.Fatalf("r1 head %d, want 3 (nothing appended)", h)
+	}
+}
+
+// TestAheadMemberNeverCountsForCommit: a member refused at hello (its
+// durable LSN is beyond the primary's head: records of another history)
+// is never counted durable by what it reported: a sync FLUSH waits for
+// it (it needs a rebuild) instead of committing on its word.
+func TestAheadMemberNeverCountsForCommit(t *testing.T) {
+	dir := t.TempDir()
+	const size, walSize = 4 << 20, 8 << 20
+	pv, err := blockvol.Create(filepath.Join(dir, "primary.blk"), size, blockvol.Options{WALSize: walSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pv.Unfence(1, blockvol.RolePrimary, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	n := newReplicaNode(t, dir, "r1", size, walSize, 1)
+	ghost := bytes.Repeat([]byte{0xee}, 4096)
+	for i := uint64(1); i <= 5; i++ {
+		if err := n.vol.ApplyReplicated(blockvol.Record{LSN: i, Epoch: 1, Kind: blockvol.KindWrite, LBA: i, Blocks: 1, Data: ghost}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := n.vol.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{t: t, pvol: pv, removed: make(chan string, 16), nodes: []*node{n}}
+	c.p, err = NewPrimary(pv, PrimaryOptions{
+		Name: volName, Mode: ModeSync, Epoch: 1, Members: c.members(),
+		RemoveMember:  func(id string) error { c.removed <- id; return nil },
+		MemberTimeout: 500 * time.Millisecond,
+		CommitTimeout: 400 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.dev = NewVolume(pv, c.p)
+	t.Cleanup(func() { c.close(t) })
+	waitFor(t, 10*time.Second, "r1 needs-rebuild", func() bool { return c.replicaStats("r1").State == StateNeedsRebuild })
+	write(t, c.dev, 7, 0x5a)
+	write(t, c.dev, 8, 0x5a)
+	if err := c.dev.Flush(); !errors.Is(err, ErrCommitTimeout) {
+		t.Fatalf("sync flush with a member that needs a rebuild: %v, want ErrCommitTimeout", err)
+	}
+	if s := c.replicaStats("r1"); s.Durable != 0 || s.Applied != 0 {
+		t.Fatalf("r1 stats %+v: counted the position it reported at a refused hello", s)
+	}
+	if c := c.p.Committed(); c != 0 {
+		t.Fatalf("committed %d with a member that holds none of the primary's records", c)
 	}
 }

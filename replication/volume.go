@@ -36,7 +36,7 @@ func (v *Volume) WriteAt(p []byte, off int64, fua bool) error {
 	if err := v.vol.WriteAt(p, off, false); err != nil {
 		return err
 	}
-	v.p.notify(int64(len(p)))
+	v.p.Notify()
 	if fua {
 		return v.Flush()
 	}
@@ -48,7 +48,7 @@ func (v *Volume) Trim(off, length int64) error {
 	if err := v.vol.Trim(off, length); err != nil {
 		return err
 	}
-	v.p.notify(4096)
+	v.p.Notify()
 	return nil
 }
 
@@ -57,7 +57,7 @@ func (v *Volume) WriteZeroes(off, length int64, fua bool) error {
 	if err := v.vol.WriteZeroes(off, length, false); err != nil {
 		return err
 	}
-	v.p.notify(4096)
+	v.p.Notify()
 	if fua {
 		return v.Flush()
 	}
