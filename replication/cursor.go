@@ -105,6 +105,10 @@ type replica struct {
 	// ahead of the primary, or of another history, reports a durable LSN
 	// that says nothing about this primary's records).
 	accepted *Conn
+	// acceptedHold is that session's WAL hold: a durable report advances
+	// it at once (no cursor wake-up), so a writer waiting for WAL room
+	// never finds it pinning records the replica already has durable.
+	acceptedHold *blockvol.Hold
 }
 
 // liveConn is one session's connection with what was put on it: the
@@ -287,9 +291,11 @@ func (r *replica) onProgress(cn *Conn) {
 	if pr.Applied > r.applied {
 		r.applied = pr.Applied
 	}
+	var advance *blockvol.Hold
 	if pr.Durable > r.durable {
 		r.durable = pr.Durable
 		moved = true
+		advance = r.acceptedHold
 	}
 	r.lastAck = pr.LastHeard
 	if moved {
@@ -301,16 +307,19 @@ func (r *replica) onProgress(cn *Conn) {
 		p.broadcastLocked()
 	}
 	// A plain ack needs no cursor pass (it settles its in-flight queue
-	// when it ships or waits for room, and advances the hold then or at
-	// its idle tick); an answered barrier lets it send the next one, which
-	// only matters while a flush wants more than is durable; a failure
-	// ends its session.
+	// when it ships or waits for room; the hold advanced above); an
+	// answered barrier lets it send the next one, which only matters
+	// while a flush wants more than is durable; a failure ends its
+	// session.
 	answered := pr.Barrier > r.barrierAck
 	if answered {
 		r.barrierAck = pr.Barrier
 	}
 	wanted := r.barrierWant.Load() > r.durable
 	p.mu.Unlock()
+	if advance != nil {
+		advance.Advance(pr.Durable + 1) // a revoked hold ends the session (its watch)
+	}
 	if ((moved || answered) && wanted) || cn.Err() != nil {
 		r.kick()
 	}
@@ -381,11 +390,11 @@ func (r *replica) session() (bool, error) {
 	defer func() { cancel(); watch.Wait() }()
 	defer r.set(func(r *replica) {
 		if r.accepted == cn {
-			r.accepted = nil
+			r.accepted, r.acceptedHold = nil, nil
 		}
 	})
 	r.set(func(r *replica) {
-		r.accepted = cn
+		r.accepted, r.acceptedHold = cn, hold
 		r.state, r.lastErr = StateCatchingUp, nil
 		r.applied, r.durable = cn.ReplicaHead(), rd
 		r.lastAck = time.Now()
