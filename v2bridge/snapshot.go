@@ -16,8 +16,10 @@ import (
 // manifest. PinBase opens exactly the snapshot the plan bound (L), checking
 // its manifest; the executor holds the WAL after L; TransferBase reads the
 // image instead of the live extent, over the same wire as a full base; the
-// replica checks what it received against the manifest's SHA-256. Unlike a
-// full base the image is exact, so Commit has no fuzzy head to replay to.
+// primary checks the bytes it read against the manifest's SHA-256 and the
+// replica checks what it received against the base's digest (baseDigest).
+// Unlike a full base the image is exact, so Commit has no fuzzy head to
+// replay to.
 
 // Errors of snapshot bases. Both wrap executor.ErrBaseUnavailable: the
 // executor escalates (NeedsRebuild) and the caller replans.
@@ -63,7 +65,7 @@ func (s *snapPin) Release() error {
 
 // pinSnapshot pins exactly the snapshot at lsn: it opens the primary's
 // snapshot (manifest and image size checked; the image's SHA-256 is checked
-// as it is sent, by baseDigestLocked and by the replica, which saves a read
+// as it is sent, by checkImageLocked before VerifyBase, which saves a read
 // of the whole image) and fails closed when it is missing, untrusted or at
 // another LSN.
 func (p *Peer) pinSnapshot(lsn uint64) (executor.Base, error) {
