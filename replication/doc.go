@@ -40,6 +40,14 @@
 // reported to RemoveMember. Equal epochs do not skip the takeover check
 // (a primary restarted in the same epoch may have rewritten LSNs it lost).
 //
+// Commit path (per FLUSH): the flush ships what the cursor has not and
+// the barrier in one socket write when the cursor is idle; the replica
+// applies what arrived with the barrier without acking it separately
+// (the barrier-ack covers it) and answers the barrier on its reader when
+// nothing else is buffered (an fsync behind more input goes to a second
+// goroutine so applying continues). A member's reports count only from a
+// connection whose hello position the cursor accepted.
+//
 // It must never: import upstream SeaweedFS or anything under weed/, import
 // another weedblock package except blockvol and blockdev, renumber a record
 // (replicas keep the primary's LSN and epoch), acknowledge a FLUSH before
