@@ -115,7 +115,8 @@ type pipeline struct {
 	hb   [requestHeaderLen]byte
 
 	running atomic.Int32 // requests handed to workers and not yet answered
-	handOff int          // writes to hand off before running one inline again; guarded by rmu
+	handOff int          // quick requests to hand off before running one inline again; guarded by rmu
+	held    bool         // replies written but not flushed by inline requests; guarded by rmu
 }
 
 // errEnd: the client ended the session (NBD_CMD_DISC, or hung up between
@@ -140,7 +141,7 @@ func (c *conn) transmit(dev blockdev.Device) error {
 				if r == nil {
 					return
 				}
-				c.execute(dev, r)
+				c.execute(dev, r, false)
 				c.release(r, p.budget)
 				p.running.Add(-1)
 			}
@@ -159,8 +160,18 @@ func (c *conn) next(dev blockdev.Device, p *pipeline) *request {
 	p.rmu.Lock()
 	defer p.rmu.Unlock()
 	for !p.stop {
+		if p.held && !c.nextBuffered() {
+			// Replies held back by inline requests go out before the
+			// reader may block on the socket.
+			p.held = false
+			c.flushReplies()
+		}
 		r, err := c.readRequest(p)
 		if err != nil {
+			if p.held {
+				p.held = false
+				c.flushReplies()
+			}
 			p.stop = true
 			if !errors.Is(err, errEnd) {
 				p.err = err
@@ -174,51 +185,65 @@ func (c *conn) next(dev blockdev.Device, p *pipeline) *request {
 			p.running.Add(1)
 			return r
 		}
-		isFlush := r.typ == cmdFlush
+		quick := r.typ != cmdFlush && (r.typ == cmdRead || r.flags&cmdFlagFUA == 0)
 		start := time.Now()
-		c.execute(dev, r)
+		// While the next request is already here, its reply can share
+		// this one's write.
+		hold := c.nextBuffered()
+		c.execute(dev, r, hold)
+		p.held = p.held || hold
 		c.release(r, p.budget) // r is recycled: no use after this
-		if !isFlush && time.Since(start) > slowInline {
-			// This device's writes wait for something (a full log, a
-			// slow disk): run the next ones concurrently.
+		if quick && time.Since(start) > slowInline {
+			// This device waits for something (a full log, a cache
+			// miss): run the next quick requests concurrently.
 			p.handOff = handOffAfterSlow
 		}
 	}
 	return nil
 }
 
-// slowInline: an inline write that took longer than this makes the reader
-// hand off the next handOffAfterSlow writes to workers.
+// slowInline: a quick request (small read or write-back write) that took
+// longer than this makes the reader hand the next handOffAfterSlow quick
+// ones to workers. inlineMaxData bounds the payload of a quick request.
 const (
 	slowInline       = 250 * time.Microsecond
 	handOffAfterSlow = 64
-	inlineMaxWrite   = 64 << 10
+	inlineMaxData    = 64 << 10
 )
 
-// runsInline says whether the reader runs r itself. Write-back writes,
-// trims and zeroing usually only append to the device's log or page cache,
-// unless the last one was slow. A FLUSH (or FUA) waits for the disk, so it
-// runs inline only when it is all the client is waiting for: nothing else
-// running and no further request already received; a client that waits
-// for the flush before sending more (queue depth 1, a database commit)
-// then pays no hand-off, and one that sends more meanwhile waits at most
-// that flush. A READ may wait for the disk and is always handed off.
+// runsInline says whether the reader runs r itself. Quick requests do:
+// write-back writes, trims and zeroing usually only append to the device's
+// log or page cache, and small reads usually come from the page cache,
+// unless the last one was slow. A FLUSH (or FUA request) waits for the
+// disk, so it runs inline only when it is all the client is waiting for
+// (idle); a client that waits for the flush before sending more (queue
+// depth 1, a database commit) then pays no hand-off, and one that sends
+// more meanwhile waits at most that flush.
 func (c *conn) runsInline(p *pipeline, r *request) bool {
 	switch r.typ {
-	case cmdWrite, cmdTrim, cmdWriteZeroes:
+	case cmdRead, cmdWrite, cmdTrim, cmdWriteZeroes:
 		// A big payload costs enough to copy and checksum that running
 		// it beside the next requests pays for the hand-off.
-		if r.flags&cmdFlagFUA == 0 && (r.typ != cmdWrite || r.length <= inlineMaxWrite) {
+		if (r.typ == cmdRead || r.typ == cmdWrite) && r.length > inlineMaxData {
+			return false
+		}
+		if r.typ == cmdRead || r.flags&cmdFlagFUA == 0 {
 			if p.handOff > 0 {
 				p.handOff--
 				return false
 			}
 			return true
 		}
+		return c.idle(p) // FUA: waits for the disk, like a FLUSH
 	case cmdFlush:
-	default:
-		return false
+		return c.idle(p)
 	}
+	return false
+}
+
+// idle says whether nothing else is running on the connection and no
+// further request has arrived: the client waits for this one alone.
+func (c *conn) idle(p *pipeline) bool {
 	return p.running.Load() == 0 && c.br.Buffered() == 0
 }
 
@@ -304,15 +329,15 @@ func (c *conn) release(r *request, budget *byteBudget) {
 // replyEarly answers a request the reader rejects before dispatching it.
 func (c *conn) replyEarly(h requestHeader, errno uint32, msg string) {
 	r := c.newRequest(h)
-	c.reply(r, errno, msg)
+	c.reply(r, errno, msg, false)
 	c.srv.reqs.Put(r)
 }
 
 // execute performs r on dev and sends its reply.
-func (c *conn) execute(dev blockdev.Device, r *request) {
+func (c *conn) execute(dev blockdev.Device, r *request, hold bool) {
 	errno, err := c.perform(dev, r)
 	if errno == 0 {
-		c.reply(r, 0, "")
+		c.reply(r, 0, "", hold)
 		return
 	}
 	if errno == errnoIO || errno == errnoShutdown {
@@ -320,7 +345,7 @@ func (c *conn) execute(dev blockdev.Device, r *request) {
 	} else {
 		glog.V(2).Infof("nbd: %s: command %d %d@%d: %v", c.nc.RemoteAddr(), r.typ, r.length, r.offset, err)
 	}
-	c.reply(r, errno, err.Error())
+	c.reply(r, errno, err.Error(), hold)
 }
 
 var (
@@ -421,12 +446,12 @@ func (c *conn) perform(dev blockdev.Device, r *request) (uint32, error) {
 // reply sends the reply to r: errno 0 with the read data for a READ, or an
 // error. Replies from all workers are serialized on the writer; the last
 // writer in line flushes, so a burst of completions costs one syscall.
-func (c *conn) reply(r *request, errno uint32, msg string) {
+func (c *conn) reply(r *request, errno uint32, msg string, hold bool) {
 	c.pending.Add(1)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	err := c.writeReply(r, errno, msg)
-	if c.pending.Add(-1) == 0 && err == nil {
+	if c.pending.Add(-1) == 0 && err == nil && !hold {
 		err = c.bw.Flush()
 		if err != nil {
 			err = fmt.Errorf("flush replies: %w", err)
@@ -437,6 +462,37 @@ func (c *conn) reply(r *request, errno uint32, msg string) {
 		glog.V(1).Infof("nbd: %s: %v", c.nc.RemoteAddr(), err)
 		c.shutdown()
 	}
+}
+
+// flushReplies sends the replies buffered so far.
+func (c *conn) flushReplies() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr != nil {
+		return
+	}
+	if err := c.bw.Flush(); err != nil {
+		c.werr = fmt.Errorf("flush replies: %w", err)
+		glog.V(1).Infof("nbd: %s: %v", c.nc.RemoteAddr(), c.werr)
+		c.shutdown()
+	}
+}
+
+// nextBuffered says whether the next request, payload included, has
+// arrived already, so reading it will not block. Only the reader calls it.
+func (c *conn) nextBuffered() bool {
+	n := c.br.Buffered()
+	if n < requestHeaderLen {
+		return false
+	}
+	b, err := c.br.Peek(requestHeaderLen)
+	if err != nil {
+		return false
+	}
+	if binary.BigEndian.Uint16(b[6:8]) != cmdWrite {
+		return true
+	}
+	return int64(n) >= requestHeaderLen+int64(binary.BigEndian.Uint32(b[24:28]))
 }
 
 func (c *conn) writeReply(r *request, errno uint32, msg string) error {

@@ -271,7 +271,9 @@ func TestOutOfOrderReplies(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := dialExport(t, addr, "d", true)
-	c.send(0, cmdRead, 1, 0, 4096, nil) // blocks in the device
+	// Blocks in the device. It is bigger than the reader runs itself, so
+	// the requests after it are read and answered meanwhile.
+	c.send(0, cmdRead, 1, 0, 2*inlineMaxData, nil)
 	select {
 	case <-dev.entered:
 	case <-time.After(10 * time.Second):
