@@ -289,14 +289,10 @@ func (p *Peer) writeBaseRequestLocked(tok engine.Token, req *request) (uint32, e
 // with one writev, after whatever the buffered writer holds, and returns
 // the payload's CRC32C. For large payloads: nothing of them is copied.
 func (p *Peer) writeFrameDirectLocked(head, data []byte) (uint32, error) {
-	n := len(head) + len(data)
-	if n > maxFrame {
-		return 0, fmt.Errorf("write frame: %d bytes exceed the %d byte limit", n, maxFrame)
+	h, crc, err := encodeFrameHeader(head, data)
+	if err != nil {
+		return 0, err
 	}
-	crc := frameCRC(head, data)
-	var h [frameHeader]byte
-	binary.BigEndian.PutUint32(h[0:4], uint32(n))
-	binary.BigEndian.PutUint32(h[4:8], crc)
 	if err := p.bw.Flush(); err != nil {
 		return 0, err
 	}

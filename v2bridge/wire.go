@@ -339,22 +339,31 @@ func frameCRC(head, data []byte) uint32 {
 // writeFrameParts writes one frame whose payload is head then data,
 // without flushing w, and returns the payload's CRC32C.
 func writeFrameParts(w *bufio.Writer, head, data []byte) (uint32, error) {
-	n := len(head) + len(data)
-	if n > maxFrame {
-		return 0, fmt.Errorf("write frame: %d bytes exceed the %d byte limit", n, maxFrame)
+	h, crc, err := encodeFrameHeader(head, data)
+	if err != nil {
+		return 0, err
 	}
-	crc := frameCRC(head, data)
-	var h [frameHeader]byte
-	binary.BigEndian.PutUint32(h[0:4], uint32(n))
-	binary.BigEndian.PutUint32(h[4:8], crc)
 	if _, err := w.Write(h[:]); err != nil {
 		return 0, err
 	}
 	if _, err := w.Write(head); err != nil {
 		return 0, err
 	}
-	_, err := w.Write(data)
+	_, err = w.Write(data)
 	return crc, err
+}
+
+// encodeFrameHeader returns the header of a frame whose payload is head
+// then data, and the payload's CRC32C.
+func encodeFrameHeader(head, data []byte) (h [frameHeader]byte, crc uint32, err error) {
+	n := len(head) + len(data)
+	if n > maxFrame {
+		return h, 0, fmt.Errorf("write frame: %d bytes exceed the %d byte limit", n, maxFrame)
+	}
+	crc = frameCRC(head, data)
+	binary.BigEndian.PutUint32(h[0:4], uint32(n))
+	binary.BigEndian.PutUint32(h[4:8], crc)
+	return h, crc, nil
 }
 
 // readFrame reads one frame into buf (grown as needed) and returns the

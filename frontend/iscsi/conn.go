@@ -186,7 +186,11 @@ func (c *conn) send(p *outPDU) {
 // sendNow writes the PDUs of one response from the calling goroutine, in
 // order and without another PDU in between; they are dropped if the
 // connection is closing.
-func (c *conn) sendNow(ps ...*outPDU) {
+func (c *conn) sendNow(ps ...*outPDU) { c.writeResponse(false, ps) }
+
+// writeResponse writes ps to the batch under wmu; the last writer in line
+// flushes, unless batch says a response of the reader's may follow at once.
+func (c *conn) writeResponse(batch bool, ps []*outPDU) {
 	select {
 	case <-c.closing:
 		return
@@ -198,7 +202,11 @@ func (c *conn) sendNow(ps ...*outPDU) {
 		c.writeLocked(p)
 	}
 	if c.wpending.Add(-1) == 0 {
-		c.flushLocked()
+		if batch && c.rd.nextBuffered() {
+			c.unflushed = true
+		} else {
+			c.flushLocked()
+		}
 	}
 	c.wmu.Unlock()
 }
@@ -208,26 +216,7 @@ func (c *conn) sendNow(ps ...*outPDU) {
 // writer is in line and the next PDU is not already buffered by the
 // reader: the reader then runs that one first and one writev carries
 // both responses. fullFeature flushes before it waits for input.
-func (c *conn) sendBatched(ps ...*outPDU) {
-	select {
-	case <-c.closing:
-		return
-	default:
-	}
-	c.wpending.Add(1)
-	c.wmu.Lock()
-	for _, p := range ps {
-		c.writeLocked(p)
-	}
-	if c.wpending.Add(-1) == 0 {
-		if c.rd.nextBuffered() {
-			c.unflushed = true
-		} else {
-			c.flushLocked()
-		}
-	}
-	c.wmu.Unlock()
-}
+func (c *conn) sendBatched(ps ...*outPDU) { c.writeResponse(true, ps) }
 
 // flushBatched sends what sendBatched left in the batch. Reader only.
 func (c *conn) flushBatched() {

@@ -377,13 +377,9 @@ func (c *conn) failTaskData(t *task, format string, args ...any) error {
 
 // execute runs the command on its own goroutine.
 func (c *conn) execute(t *task) {
-	c.mu.Lock()
-	if t.aborted {
-		c.mu.Unlock()
+	if !c.startExecuting(t) {
 		return
 	}
-	t.executing = true
-	c.mu.Unlock()
 	if t.cmd.Write {
 		t.cmd.DataOut = t.buf[:t.got]
 	}
@@ -421,19 +417,26 @@ func (c *conn) runsInline(t *task) bool {
 // executeInline runs t on the reader and adds its response to the write
 // batch (sendBatched).
 func (c *conn) executeInline(t *task) {
-	c.mu.Lock()
-	if t.aborted {
-		c.mu.Unlock()
+	if !c.startExecuting(t) {
 		return
 	}
-	t.executing = true
-	c.mu.Unlock()
 	start := time.Now()
 	r := c.executeLU(t)
 	if time.Since(start) > slowInline {
 		c.handOff = handOffAfterSlow
 	}
 	c.respond(t, r, sendInline)
+}
+
+// startExecuting marks t executing, unless it was aborted meanwhile.
+func (c *conn) startExecuting(t *task) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t.aborted {
+		return false
+	}
+	t.executing = true
+	return true
 }
 
 // executeLU runs the logical unit. A panic in it (a bug there, reachable
