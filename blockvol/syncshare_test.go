@@ -1,8 +1,11 @@
 package blockvol
 
 import (
+	"bytes"
 	"path/filepath"
 	"testing"
+
+	"github.com/weedblock/weedblock/blockvol/faultfs"
 )
 
 // TestSyncSharedByFlush: any fdatasync of the volume file (the flusher's,
@@ -55,5 +58,59 @@ func TestSyncSharedByFlush(t *testing.T) {
 	}
 	if st := v.Status(); st.Durable != st.Head {
 		t.Fatalf("after Flush: durable %d, head %d", st.Durable, st.Head)
+	}
+}
+
+// TestSharedSyncSurvivesCrash: writes made durable only by another
+// caller's fdatasync (the flusher's), then acknowledged by a Flush that
+// issued none, survive a crash that drops every unsynced write; a write
+// after that sync, never flushed, is not reported durable.
+func TestSharedSyncSurvivesCrash(t *testing.T) {
+	fs := faultfs.New()
+	opts := Options{FS: ffsAdapter{fs}, WALSize: 128 << 10, Standalone: true, ManualFlush: true}
+	v, err := Create("v", 1<<20, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if err := v.WriteAt(block(4096, byte(i+1)), int64(i)*4096, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := v.syncFile(); err != nil { // as the flusher's extent sync does
+		t.Fatal(err)
+	}
+	acked := v.Status().Head
+	syncs := fs.SyncCount()
+	if err := v.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if fs.SyncCount() != syncs {
+		t.Fatalf("Flush synced again (%d -> %d): it should rest on the earlier sync", syncs, fs.SyncCount())
+	}
+	if err := v.WriteAt(block(4096, 9), 3*4096, false); err != nil {
+		t.Fatal(err)
+	}
+	if st := v.Status(); st.Durable != acked {
+		t.Fatalf("durable %d after an unflushed write, want %d", st.Durable, acked)
+	}
+	fs.Crash(faultfs.CrashDropAll, 0)
+	v.Close()
+	v, err = Open("v", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if st := v.Status(); st.Head < acked {
+		t.Fatalf("after the crash head %d, want at least the acknowledged %d", st.Head, acked)
+	}
+	got := make([]byte, 4096)
+	for i := 0; i < 3; i++ {
+		if err := v.ReadAt(got, int64(i)*4096); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, block(4096, byte(i+1))) {
+			t.Fatalf("block %d lost after a crash although its Flush was acknowledged", i)
+		}
 	}
 }
