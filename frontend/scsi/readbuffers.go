@@ -90,33 +90,18 @@ func (lu *LogicalUnit) Quick(cmd *Command) bool {
 	if len(cdb) == 0 || cmd.Write {
 		return false
 	}
-	var n uint64
 	switch cdb[0] {
-	case opRead6:
-		if len(cdb) < 6 {
-			return false
-		}
-		n = uint64(cdb[4])
-		if n == 0 {
-			n = 256
-		}
-	case opRead10:
-		if len(cdb) < 10 {
-			return false
-		}
-		n = uint64(be16(cdb[7:9]))
-	case opRead12:
-		if len(cdb) < 12 {
-			return false
-		}
-		n = uint64(be32(cdb[6:10]))
-	case opRead16:
-		if len(cdb) < 16 {
-			return false
-		}
-		n = uint64(be32(cdb[10:14]))
+	case opRead6, opRead10, opRead12, opRead16:
 	default:
 		return false
+	}
+	info, cerr := lu.lookup(cdb)
+	if cerr != nil || len(cdb) < info.cdbLen {
+		return false
+	}
+	n := uint64(decodeLBA(cdb[:info.cdbLen]).n)
+	if info.op == opRead6 && n == 0 {
+		n = 256
 	}
 	return n*uint64(lu.bs) <= quickReadMax
 }
