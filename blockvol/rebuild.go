@@ -2,7 +2,11 @@ package blockvol
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/weedblock/weedblock/blockdev"
 )
@@ -144,6 +148,108 @@ func (v *Volume) SyncBase() error {
 	}
 	defer v.ops.Done()
 	return v.syncFile()
+}
+
+// WritebackFile is an optional capability of a File: hints about the
+// write-back of ranges written with WriteAt. A rebuild writes a whole
+// volume image once; with these it keeps only a few MiB of it dirty or
+// cached at a time (StartBaseWriteback, DropBase) instead of filling the
+// page cache with an image nobody reads from there, and its final sync has
+// little left to write.
+//
+// Neither makes anything durable: only a later Sync does (File's
+// durability contract is unchanged). An error may consume the file's
+// write-back error report (sync_file_range waits advance it), so the
+// volume treats any error from them like a failed Sync: fatal.
+type WritebackFile interface {
+	// WriteBehind starts writing the dirty cached data of [off, off+n)
+	// to the disk and returns without waiting for it.
+	WriteBehind(off, n int64) error
+	// DropBehind writes back what is still dirty in [off, off+n), waits
+	// for the write-back of the range, then drops its cached pages.
+	DropBehind(off, n int64) error
+}
+
+// WriteBehind is sync_file_range(SYNC_FILE_RANGE_WRITE).
+func (o *osFile) WriteBehind(off, n int64) error {
+	if n <= 0 {
+		return nil
+	}
+	if err := syncFileRange(o.fd, off, n, unix.SYNC_FILE_RANGE_WRITE); err != nil {
+		return &os.PathError{Op: "sync_file_range", Path: o.f.Name(), Err: err}
+	}
+	return nil
+}
+
+// DropBehind is sync_file_range(WAIT_BEFORE|WRITE|WAIT_AFTER), then
+// posix_fadvise(DONTNEED) of the range, which is clean by then.
+func (o *osFile) DropBehind(off, n int64) error {
+	if n <= 0 {
+		return nil
+	}
+	const wait = unix.SYNC_FILE_RANGE_WAIT_BEFORE | unix.SYNC_FILE_RANGE_WRITE | unix.SYNC_FILE_RANGE_WAIT_AFTER
+	if err := syncFileRange(o.fd, off, n, wait); err != nil {
+		return &os.PathError{Op: "sync_file_range", Path: o.f.Name(), Err: err}
+	}
+	if err := unix.Fadvise(o.fd, off, n, unix.FADV_DONTNEED); err != nil {
+		return &os.PathError{Op: "fadvise", Path: o.f.Name(), Err: err}
+	}
+	return nil
+}
+
+func syncFileRange(fd int, off, n int64, flags int) error {
+	for {
+		err := unix.SyncFileRange(fd, off, n, flags)
+		if !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
+}
+
+var _ WritebackFile = (*osFile)(nil)
+
+// StartBaseWriteback starts writing the base written at [off, off+n) back
+// to the disk (between BeginRebuild and InstallBase), without waiting: a
+// hint that keeps the dirty part of a base small, so that its writes
+// overlap the transfer. It makes nothing durable (InstallBase syncs). A
+// no-op on a file without WritebackFile; an error fails the volume.
+func (v *Volume) StartBaseWriteback(off, n int64) error {
+	return v.baseWriteback("start base write-back", off, n, false)
+}
+
+// DropBase waits for the write-back of the base at [off, off+n) (started
+// by StartBaseWriteback, or starting it now), then drops those pages from
+// the page cache: the image of a rebuild streams through a few MiB of
+// memory instead of staying cached. It makes nothing durable
+// (InstallBase syncs). A no-op on a file without WritebackFile; an error
+// fails the volume.
+func (v *Volume) DropBase(off, n int64) error {
+	return v.baseWriteback("drop base", off, n, true)
+}
+
+func (v *Volume) baseWriteback(op string, off, n int64, drop bool) error {
+	if err := v.beginBaseOp(op, off, n); err != nil {
+		return err
+	}
+	defer v.ops.Done()
+	wf, ok := v.f.(WritebackFile)
+	if !ok || n == 0 {
+		return nil
+	}
+	var err error
+	if drop {
+		err = wf.DropBehind(v.extentOff+off, n)
+	} else {
+		err = wf.WriteBehind(v.extentOff+off, n)
+	}
+	if err != nil {
+		// The file's write-back error may have been reported here and
+		// not again to the next sync: never go on as if written.
+		err = fmt.Errorf("%s: %s %d@%d: %w", v.path, op, n, off, err)
+		v.fail(err)
+		return err
+	}
+	return nil
 }
 
 // beginBaseOp checks a base write of length bytes at off and enters it (the

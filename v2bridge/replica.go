@@ -27,8 +27,8 @@ type Service struct {
 	closed  bool
 	wg      sync.WaitGroup
 	closeMu sync.Once
-	// syncEvery: base bytes between background syncs (baseSyncEvery)
-	syncEvery uint64
+	// writeBehind: base bytes per write-back window (baseWriteBehind)
+	writeBehind uint64
 }
 
 // replicaVol is one registered volume and its recovery session.
@@ -46,21 +46,31 @@ type replicaVol struct {
 	// sum is the digest (baseDigest) of the base requests applied so far;
 	// nil: no base transfer in progress (or it was lost)
 	sum *baseDigest
-	// Background syncs of the base (SyncBase) every syncEvery bytes, one
-	// at a time, counted in bg (the Service's wait group).
-	bg        *sync.WaitGroup
-	syncEvery uint64
-	unsynced  uint64
-	syncing   chan struct{} // closed when the running sync ends; nil: none yet
+	// Write-behind of the base (writeBehindLocked): every window bytes
+	// from wbFrom on are handed to the disk (StartBaseWriteback); the
+	// windows started and not yet dropped are started, oldest first.
+	window  uint64
+	wbFrom  uint64
+	started []baseSpan
 }
 
-// baseSyncEvery is how many base bytes a replica writes before it starts a
-// background sync of them (Service.syncEvery).
-const baseSyncEvery = 16 << 20
+// baseSpan is a range of the base: off, n bytes.
+type baseSpan struct{ off, n uint64 }
+
+// Write-behind of a base on the replica (Service.writeBehind, replicaVol.
+// writeBehindLocked).
+const (
+	// baseWriteBehind is how many base bytes a window holds: each is
+	// handed to the disk once written.
+	baseWriteBehind = 16 << 20
+	// writeBehindLag is how many started windows stay cached before the
+	// oldest is waited for and dropped from the page cache.
+	writeBehindLag = 2
+)
 
 // NewService returns a service with no volumes; call Serve to accept.
 func NewService() *Service {
-	return &Service{vols: map[string]*replicaVol{}, ls: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}, syncEvery: baseSyncEvery}
+	return &Service{vols: map[string]*replicaVol{}, ls: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}, writeBehind: baseWriteBehind}
 }
 
 // Register makes name's recovery served by vol. A name registered twice is
@@ -71,7 +81,7 @@ func (s *Service) Register(name string, vol *blockvol.Volume) error {
 	if _, ok := s.vols[name]; ok {
 		return fmt.Errorf("v2bridge: register %q: already registered", name)
 	}
-	s.vols[name] = &replicaVol{vol: vol, bg: &s.wg, syncEvery: s.syncEvery}
+	s.vols[name] = &replicaVol{vol: vol, window: s.writeBehind}
 	return nil
 }
 
@@ -480,6 +490,7 @@ func (rv *replicaVol) chunk(req *request, n uint64) error {
 			return fmt.Errorf("base of %d bytes for a %d byte volume: %w", req.C, rv.vol.Size(), executor.ErrBaseMismatch)
 		}
 		rv.baseLSN, rv.size, rv.next, rv.sum = req.B, req.C, 0, newBaseDigest(req.B, req.C)
+		rv.wbFrom, rv.started = 0, rv.started[:0]
 	}
 	if rv.sum == nil || req.B != rv.baseLSN || req.C != rv.size {
 		return fmt.Errorf("chunk of base %d/%d bytes without its manifest", req.B, req.C)
@@ -509,40 +520,39 @@ func (rv *replicaVol) base(req *request, crc uint32) error {
 	}
 	rv.sum.add(opBase, req.A, uint64(len(req.Data)), crc)
 	rv.next += uint64(len(req.Data))
-	rv.unsynced += uint64(len(req.Data))
-	rv.syncBehind()
+	if err := rv.writeBehindLocked(); err != nil {
+		rv.sum = nil // the volume failed: the transfer is lost
+		return err
+	}
 	return nil
 }
 
-// syncBehind starts a background SyncBase once syncEvery bytes were
-// written since the last one started, unless one still runs: the disk
-// writes of the base overlap its transfer. Called from a request handler
-// (a goroutine counted in rv.bg, so the Add is never concurrent with a
-// Wait at zero).
-func (rv *replicaVol) syncBehind() {
-	if rv.unsynced < rv.syncEvery || rv.bg == nil {
-		return
+// writeBehindLocked keeps the base written but not yet on the disk small
+// (a few windows): once a window of bytes is written it starts its
+// write-back, and once more than writeBehindLag windows were started it
+// waits for the oldest and drops it from the page cache. The image then
+// streams through a few windows of memory: the page cache is not filled
+// with a volume nobody reads from there (on a VM whose host takes back
+// freed guest memory, filling fresh pages is most of a rebuild's CPU),
+// the disk writes overlap the transfer, and InstallBase's fsync, which
+// alone makes the base durable, has little left to write. Neither call
+// makes anything durable; an error from one fails the volume.
+func (rv *replicaVol) writeBehindLocked() error {
+	if rv.window == 0 || rv.next-rv.wbFrom < rv.window {
+		return nil
 	}
-	if rv.syncing != nil {
-		select {
-		case <-rv.syncing:
-		default:
-			return // the last one still runs
-		}
+	w := baseSpan{rv.wbFrom, rv.next - rv.wbFrom}
+	if err := rv.vol.StartBaseWriteback(int64(w.off), int64(w.n)); err != nil {
+		return err
 	}
-	done := make(chan struct{})
-	rv.syncing, rv.unsynced = done, 0
-	vol := rv.vol
-	rv.bg.Add(1)
-	go func() {
-		defer rv.bg.Done()
-		defer close(done)
-		// A failure marks the volume failed: the next write of the base
-		// or InstallBase reports it.
-		if err := vol.SyncBase(); err != nil {
-			glog.V(1).Infof("v2bridge: background sync of a base: %v", err)
-		}
-	}()
+	rv.wbFrom = rv.next
+	rv.started = append(rv.started, w)
+	if len(rv.started) <= writeBehindLag {
+		return nil
+	}
+	old := rv.started[0]
+	rv.started = append(rv.started[:0], rv.started[1:]...)
+	return rv.vol.DropBase(int64(old.off), int64(old.n))
 }
 
 // zero writes a zero range of the base (req.D bytes at req.A): holes in
@@ -560,6 +570,10 @@ func (rv *replicaVol) zero(req *request, crc uint32) error {
 	}
 	rv.sum.add(opZero, req.A, req.D, crc)
 	rv.next += req.D
+	if err := rv.writeBehindLocked(); err != nil {
+		rv.sum = nil // the volume failed: the transfer is lost
+		return err
+	}
 	return nil
 }
 

@@ -243,7 +243,7 @@ func TestBaseRequestsSplit(t *testing.T) {
 
 func TestSparseRebuildEqualsPrimary(t *testing.T) {
 	svc, addr := startService(t)
-	svc.syncEvery = 64 << 10 // background syncs of the base on the way
+	svc.writeBehind = 64 << 10 // write-behind windows on the way
 	prim := primaryVol(t, 1, volOpts{size: 8 << 20})
 	// The replica holds old data everywhere; the primary only a little.
 	rep := junkReplica(t, 8<<20, 41)
@@ -392,67 +392,5 @@ func TestReplayDurableOnlyAtCommit(t *testing.T) {
 	}
 	if st := rep.Status(); pr.Achieved != target2 || st.Durable < target2 {
 		t.Fatalf("catch-up reached %d, replica durable %d", pr.Achieved, st.Durable)
-	}
-}
-
-func TestCloseWaitsForBackgroundSyncs(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc := NewService()
-	svc.syncEvery = bs // a background sync after every chunk
-	done := make(chan error, 1)
-	go func() { done <- svc.Serve(l) }()
-	prim := primaryVol(t, 1, volOpts{})
-	rep := newReplicaVol(t, "r.vol", 1, volOpts{})
-	svc.Register("vol1", rep)
-	writeRandom(t, prim, rand.New(rand.NewSource(45)), 300, 0, testSize/bs)
-	slots := engine.NewSlots()
-	tok, _ := slots.Acquire(engine.ReplicaID{Volume: "vol1", Server: "s2"}, 1, l.Addr().String())
-	defer slots.Release(tok)
-	p := NewPeer(slots, prim, PeerOptions{Name: "vol1", Addr: l.Addr().String()})
-	defer p.Close()
-	if err := p.MarkUntrusted(tok); err != nil {
-		t.Fatal(err)
-	}
-	base, err := p.PinBase(tok, engine.Full, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer base.Pin.Release()
-	for off := int64(0); off < base.Size; {
-		n, err := p.TransferBase(context.Background(), tok, base, off, 256<<10)
-		if err != nil {
-			t.Fatal(err)
-		}
-		off += n
-	}
-	// A hello: its answer comes after those of every chunk, so every
-	// chunk was written (and syncs started) before Close, which returns
-	// only once the last background sync has ended.
-	if _, err := p.Report(context.Background(), tok); err != nil {
-		t.Fatal(err)
-	}
-	svc.Close()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	svc.mu.Lock()
-	rv := svc.vols["vol1"]
-	svc.mu.Unlock()
-	rv.mu.Lock()
-	syncing := rv.syncing
-	rv.mu.Unlock()
-	if syncing == nil {
-		t.Fatal("no background sync ran")
-	}
-	select {
-	case <-syncing:
-	default:
-		t.Fatal("Close returned while a background sync still ran")
-	}
-	if !rep.Status().Untrusted {
-		t.Fatal("replica trusted without a verified base")
 	}
 }
