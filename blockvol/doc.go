@@ -9,7 +9,13 @@
 // records into the extent in LSN order, fdatasyncs, persists the checkpoint
 // in the superblock and only then frees WAL space. Retention holds keep WAL
 // records readable for lagging replicas, within a byte budget after which
-// the hold is revoked and its owner told. Role and epoch are persisted; a
+// the hold is revoked and its owner told. The page cache is kept in small
+// folios (a small write into a large folio dirties all of it): the flusher
+// writes the extent in page-sized pieces and drops the cached pages of WAL
+// space it frees, and it paces the extent's write-back so a FLUSH's
+// fdatasync never finds a whole round dirty (optional File methods
+// CacheDropper, WritebackPacer: advice, never a durability point).
+// Role and epoch are persisted; a
 // volume opens fenced (read-only) until Unfence (Options.Standalone opens
 // unfenced as primary of the persisted epoch, for a server without a
 // master). A recovery after a crash applies the recovered log to the

@@ -27,6 +27,24 @@ type File interface {
 	Close() error
 }
 
+// CacheDropper is an optional File method for a File read through a cache
+// (the page cache of an osFile). DropCache evicts the clean cached pages of
+// [off, off+length). It is advice: it never changes the file's content or
+// what is durable, and a File that caches nothing need not implement it.
+type CacheDropper interface {
+	DropCache(off, length int64) error
+}
+
+// WritebackPacer is an optional File method for a File written through a
+// cache. PaceWriteback waits for the write-back already under way in [off,
+// off+length) to finish, then starts write-back of what is dirty there now,
+// without waiting for it. It makes nothing durable (only Sync does), but a
+// write-back error it waits on is reported to it and may not be reported
+// again to the next Sync: the caller treats any error as a failed Sync.
+type WritebackPacer interface {
+	PaceWriteback(off, length int64) error
+}
+
 // FS creates and opens Files.
 type FS interface {
 	// Create makes a new file at path (failing if it exists) and makes its

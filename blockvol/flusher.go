@@ -176,6 +176,7 @@ func (v *Volume) flushOnce() (bool, error) {
 		natural = v.tailAbs
 	}
 	tailAbs, tailLSN := natural, naturalLSN
+	oldTailAbs := v.tailAbs
 	for h := range v.holds {
 		if h.lsn >= naturalLSN {
 			continue
@@ -220,6 +221,9 @@ func (v *Volume) flushOnce() (bool, error) {
 	}); err != nil {
 		return false, err
 	}
+	if tailLSN > v.tailLSN {
+		v.dropFreedWAL(oldTailAbs, tailAbs)
+	}
 
 	v.tailMu.Lock()
 	v.mu.Lock()
@@ -239,6 +243,16 @@ func (v *Volume) flushOnce() (bool, error) {
 	return true, nil
 }
 
+// extentWritebackBytes paces the flusher's extent writes: after this many
+// bytes it waits for the write-back it started last time, then starts the
+// write-back of these (WritebackPacer). The volume is one file, so an
+// fdatasync (a FLUSH's) writes every dirty extent page and waits for every
+// extent page under write-back: without pacing a FLUSH arriving during a
+// round waits for up to flushRoundBytes of random extent blocks (measured:
+// 8% of FLUSH fdatasyncs over 5 ms, 13 ms on average, most of the FLUSH
+// latency). Paced, it waits for at most about two steps of them.
+const extentWritebackBytes = 512 << 10
+
 // extentReadSpan bounds the WAL bytes applyToExtent reads with one pread.
 const extentReadSpan = 256 << 10
 
@@ -257,7 +271,17 @@ func (v *Volume) applyToExtent(todo []recMeta) error {
 		}
 	}()
 	var spanStart, spanEnd int64
+	pacer, _ := v.f.(WritebackPacer)
+	var dirty int64 // extent bytes written since write-back last started
 	for i := range todo {
+		if pacer != nil && dirty >= extentWritebackBytes {
+			// It makes nothing durable, but an error it waited on may
+			// not reach the next Sync: fatal, like a Sync's.
+			if err := pacer.PaceWriteback(v.extentOff, v.size); err != nil {
+				return fmt.Errorf("flusher: extent write-back: %w", err)
+			}
+			dirty = 0
+		}
 		m := &todo[i]
 		off := v.extentOff + int64(m.lba)*bs
 		v.snapSave(m.lba, uint64(m.blocks)) // a snapshot being taken keeps the old blocks
@@ -288,14 +312,66 @@ func (v *Volume) applyToExtent(todo []recMeta) error {
 				}
 			}
 			b := buf[start-spanStart : end-spanStart]
-			if _, err := v.f.WriteAt(b, off); err != nil {
+			if err := v.writeExtent(b, off); err != nil {
 				return fmt.Errorf("flusher: write extent for lsn %d: %w", m.lsn, err)
 			}
+			dirty += int64(len(b))
 		case KindTrim, KindZero:
 			if err := v.f.PunchHole(off, int64(m.blocks)*bs); err != nil {
 				return fmt.Errorf("flusher: punch extent for lsn %d: %w", m.lsn, err)
 			}
 		}
+	}
+	return nil
+}
+
+// dropFreedWAL evicts the cached pages of the WAL bytes [from, to)
+// (absolute positions) a flusher round has just freed, before writers may
+// reuse them (the page holding `to` is still in use and stays). Writes of
+// the next pass then create folios no larger than their own batches (see
+// extentPiece): a batch that landed in the folios of an earlier pass (a
+// 1 MiB write's, say) would dirty them whole, and the FLUSH's fdatasync
+// would write all of them back. Only clean pages go, so it never changes
+// what is durable; errors are ignored (it is advice).
+func (v *Volume) dropFreedWAL(from, to int64) {
+	d, ok := v.f.(CacheDropper)
+	if !ok {
+		return
+	}
+	from, to = alignDown(from, 4096), alignDown(to, 4096)
+	for from < to {
+		pos := from % v.walSize
+		n := min(to-from, v.walSize-pos)
+		if err := d.DropCache(walOffset+pos, n); err != nil {
+			glog.V(1).Infof("blockvol %s: drop freed WAL cache: %v", v.path, err)
+			return
+		}
+		from += n
+	}
+}
+
+// extentPiece bounds the bytes of one extent write: a page, or one block
+// where blocks are larger. Linux caches a file in folios as large as the
+// write that created them (ext4 and xfs do since 6.x) and writes a dirty
+// folio back whole: after a 1 MiB write the range sits in 1 MiB folios,
+// and each later 4 KiB write into it costs fdatasync 1 MiB of writeback.
+// Measured on a 256 MiB extent filled with 1 MiB writes: random 4 KiB
+// writes with an fdatasync every 4000 wrote 65 KiB per write and cost
+// 15.7 µs of CPU each; filled in 4 KiB pieces, 3 KiB and 5.5 µs. A block
+// device's extent takes random writes of any size, so its folios are kept
+// small; a large record costs one pwrite per page instead of one in all.
+const extentPiece = 4096
+
+// writeExtent writes b at off in pieces of at most max(extentPiece,
+// block size) bytes.
+func (v *Volume) writeExtent(b []byte, off int64) error {
+	piece := max(extentPiece, v.bs)
+	for len(b) > 0 {
+		n := min(len(b), piece)
+		if _, err := v.f.WriteAt(b[:n], off); err != nil {
+			return err
+		}
+		b, off = b[n:], off+int64(n)
 	}
 	return nil
 }

@@ -177,6 +177,35 @@ func (o *osFile) PunchHole(off, length int64) error {
 	return nil
 }
 
+// DropCache is posix_fadvise(DONTNEED): clean pages of the range leave the
+// page cache (dirty ones are only queued for writeback).
+func (o *osFile) DropCache(off, length int64) error {
+	if length <= 0 {
+		return nil
+	}
+	if err := unix.Fadvise(o.fd, off, length, unix.FADV_DONTNEED); err != nil {
+		return &os.PathError{Op: "fadvise dontneed", Path: o.f.Name(), Err: err}
+	}
+	return nil
+}
+
+// PaceWriteback is sync_file_range(WAIT_BEFORE|WRITE).
+func (o *osFile) PaceWriteback(off, length int64) error {
+	if length <= 0 {
+		return nil
+	}
+	for {
+		err := unix.SyncFileRange(o.fd, off, length, unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return &os.PathError{Op: "sync_file_range", Path: o.f.Name(), Err: err}
+		}
+		return nil
+	}
+}
+
 func (o *osFile) Truncate(size int64) error { return o.f.Truncate(size) }
 
 func (o *osFile) Size() (int64, error) {

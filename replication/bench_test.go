@@ -242,8 +242,9 @@ func benchRFRow(b *testing.B, writers int) {
 		iops    []float64
 		cpu     []float64
 		flushUS []float64
-		// per write: context switches, read and write system calls
-		csw, sysr, sysw []float64
+		// per write: context switches, read and write system calls,
+		// KiB the process caused to be written to the disk
+		csw, sysr, sysw, wkib []float64
 	}
 	sides := []*side{{name: "RF1"}, {name: "RF2"}}
 	for i, s := range sides {
@@ -278,6 +279,7 @@ func benchRFRow(b *testing.B, writers int) {
 			s.csw = append(s.csw, float64(osd.csw)/float64(n))
 			s.sysr = append(s.sysr, float64(osd.syscr)/float64(n))
 			s.sysw = append(s.sysw, float64(osd.syscw)/float64(n))
+			s.wkib = append(s.wkib, float64(osd.wbytes)/1024/float64(n))
 			if profiling {
 				pprof.StopCPUProfile()
 				runtime.SetBlockProfileRate(0)
@@ -309,6 +311,7 @@ func benchRFRow(b *testing.B, writers int) {
 		b.ReportMetric(median(s.csw), s.name+"-csw/write")
 		b.ReportMetric(median(s.sysr), s.name+"-rsys/write")
 		b.ReportMetric(median(s.sysw), s.name+"-wsys/write")
+		b.ReportMetric(median(s.wkib), s.name+"-diskKiB/write")
 	}
 	b.ReportMetric(median(ratios), "xRF1")
 }
@@ -413,11 +416,14 @@ func benchEnv(b *testing.B, name string, def int) int {
 
 // counts are the process's context switches (voluntary and not) and its
 // read and write system calls (/proc/self/io syscr, syscw: read, pread,
-// readv...; write, pwrite, writev...): robust under a busy machine.
-type counts struct{ csw, syscr, syscw int64 }
+// readv...; write, pwrite, writev...) and the bytes it sent to the disk
+// (write_bytes: page cache writeback it caused counts, so a write that
+// dirties a large folio shows what it really costs): robust under a busy
+// machine.
+type counts struct{ csw, syscr, syscw, wbytes int64 }
 
 func (a counts) sub(b counts) counts {
-	return counts{a.csw - b.csw, a.syscr - b.syscr, a.syscw - b.syscw}
+	return counts{a.csw - b.csw, a.syscr - b.syscr, a.syscw - b.syscw, a.wbytes - b.wbytes}
 }
 
 func osCounts() counts {
@@ -438,6 +444,8 @@ func osCounts() counts {
 				c.syscr = n
 			case "syscw":
 				c.syscw = n
+			case "write_bytes":
+				c.wbytes = n
 			}
 		}
 	}
