@@ -158,9 +158,11 @@ func (v *Volume) SyncBase() error {
 // little left to write.
 //
 // Neither makes anything durable: only a later Sync does (File's
-// durability contract is unchanged). An error may consume the file's
-// write-back error report (sync_file_range waits advance it), so the
-// volume treats any error from them like a failed Sync: fatal.
+// durability contract is unchanged). A file that cannot take a hint
+// ignores it (nil). An error is a failed write-back, which it may have
+// taken from the next Sync (sync_file_range waits consume the file's
+// write-back error report), so the volume treats it like a failed Sync:
+// fatal.
 type WritebackFile interface {
 	// WriteBehind starts writing the dirty cached data of [off, off+n)
 	// to the disk and returns without waiting for it.
@@ -191,19 +193,32 @@ func (o *osFile) DropBehind(off, n int64) error {
 	if err := syncFileRange(o.fd, off, n, wait); err != nil {
 		return &os.PathError{Op: "sync_file_range", Path: o.f.Name(), Err: err}
 	}
-	if err := unix.Fadvise(o.fd, off, n, unix.FADV_DONTNEED); err != nil {
+	if err := unix.Fadvise(o.fd, off, n, unix.FADV_DONTNEED); err != nil && !hintUnsupported(err) {
 		return &os.PathError{Op: "fadvise", Path: o.f.Name(), Err: err}
 	}
 	return nil
 }
 
+// syncFileRange is sync_file_range, retried on EINTR; a file (system)
+// that does not take the call is no error: the hint is only skipped. An
+// I/O error (EIO, ENOSPC: a failed write-back) is returned.
 func syncFileRange(fd int, off, n int64, flags int) error {
 	for {
 		err := unix.SyncFileRange(fd, off, n, flags)
-		if !errors.Is(err, unix.EINTR) {
-			return err
+		if errors.Is(err, unix.EINTR) {
+			continue
 		}
+		if err != nil && hintUnsupported(err) {
+			return nil
+		}
+		return err
 	}
+}
+
+// hintUnsupported: the error says the file does not take the hint, not
+// that a write failed.
+func hintUnsupported(err error) bool {
+	return errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ESPIPE) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP)
 }
 
 var _ WritebackFile = (*osFile)(nil)

@@ -1,6 +1,7 @@
 package v2bridge
 
 import (
+	"bytes"
 	"fmt"
 	"math/rand"
 	"os"
@@ -211,6 +212,51 @@ func TestCrashRebuildWithWriteBehind(t *testing.T) {
 			}
 			v.Close()
 		}
+	}
+}
+
+// TestBaseWritebackOnlyDuringRebuild: the write-back hints of a base are
+// refused outside a rebuild and outside the volume, and taken during one.
+func TestBaseWritebackOnlyDuringRebuild(t *testing.T) {
+	v := newReplicaVol(t, "r.vol", 1, volOpts{})
+	if err := v.StartBaseWriteback(0, bs); err == nil {
+		t.Fatal("write-back hint outside a rebuild accepted")
+	}
+	if err := v.DropBase(0, bs); err == nil {
+		t.Fatal("drop hint outside a rebuild accepted")
+	}
+	v.Fence()
+	if err := v.BeginRebuild(); err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, 64<<10)
+	for i := range p {
+		p[i] = byte(i | 1)
+	}
+	if err := v.WriteBase(p, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.StartBaseWriteback(0, int64(len(p))); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.DropBase(0, int64(len(p))); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.DropBase(v.Size()-bs, 2*bs); err == nil {
+		t.Fatal("drop hint beyond the volume accepted")
+	}
+	if err := v.InstallBase(0); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(p))
+	if err := v.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, p) {
+		t.Fatal("base dropped from the page cache reads back wrong")
+	}
+	if st := v.Status(); !st.Untrusted {
+		t.Fatalf("trusted before FinishRebuild: %+v", st)
 	}
 }
 
