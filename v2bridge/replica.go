@@ -46,11 +46,13 @@ type replicaVol struct {
 	// sum is the digest (baseDigest) of the base requests applied so far;
 	// nil: no base transfer in progress (or it was lost)
 	sum *baseDigest
-	// Write-behind of the base (writeBehindLocked): every window bytes
-	// from wbFrom on are handed to the disk (StartBaseWriteback); the
-	// windows started and not yet dropped are started, oldest first.
+	// Write-behind of the base (writeBehindLocked): once window bytes of
+	// data were written from wbFrom on (wbData), the range is handed to
+	// the disk (StartBaseWriteback); started holds the ranges started and
+	// not yet dropped, oldest first.
 	window  uint64
 	wbFrom  uint64
+	wbData  uint64
 	started []baseSpan
 }
 
@@ -490,7 +492,7 @@ func (rv *replicaVol) chunk(req *request, n uint64) error {
 			return fmt.Errorf("base of %d bytes for a %d byte volume: %w", req.C, rv.vol.Size(), executor.ErrBaseMismatch)
 		}
 		rv.baseLSN, rv.size, rv.next, rv.sum = req.B, req.C, 0, newBaseDigest(req.B, req.C)
-		rv.wbFrom, rv.started = 0, rv.started[:0]
+		rv.wbFrom, rv.wbData, rv.started = 0, 0, rv.started[:0]
 	}
 	if rv.sum == nil || req.B != rv.baseLSN || req.C != rv.size {
 		return fmt.Errorf("chunk of base %d/%d bytes without its manifest", req.B, req.C)
@@ -520,6 +522,7 @@ func (rv *replicaVol) base(req *request, crc uint32) error {
 	}
 	rv.sum.add(opBase, req.A, uint64(len(req.Data)), crc)
 	rv.next += uint64(len(req.Data))
+	rv.wbData += uint64(len(req.Data))
 	if err := rv.writeBehindLocked(); err != nil {
 		rv.sum = nil // the volume failed: the transfer is lost
 		return err
@@ -528,9 +531,10 @@ func (rv *replicaVol) base(req *request, crc uint32) error {
 }
 
 // writeBehindLocked keeps the base written but not yet on the disk small
-// (a few windows): once a window of bytes is written it starts its
-// write-back, and once more than writeBehindLag windows were started it
-// waits for the oldest and drops it from the page cache. The image then
+// (a few windows): once a window of data was written (zero ranges, holes,
+// count for nothing) it starts the range's write-back, and once more than
+// writeBehindLag windows were started it waits for the oldest and drops
+// it from the page cache. The image then
 // streams through a few windows of memory: the page cache is not filled
 // with a volume nobody reads from there (on a VM whose host takes back
 // freed guest memory, filling fresh pages is most of a rebuild's CPU),
@@ -538,14 +542,14 @@ func (rv *replicaVol) base(req *request, crc uint32) error {
 // alone makes the base durable, has little left to write. Neither call
 // makes anything durable; an error from one fails the volume.
 func (rv *replicaVol) writeBehindLocked() error {
-	if rv.window == 0 || rv.next-rv.wbFrom < rv.window {
+	if rv.window == 0 || rv.wbData < rv.window {
 		return nil
 	}
 	w := baseSpan{rv.wbFrom, rv.next - rv.wbFrom}
 	if err := rv.vol.StartBaseWriteback(int64(w.off), int64(w.n)); err != nil {
 		return err
 	}
-	rv.wbFrom = rv.next
+	rv.wbFrom, rv.wbData = rv.next, 0
 	rv.started = append(rv.started, w)
 	if len(rv.started) <= writeBehindLag {
 		return nil
@@ -570,10 +574,6 @@ func (rv *replicaVol) zero(req *request, crc uint32) error {
 	}
 	rv.sum.add(opZero, req.A, req.D, crc)
 	rv.next += req.D
-	if err := rv.writeBehindLocked(); err != nil {
-		rv.sum = nil // the volume failed: the transfer is lost
-		return err
-	}
 	return nil
 }
 
