@@ -297,7 +297,14 @@ func TestWriteBehindDropsBase(t *testing.T) {
 	if err := prim.Checkpoint(); err != nil {
 		t.Fatal(err)
 	}
-	rep := newReplicaVol(t, "r.vol", 1, volOpts{size: size, wal: 1 << 20})
+	rep, err := blockvol.Create(filepath.Join(diskDir(t), "r.vol"), size, blockvol.Options{WALSize: 1 << 20, FlushInterval: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rep.Close()
+	if err := rep.Unfence(1, blockvol.RoleReplica, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
 	out := rebuildInto(t, svc, addr, engine.NewSlots(), prim, rep)
 	wantInSync(t, out, prim.Status().Durable)
 	// The extent is the file's last size bytes.
@@ -307,6 +314,33 @@ func TestWriteBehindDropsBase(t *testing.T) {
 		t.Fatalf("%d of %d pages of the replica's extent still cached after its rebuild", cached, total)
 	}
 	sameDevice(t, prim, rep)
+}
+
+// diskDir is a new directory on a file system with a page cache in front
+// of a disk (the test's temporary directory, or else one beside the
+// package's sources), removed when the test ends: in tmpfs or ramfs every
+// page is the file and cannot be dropped.
+func diskDir(t *testing.T) string {
+	t.Helper()
+	inMemory := func(dir string) bool {
+		var st unix.Statfs_t
+		if err := unix.Statfs(dir, &st); err != nil {
+			t.Fatalf("statfs %s: %v", dir, err)
+		}
+		return st.Type == unix.TMPFS_MAGIC || st.Type == unix.RAMFS_MAGIC
+	}
+	if dir := t.TempDir(); !inMemory(dir) {
+		return dir
+	}
+	dir, err := os.MkdirTemp(".", "writebehind-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if inMemory(dir) {
+		t.Fatalf("no disk-backed directory for the page cache test (%s and %s are in memory)", os.TempDir(), dir)
+	}
+	return dir
 }
 
 // residentPages counts the pages of the last n bytes of the file at path
