@@ -2,11 +2,9 @@ package blockvol
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"os"
 
-	"golang.org/x/sys/unix"
+	"github.com/golang/glog"
 
 	"github.com/weedblock/weedblock/blockdev"
 )
@@ -150,94 +148,23 @@ func (v *Volume) SyncBase() error {
 	return v.syncFile()
 }
 
-// WritebackFile is an optional capability of a File: hints about the
-// write-back of ranges written with WriteAt. A rebuild writes a whole
-// volume image once; with these it keeps only a few MiB of it dirty or
-// cached at a time (StartBaseWriteback, DropBase) instead of filling the
-// page cache with an image nobody reads from there, and its final sync has
-// little left to write.
-//
-// Neither makes anything durable: only a later Sync does (File's
-// durability contract is unchanged). A file that cannot take a hint
-// ignores it (nil). An error is a failed write-back, which it may have
-// taken from the next Sync (sync_file_range waits consume the file's
-// write-back error report), so the volume treats it like a failed Sync:
-// fatal.
-type WritebackFile interface {
-	// WriteBehind starts writing the dirty cached data of [off, off+n)
-	// to the disk and returns without waiting for it.
-	WriteBehind(off, n int64) error
-	// DropBehind writes back what is still dirty in [off, off+n), waits
-	// for the write-back of the range, then drops its cached pages.
-	DropBehind(off, n int64) error
-}
-
-// WriteBehind is sync_file_range(SYNC_FILE_RANGE_WRITE).
-func (o *osFile) WriteBehind(off, n int64) error {
-	if n <= 0 {
-		return nil
-	}
-	if err := syncFileRange(o.fd, off, n, unix.SYNC_FILE_RANGE_WRITE); err != nil {
-		return &os.PathError{Op: "sync_file_range", Path: o.f.Name(), Err: err}
-	}
-	return nil
-}
-
-// DropBehind is sync_file_range(WAIT_BEFORE|WRITE|WAIT_AFTER), then
-// posix_fadvise(DONTNEED) of the range, which is clean by then.
-func (o *osFile) DropBehind(off, n int64) error {
-	if n <= 0 {
-		return nil
-	}
-	const wait = unix.SYNC_FILE_RANGE_WAIT_BEFORE | unix.SYNC_FILE_RANGE_WRITE | unix.SYNC_FILE_RANGE_WAIT_AFTER
-	if err := syncFileRange(o.fd, off, n, wait); err != nil {
-		return &os.PathError{Op: "sync_file_range", Path: o.f.Name(), Err: err}
-	}
-	if err := unix.Fadvise(o.fd, off, n, unix.FADV_DONTNEED); err != nil && !hintUnsupported(err) {
-		return &os.PathError{Op: "fadvise", Path: o.f.Name(), Err: err}
-	}
-	return nil
-}
-
-// syncFileRange is sync_file_range, retried on EINTR; a file (system)
-// that does not take the call is no error: the hint is only skipped. An
-// I/O error (EIO, ENOSPC: a failed write-back) is returned.
-func syncFileRange(fd int, off, n int64, flags int) error {
-	for {
-		err := unix.SyncFileRange(fd, off, n, flags)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil && hintUnsupported(err) {
-			return nil
-		}
-		return err
-	}
-}
-
-// hintUnsupported: the error says the file does not take the hint, not
-// that a write failed.
-func hintUnsupported(err error) bool {
-	return errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ESPIPE) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP)
-}
-
-var _ WritebackFile = (*osFile)(nil)
-
 // StartBaseWriteback starts writing the base written at [off, off+n) back
-// to the disk (between BeginRebuild and InstallBase), without waiting: a
-// hint that keeps the dirty part of a base small, so that its writes
-// overlap the transfer. It makes nothing durable (InstallBase syncs). A
-// no-op on a file without WritebackFile; an error fails the volume.
+// to the disk (between BeginRebuild and InstallBase), without waiting for
+// it: a hint that keeps the dirty part of a base small, so that its disk
+// writes overlap the transfer. It makes nothing durable (InstallBase
+// syncs). A no-op on a File that is no WritebackPacer; an error (a failed
+// write-back, which the next sync may then not report) fails the volume.
 func (v *Volume) StartBaseWriteback(off, n int64) error {
 	return v.baseWriteback("start base write-back", off, n, false)
 }
 
-// DropBase waits for the write-back of the base at [off, off+n) (started
-// by StartBaseWriteback, or starting it now), then drops those pages from
-// the page cache: the image of a rebuild streams through a few MiB of
-// memory instead of staying cached. It makes nothing durable
-// (InstallBase syncs). A no-op on a file without WritebackFile; an error
-// fails the volume.
+// DropBase waits for the write-back of the base at [off, off+n) started by
+// StartBaseWriteback (and starts it for whatever is still dirty there),
+// then drops those pages from the page cache: the image of a rebuild
+// streams through a few MiB of memory instead of filling the cache. It
+// makes nothing durable (InstallBase syncs). A no-op on a File that is
+// neither a WritebackPacer nor a CacheDropper; an error of the wait fails
+// the volume (one of the drop is only logged).
 func (v *Volume) DropBase(off, n int64) error {
 	return v.baseWriteback("drop base", off, n, true)
 }
@@ -247,22 +174,23 @@ func (v *Volume) baseWriteback(op string, off, n int64, drop bool) error {
 		return err
 	}
 	defer v.ops.Done()
-	wf, ok := v.f.(WritebackFile)
-	if !ok || n == 0 {
+	if n == 0 {
 		return nil
 	}
-	var err error
-	if drop {
-		err = wf.DropBehind(v.extentOff+off, n)
-	} else {
-		err = wf.WriteBehind(v.extentOff+off, n)
+	if p, ok := v.f.(WritebackPacer); ok {
+		if err := p.PaceWriteback(v.extentOff+off, n); err != nil {
+			// The file's write-back error may have been reported here
+			// and not again to the next sync: never go on as if written.
+			err = fmt.Errorf("%s: %s %d@%d: %w", v.path, op, n, off, err)
+			v.fail(err)
+			return err
+		}
 	}
-	if err != nil {
-		// The file's write-back error may have been reported here and
-		// not again to the next sync: never go on as if written.
-		err = fmt.Errorf("%s: %s %d@%d: %w", v.path, op, n, off, err)
-		v.fail(err)
-		return err
+	if d, ok := v.f.(CacheDropper); ok && drop {
+		// Advice: its failure loses nothing.
+		if err := d.DropCache(v.extentOff+off, n); err != nil {
+			glog.V(1).Infof("blockvol %s: %s %d@%d: %v", v.path, op, n, off, err)
+		}
 	}
 	return nil
 }

@@ -56,16 +56,17 @@
 // needs the replica's extent fsynced once, in InstallBase (VerifyBase), not
 // per chunk. The replica writes the base behind it (writeBehindLocked):
 // the range holding each 16 MiB of base data written is handed to the
-// disk at once (blockvol's StartBaseWriteback, sync_file_range WRITE), and
+// disk at once (blockvol's StartBaseWriteback: sync_file_range), and
 // once more than two such windows are in flight the oldest is waited for
 // and dropped from the page cache (DropBase). The disk writes overlap the
 // transfer, InstallBase's fsync has little left to write, and the image
 // streams through about 48 MiB of page cache instead of filling it: on a
 // VM whose host takes freed guest memory back, filling fresh pages was
 // most of a large rebuild's CPU (1 GiB: 3-4.5 CPU-s/GiB with or without a
-// write load; 1.2-1.6 with the drop). The hints make nothing durable; an
-// error from one fails the replica's volume (it may have taken the file's
-// write-back error from the next fsync).
+// write load; 1.2-1.6 with the drop). The hints (blockvol's
+// WritebackPacer and CacheDropper) make nothing durable; an error of a
+// write-back wait fails the replica's volume (it may have taken the
+// file's write-back error from the next fsync).
 // The replay after the base (until Commit) asks for no fsync
 // either: the replica is untrusted until Commit, which fsyncs it before it
 // checks the achieved LSN and clears the flag in FinishRebuild; so replay

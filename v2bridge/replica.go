@@ -62,8 +62,8 @@ type baseSpan struct{ off, n uint64 }
 // Write-behind of a base on the replica (Service.writeBehind, replicaVol.
 // writeBehindLocked).
 const (
-	// baseWriteBehind is how many base bytes a window holds: each is
-	// handed to the disk once written.
+	// baseWriteBehind is how many bytes of base data a window holds:
+	// each is handed to the disk once written.
 	baseWriteBehind = 16 << 20
 	// writeBehindLag is how many started windows stay cached before the
 	// oldest is waited for and dropped from the page cache.

@@ -20,17 +20,18 @@ import (
 	"github.com/weedblock/weedblock/executor"
 )
 
-// hintFS is a faultfs whose files also take write-back hints
-// (blockvol.WritebackFile) as an osFile does. A hint makes nothing
-// durable: by default it does nothing. With failDrop set, the first
-// DropBehind reports a write-back error the way sync_file_range does on
-// Linux: the file's pending writes are lost (a Sync armed to fail) and the
-// error is reported to the hint, no longer to the next Sync.
+// hintFS is a faultfs whose files also take the write-back and cache
+// hints of an osFile (blockvol.WritebackPacer, blockvol.CacheDropper).
+// A hint makes nothing durable: by default it does nothing. With
+// failPace set, the first PaceWriteback reports a write-back error the
+// way sync_file_range does on Linux: the file's pending writes are lost
+// (a Sync armed to fail) and the error is reported to the hint, no longer
+// to the next Sync.
 type hintFS struct {
 	fs       *faultfs.FS
-	failDrop bool
-	writes   atomic.Int64 // WriteBehind calls
-	drops    atomic.Int64 // DropBehind calls
+	failPace bool
+	paces    atomic.Int64 // PaceWriteback calls
+	drops    atomic.Int64 // DropCache calls
 	failed   atomic.Bool  // the failure was injected
 }
 
@@ -55,20 +56,23 @@ type hintFile struct {
 	h *hintFS
 }
 
-var _ blockvol.WritebackFile = (*hintFile)(nil)
+var (
+	_ blockvol.WritebackPacer = (*hintFile)(nil)
+	_ blockvol.CacheDropper   = (*hintFile)(nil)
+)
 
-func (f *hintFile) WriteBehind(off, n int64) error {
-	f.h.writes.Add(1)
-	return nil
-}
-
-func (f *hintFile) DropBehind(off, n int64) error {
-	f.h.drops.Add(1)
-	if f.h.failDrop && f.h.failed.CompareAndSwap(false, true) {
+func (f *hintFile) PaceWriteback(off, n int64) error {
+	f.h.paces.Add(1)
+	if f.h.failPace && f.h.failed.CompareAndSwap(false, true) {
 		// The write-back failed; this hint is the one that hears of it.
 		f.h.fs.FailSync(f.h.fs.SyncCount()+1, syscall.EIO)
 		return f.File.Sync()
 	}
+	return nil
+}
+
+func (f *hintFile) DropCache(off, n int64) error {
+	f.h.drops.Add(1)
 	return nil
 }
 
@@ -103,7 +107,7 @@ func TestWriteBehindErrorFailsRebuild(t *testing.T) {
 	if err := prim.Checkpoint(); err != nil {
 		t.Fatal(err)
 	}
-	h := &hintFS{fs: faultfs.New(), failDrop: true}
+	h := &hintFS{fs: faultfs.New(), failPace: true}
 	const path = "/r.vol"
 	rep, err := blockvol.Create(path, prim.Size(), hintVolOpts(h))
 	if err != nil {
@@ -115,7 +119,7 @@ func TestWriteBehindErrorFailsRebuild(t *testing.T) {
 	}
 	out := rebuildInto(t, svc, addr, engine.NewSlots(), prim, rep)
 	if !h.failed.Load() {
-		t.Fatalf("no write-back error injected (%d write-behinds, %d drops)", h.writes.Load(), h.drops.Load())
+		t.Fatalf("no write-back error injected (%d paces, %d drops)", h.paces.Load(), h.drops.Load())
 	}
 	if out.Kind == engine.OutcomeInSync {
 		t.Fatalf("rebuild in sync although its base's write-back failed: %v", out)
@@ -169,8 +173,8 @@ func TestCrashRebuildWithWriteBehind(t *testing.T) {
 	if done, _ := run(dry); !done {
 		t.Fatal("dry run not in sync")
 	}
-	if dry.writes.Load() == 0 || dry.drops.Load() == 0 {
-		t.Fatalf("dry run gave %d write-behinds and %d drops", dry.writes.Load(), dry.drops.Load())
+	if dry.paces.Load() == 0 || dry.drops.Load() == 0 {
+		t.Fatalf("dry run gave %d paces and %d drops", dry.paces.Load(), dry.drops.Load())
 	}
 	syncs := dry.fs.SyncCount()
 	for at := 1; at <= syncs+1; at++ {
