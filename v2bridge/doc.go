@@ -58,7 +58,9 @@
 // the range holding each 16 MiB of base data written is handed to the
 // disk at once (blockvol's StartBaseWriteback: sync_file_range), and
 // once more than two such windows are in flight the oldest is waited for
-// and dropped from the page cache (DropBase). The disk writes overlap the
+// and dropped from the page cache (DropBase); before InstallBase the rest
+// is written back and dropped too, so no large folio of the base stays
+// cached for a later 4 KiB write to dirty whole. The disk writes overlap the
 // transfer, InstallBase's fsync has little left to write, and the image
 // streams through about 48 MiB of page cache instead of filling it: on a
 // VM whose host takes freed guest memory back, filling fresh pages was

@@ -559,6 +559,35 @@ func (rv *replicaVol) writeBehindLocked() error {
 	return rv.vol.DropBase(int64(old.off), int64(old.n))
 }
 
+// dropRestLocked writes back and drops from the page cache the part of
+// the base writeBehindLocked has not dropped yet (the windows in flight
+// and the data after them), before InstallBase: its fsync would wait for
+// that write-back anyway, and the replay and every later write then find
+// none of the base's large folios (a 1 MiB write caches its range in
+// 1 MiB folios, which a 4 KiB write dirties whole) but make their own
+// small ones. Like writeBehindLocked, it makes nothing durable.
+func (rv *replicaVol) dropRestLocked() error {
+	if rv.window == 0 {
+		return nil
+	}
+	rest := baseSpan{rv.wbFrom, rv.next - rv.wbFrom}
+	if rest.n > 0 {
+		if err := rv.vol.StartBaseWriteback(int64(rest.off), int64(rest.n)); err != nil {
+			return err
+		}
+	}
+	for _, w := range append(rv.started, rest) {
+		if w.n == 0 {
+			continue
+		}
+		if err := rv.vol.DropBase(int64(w.off), int64(w.n)); err != nil {
+			return err
+		}
+	}
+	rv.wbFrom, rv.wbData, rv.started = rv.next, 0, rv.started[:0]
+	return nil
+}
+
 // zero writes a zero range of the base (req.D bytes at req.A): holes in
 // the extent, and one entry in the digest like a chunk's.
 func (rv *replicaVol) zero(req *request, crc uint32) error {
@@ -596,6 +625,9 @@ func (rv *replicaVol) verify(req *request) error {
 		if terms, err = decodeTerms(req.Data); err != nil {
 			return fmt.Errorf("base %d: %w", rv.baseLSN, err)
 		}
+	}
+	if err := rv.dropRestLocked(); err != nil {
+		return err
 	}
 	if err := rv.vol.InstallBaseTerms(rv.baseLSN, terms); err != nil {
 		return err

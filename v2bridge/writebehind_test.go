@@ -314,7 +314,7 @@ func TestWriteBehindDropsBase(t *testing.T) {
 	// The extent is the file's last size bytes.
 	cached, total := residentPages(t, rep.Path(), size)
 	t.Logf("%d of %d pages of the replica's extent cached", cached, total)
-	if cached > total/4 {
+	if cached > total/16 {
 		t.Fatalf("%d of %d pages of the replica's extent still cached after its rebuild", cached, total)
 	}
 	sameDevice(t, prim, rep)
