@@ -108,7 +108,7 @@ func benchEnvInt(b *testing.B, name string, def int) int {
 // and prints one table with IOPS, MB/s and the ratios. Run it with
 // -benchtime 1x (b.N is ignored). Knobs: WEEDBLOCK_BENCH_RUNTIME (seconds
 // per fio/iscsi-perf job, default 3, plus 1 s fio ramp),
-// WEEDBLOCK_BENCH_ROUNDS (runs per single-node cell and per iSCSI cell,
+// WEEDBLOCK_BENCH_ROUNDS (runs per cell, RF=2/RF=3 included,
 // median; default 3), WEEDBLOCK_BENCH_ROWS (which row groups run: a subset
 // of nbd,iscsi,replicated; default all; the others print "-"),
 // WEEDBLOCK_BENCH_SIZE (MiB per volume/file, default 256), and
@@ -193,36 +193,104 @@ func BenchmarkProduct(b *testing.B) {
 			b.Fatalf("prefill %s: %v", single[i].name, err)
 		}
 	}
-	// Each workload runs on the three targets back to back (rounds times,
+	// Replicated: an RF=2 sync and an RF=3 quorum volume on a real cluster,
+	// set up first so their rows run in the same rounds as RF=1.
+	var cluster *benchCluster
+	var clusterErr error
+	rfTargets := []struct {
+		name, vol, args string
+		rf              int
+		uri             string
+		err             error
+	}{
+		{"RF=2 sync", "bench-rf2", "-rf=2 -durability=sync", 2, "", nil},
+		{"RF=3 quorum", "bench-rf3", "-rf=3 -durability=quorum", 3, "", nil},
+	}
+	if rows["replicated"] {
+		cluster, clusterErr = startBenchCluster(b, filepath.Join(dir, "cluster"), 3)
+	}
+	for i := range rfTargets {
+		t := &rfTargets[i]
+		switch {
+		case !rows["replicated"]:
+			t.err = errNotMeasured
+		case clusterErr != nil:
+			t.err = fmt.Errorf("cluster: %w", clusterErr)
+		default:
+			t.uri, t.err = cluster.createReplicated(t.vol, "-size="+strconv.Itoa(sizeMiB)+"MiB "+t.args, t.rf)
+			if t.err == nil {
+				// Written once like the single-node targets, so every row
+				// compares writes over allocated blocks, then left until
+				// the copies have flushed the prefill.
+				if err := prefill([]string{"--ioengine=nbd", "--uri=" + t.uri}); err != nil {
+					t.err = fmt.Errorf("prefill: %w", err)
+				} else if err := cluster.settled(t.vol); err != nil {
+					t.err = fmt.Errorf("after prefill: %w", err)
+				}
+			}
+		}
+	}
+
+	// Each workload runs on every target back to back (rounds times,
 	// rotating which goes first; the median counts), so a busy moment of
-	// the machine hits them alike.
-	results := make([][]cell, len(single))
-	for k := range single {
+	// the machine hits them alike: the single-node targets, and for the
+	// replicated workloads the RF=2 and RF=3 volumes, whose ratio to RF=1
+	// is then taken between runs seconds apart.
+	type target struct {
+		name  string
+		timed []string
+		fatal bool // a failed job fails the benchmark (else: an n/a cell)
+		out   []cell
+	}
+	results := make([][]cell, len(single)+len(rfTargets))
+	for k := range results {
 		results[k] = make([]cell, len(productWorkloads))
 	}
 	for i, w := range productWorkloads {
-		if !rows["nbd"] {
-			for k := range single {
-				results[k][i] = cell{err: errNotMeasured}
+		var targets []*target
+		for k := range single {
+			results[k][i] = cell{err: errNotMeasured}
+			if rows["nbd"] {
+				targets = append(targets, &target{single[k].name, single[k].timed, true, results[k]})
 			}
-			continue
 		}
-		runs := make([][]figures, len(single))
+		for k, t := range rfTargets {
+			out := results[len(single)+k]
+			switch {
+			case !w.replicated:
+				out[i] = cell{err: errNotMeasured}
+			case t.err != nil:
+				out[i] = cell{err: t.err}
+			default:
+				targets = append(targets, &target{t.name, nbd(t.uri), false, out})
+			}
+		}
+		runs := make([][]figures, len(targets))
+		errs := make([]error, len(targets))
 		for r := range rounds {
-			for n := range single {
-				k := (n + r) % len(single)
-				f, err := fio(append(append([]string{}, single[k].timed...), w.args...)...)
-				if err != nil {
-					b.Fatalf("%s %s: %v", single[k].name, w.name, err)
+			for n := range targets {
+				k := (n + r) % len(targets)
+				if errs[k] != nil {
+					continue
 				}
+				f, err := fio(append(append([]string{}, targets[k].timed...), w.args...)...)
+				if err != nil && targets[k].fatal {
+					b.Fatalf("%s %s: %v", targets[k].name, w.name, err)
+				}
+				errs[k] = err
 				runs[k] = append(runs[k], f)
 			}
 		}
-		for k := range single {
-			results[k][i] = cell{f: medianFigures(runs[k])}
+		for k, t := range targets {
+			if errs[k] != nil {
+				t.out[i] = cell{err: errs[k]}
+			} else {
+				t.out[i] = cell{f: medianFigures(runs[k])}
+			}
 		}
 	}
 	raw, kit, rf1 := results[0], results[1], results[2]
+	rf2, rf3 := results[3], results[4]
 
 	// iscsi-perf: ours beside tgtd, rounds times each, alternating which
 	// goes first; the median counts.
@@ -292,58 +360,15 @@ func BenchmarkProduct(b *testing.B) {
 		notes = append(notes, msg)
 	}
 
-	// Replicated: RF=2 sync and RF=3 quorum on a real cluster.
-	rf2 := make([]cell, len(productWorkloads))
-	rf3 := make([]cell, len(productWorkloads))
-	var cluster *benchCluster
-	var clusterErr error
-	measureRF := func(out []cell, name, uri string, err error) {
-		if err == nil {
-			// Written once like the single-node targets, so every row
-			// compares writes over allocated blocks, then left until the
-			// copies have flushed the prefill (as the RF=1 target has by
-			// its turn).
-			if perr := prefill([]string{"--ioengine=nbd", "--uri=" + uri}); perr != nil {
-				err = fmt.Errorf("prefill: %w", perr)
-			} else if serr := cluster.settled(name); serr != nil {
-				err = fmt.Errorf("after prefill: %w", serr)
-			}
-		}
-		for i, w := range productWorkloads {
-			switch {
-			case !w.replicated:
-				out[i] = cell{err: errNotMeasured}
-			case err != nil:
-				out[i] = cell{err: err}
-			default:
-				f, ferr := fio(append(nbd(uri), w.args...)...)
-				out[i] = cell{f: f, err: ferr}
-			}
-		}
-	}
 	failover := "n/a (RF=2 not measured)"
-	if rows["replicated"] {
-		cluster, clusterErr = startBenchCluster(b, filepath.Join(dir, "cluster"), 3)
-	}
 	switch {
 	case !rows["replicated"]:
-		measureRF(rf2, "", "", errNotMeasured)
-		measureRF(rf3, "", "", errNotMeasured)
 		failover = "- (not measured)"
-	case clusterErr != nil:
-		measureRF(rf2, "", "", fmt.Errorf("cluster: %w", clusterErr))
-		measureRF(rf3, "", "", fmt.Errorf("cluster: %w", clusterErr))
-	default:
-		volSize := "-size=" + strconv.Itoa(sizeMiB) + "MiB"
-		uri, err := cluster.createReplicated("bench-rf2", volSize+" -rf=2 -durability=sync", 2)
-		measureRF(rf2, "bench-rf2", uri, err)
-		if err == nil {
-			notes = append(notes, "RF=2 sync after its jobs: "+cluster.durableLSNs("bench-rf2"))
-		}
-		uri, err = cluster.createReplicated("bench-rf3", volSize+" -rf=3 -durability=quorum", 3)
-		measureRF(rf3, "bench-rf3", uri, err)
-		if err == nil {
-			notes = append(notes, "RF=3 quorum after its jobs: "+cluster.durableLSNs("bench-rf3"))
+	case clusterErr == nil:
+		for _, t := range rfTargets {
+			if t.err == nil {
+				notes = append(notes, t.name+" after its jobs: "+cluster.durableLSNs(t.vol))
+			}
 		}
 		if rf2[0].err == nil {
 			pause, err := cluster.failoverPause("bench-rf2")
@@ -368,7 +393,7 @@ func BenchmarkProduct(b *testing.B) {
 
 	// The table.
 	var t strings.Builder
-	fmt.Fprintf(&t, "\nweedblock product benchmark — %s, %d s per job (+1 s fio ramp), median of %d round(s) for raw/nbdkit/RF=1 and iSCSI, %d MiB targets in %s, total %v\n",
+	fmt.Fprintf(&t, "\nweedblock product benchmark — %s, %d s per job (+1 s fio ramp), median of %d round(s) per cell (targets of a row interleaved), %d MiB targets in %s, total %v\n",
 		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime, rounds, sizeMiB, dir, time.Since(start).Round(time.Second))
 	fmt.Fprintf(&t, "cells: IOPS (MB/s). raw = fio libaio on a buffered local file; nbdkit = `nbdkit file`; ours = `weed block serve` (RF=1) / cluster primary (RF=2, RF=3); NBD via fio's nbd engine over loopback\n\n")
 	fmt.Fprintf(&t, "%-27s %16s %16s %16s %16s %16s | %8s %8s %8s %8s\n",
