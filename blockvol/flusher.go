@@ -253,6 +253,29 @@ func (v *Volume) flushOnce() (bool, error) {
 // latency). Paced, it waits for at most about two steps of them.
 const extentWritebackBytes = 512 << 10
 
+// paceWriteback runs one PaceWriteback step over the extent. It makes
+// nothing durable, but it reports (and so consumes) a write-back error of
+// the file, WAL pages included, that the next fdatasync would then not
+// report: it runs under syncMu, like a sync, and an error fails the volume
+// before any sync may run, so no FLUSH is acknowledged on an fdatasync
+// that missed the error (TestPaceErrorFailsFlushes).
+func (v *Volume) paceWriteback(p WritebackPacer) error {
+	v.syncMu.Lock()
+	defer v.syncMu.Unlock()
+	v.mu.Lock()
+	failed := v.failed
+	v.mu.Unlock()
+	if failed != nil {
+		return fmt.Errorf("%s: %w: %v", v.path, ErrUnhealthy, failed)
+	}
+	if err := p.PaceWriteback(v.extentOff, v.size); err != nil {
+		err = fmt.Errorf("flusher: extent write-back %s: %w", v.path, err)
+		v.fail(err)
+		return err
+	}
+	return nil
+}
+
 // extentReadSpan bounds the WAL bytes applyToExtent reads with one pread.
 const extentReadSpan = 256 << 10
 
@@ -275,10 +298,8 @@ func (v *Volume) applyToExtent(todo []recMeta) error {
 	var dirty int64 // extent bytes written since write-back last started
 	for i := range todo {
 		if pacer != nil && dirty >= extentWritebackBytes {
-			// It makes nothing durable, but an error it waited on may
-			// not reach the next Sync: fatal, like a Sync's.
-			if err := pacer.PaceWriteback(v.extentOff, v.size); err != nil {
-				return fmt.Errorf("flusher: extent write-back: %w", err)
+			if err := v.paceWriteback(pacer); err != nil {
+				return err
 			}
 			dirty = 0
 		}

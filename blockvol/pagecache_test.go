@@ -6,6 +6,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/weedblock/weedblock/blockdev"
 )
@@ -22,6 +23,9 @@ type cacheFS struct {
 	drops   []ioRange
 	paces   []ioRange
 	paceErr error
+	// With paceErr set and these non-nil, PaceWriteback (having "seen"
+	// the error) closes entered and waits for release before returning it.
+	entered, release chan struct{}
 }
 
 type cacheFile struct {
@@ -68,9 +72,13 @@ func (f *cacheFile) DropCache(off, n int64) error {
 func (f *cacheFile) PaceWriteback(off, n int64) error {
 	f.fs.mu.Lock()
 	f.fs.paces = append(f.fs.paces, ioRange{off, n})
-	err := f.fs.paceErr
+	err, entered, release := f.fs.paceErr, f.fs.entered, f.fs.release
 	f.fs.mu.Unlock()
 	if err != nil {
+		if entered != nil {
+			close(entered)
+			<-release
+		}
 		return err
 	}
 	return f.File.(WritebackPacer).PaceWriteback(off, n)
@@ -230,5 +238,58 @@ func TestFlusherPacesWriteback(t *testing.T) {
 	}
 	if err := v.WriteAt(block(4096, 3), 0, false); !errors.Is(err, blockdev.ErrReadOnly) {
 		t.Fatalf("write after failed write-back: %v", err)
+	}
+}
+
+// TestPaceErrorFailsFlushes: a write-back error reported to the flusher's
+// PaceWriteback is consumed there (an fdatasync of the same file would not
+// report it again), so no FLUSH may be acknowledged from the moment the
+// pacing step sees it: a FLUSH that runs meanwhile waits for the step and
+// fails with it. (Without syncMu around the step, the FLUSH's own
+// fdatasync succeeds and the write is acknowledged as durable.)
+func TestPaceErrorFailsFlushes(t *testing.T) {
+	cfs := &cacheFS{}
+	v, err := Create(filepath.Join(t.TempDir(), "v"), 8<<20, Options{FS: cfs, WALSize: 8 << 20, Standalone: true, ManualFlush: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	for i := 0; i < 200; i++ { // 800 KiB: one pacing step in the round
+		if err := v.WriteAt(block(4096, byte(i)), int64(i)*4096, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := v.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	defer releaseOnce() // before Close, which waits for the checkpoint
+	cfs.mu.Lock()
+	cfs.paceErr, cfs.entered, cfs.release = syscall.EIO, entered, release
+	cfs.mu.Unlock()
+	cpErr := make(chan error, 1)
+	go func() { cpErr <- v.Checkpoint() }()
+	<-entered
+	// The flusher's step has seen the error. A write and a FLUSH now.
+	if err := v.WriteAt(block(4096, 99), 300*4096, false); err != nil {
+		t.Fatal(err)
+	}
+	flushErr := make(chan error, 1)
+	go func() { flushErr <- v.Flush() }()
+	select {
+	case err := <-flushErr:
+		t.Fatalf("flush returned %v while the failed write-back step was still running", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	releaseOnce()
+	if err := <-flushErr; err == nil {
+		t.Fatal("flush acknowledged after the write-back error was consumed")
+	}
+	if err := <-cpErr; !errors.Is(err, syscall.EIO) {
+		t.Fatalf("checkpoint: %v", err)
+	}
+	if st := v.Status(); st.Healthy {
+		t.Fatalf("volume healthy after a failed write-back step: %+v", st)
 	}
 }
