@@ -33,6 +33,9 @@ type hintFS struct {
 	paces    atomic.Int64 // PaceWriteback calls
 	drops    atomic.Int64 // DropCache calls
 	failed   atomic.Bool  // the failure was injected
+	// onFail, if set, runs in the failing PaceWriteback after the error
+	// was consumed, before the hint returns it.
+	onFail func()
 }
 
 func (h *hintFS) Create(path string) (blockvol.File, error) {
@@ -66,7 +69,11 @@ func (f *hintFile) PaceWriteback(off, n int64) error {
 	if f.h.failPace && f.h.failed.CompareAndSwap(false, true) {
 		// The write-back failed; this hint is the one that hears of it.
 		f.h.fs.FailSync(f.h.fs.SyncCount()+1, syscall.EIO)
-		return f.File.Sync()
+		err := f.File.Sync()
+		if f.h.onFail != nil {
+			f.h.onFail()
+		}
+		return err
 	}
 	return nil
 }
@@ -136,6 +143,50 @@ func TestWriteBehindErrorFailsRebuild(t *testing.T) {
 	defer again.Close()
 	if st := again.Status(); !st.Untrusted {
 		t.Fatalf("replica trusted after a crash: %+v", st)
+	}
+}
+
+// TestBasePaceErrorFailsSyncs: a sync that runs while a base write-back
+// hint reports (and so consumes) a write-back error must not succeed on
+// the file whose write-back failed: the hint's error fails the volume
+// before any sync may run.
+func TestBasePaceErrorFailsSyncs(t *testing.T) {
+	h := &hintFS{fs: faultfs.New(), failPace: true}
+	v, err := blockvol.Create("/r.vol", 1<<20, hintVolOpts(h))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	v.Fence()
+	if err := v.BeginRebuild(); err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, 256<<10)
+	for i := range p {
+		p[i] = byte(i | 1)
+	}
+	if err := v.WriteBase(p, 0); err != nil {
+		t.Fatal(err)
+	}
+	// While the failing hint is still in the kernel (its error already
+	// taken from the file), a sync of the base is asked for.
+	synced := make(chan error, 1)
+	h.onFail = func() {
+		go func() { synced <- v.SyncBase() }()
+		select {
+		case err := <-synced:
+			synced <- err // it ran while the error was consumed
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if err := v.StartBaseWriteback(0, int64(len(p))); err == nil {
+		t.Fatal("a failed write-back hint reported no error")
+	}
+	if err := <-synced; err == nil {
+		t.Fatal("a sync racing a failed write-back hint succeeded")
+	}
+	if err := v.InstallBase(0); err == nil {
+		t.Fatal("base installed after its write-back failed")
 	}
 }
 
