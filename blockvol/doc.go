@@ -53,7 +53,9 @@
 // files.
 //
 // It must never: retry a failed fsync (a failed Sync makes the volume
-// read-only for good), derive the recovered head from an LSN instead of the
+// read-only for good), wait for write-back (PaceWriteback) outside syncMu
+// or go on after it failed (the wait consumes the file's write-back error,
+// which the next fdatasync would then not report), derive the recovered head from an LSN instead of the
 // byte end of the last valid record, reuse WAL space before the superblock
 // that releases it is durable, panic on bad bytes from disk, or import
 // another weedblock package except the leaf blockdev.
