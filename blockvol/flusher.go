@@ -253,23 +253,24 @@ func (v *Volume) flushOnce() (bool, error) {
 // latency). Paced, it waits for at most about two steps of them.
 const extentWritebackBytes = 512 << 10
 
-// paceWriteback runs one PaceWriteback step over the extent. It makes
-// nothing durable, but it reports (and so consumes) a write-back error of
-// the file, WAL pages included, that the next fdatasync would then not
-// report: it runs under syncMu, like a sync, and an error fails the volume
-// before any sync may run, so no FLUSH is acknowledged on an fdatasync
-// that missed the error (TestPaceErrorFailsFlushes).
-func (v *Volume) paceWriteback(p WritebackPacer) error {
+// paceWriteback runs one PaceWriteback step over [off, off+n) of the
+// file (what names the caller in errors). It makes nothing durable, but
+// it reports (and so consumes) a write-back error of the file, WAL pages
+// included, that the next fdatasync would then not report: it runs under
+// syncMu, like a sync, and an error fails the volume before any sync may
+// run, so no FLUSH is acknowledged on an fdatasync that missed the error
+// (TestPaceErrorFailsFlushes, TestBasePaceErrorFailsSyncs).
+func (v *Volume) paceWriteback(p WritebackPacer, what string, off, n int64) error {
 	v.syncMu.Lock()
 	defer v.syncMu.Unlock()
 	v.mu.Lock()
 	failed := v.failed
 	v.mu.Unlock()
 	if failed != nil {
-		return fmt.Errorf("%s: %w: %v", v.path, ErrUnhealthy, failed)
+		return fmt.Errorf("%s: %s: %w: %v", v.path, what, ErrUnhealthy, failed)
 	}
-	if err := p.PaceWriteback(v.extentOff, v.size); err != nil {
-		err = fmt.Errorf("flusher: extent write-back %s: %w", v.path, err)
+	if err := p.PaceWriteback(off, n); err != nil {
+		err = fmt.Errorf("%s: %s %d@%d: %w", v.path, what, n, off, err)
 		v.fail(err)
 		return err
 	}
@@ -298,7 +299,7 @@ func (v *Volume) applyToExtent(todo []recMeta) error {
 	var dirty int64 // extent bytes written since write-back last started
 	for i := range todo {
 		if pacer != nil && dirty >= extentWritebackBytes {
-			if err := v.paceWriteback(pacer); err != nil {
+			if err := v.paceWriteback(pacer, "flusher: extent write-back", v.extentOff, v.size); err != nil {
 				return err
 			}
 			dirty = 0

@@ -178,7 +178,7 @@ func (v *Volume) baseWriteback(op string, off, n int64, drop bool) error {
 		return nil
 	}
 	if p, ok := v.f.(WritebackPacer); ok {
-		if err := v.paceBase(p, op, off, n); err != nil {
+		if err := v.paceWriteback(p, op, v.extentOff+off, n); err != nil {
 			return err
 		}
 	}
@@ -187,28 +187,6 @@ func (v *Volume) baseWriteback(op string, off, n int64, drop bool) error {
 		if err := d.DropCache(v.extentOff+off, n); err != nil {
 			glog.V(1).Infof("blockvol %s: %s %d@%d: %v", v.path, op, n, off, err)
 		}
-	}
-	return nil
-}
-
-// paceBase runs PaceWriteback over the base at [off, off+n). It reports
-// (and so consumes) a write-back error of the whole file that the next
-// fdatasync would then not report: like the flusher's pacing step, it runs
-// under syncMu and an error fails the volume before any sync may run, so
-// no sync succeeds on a file whose write-back failed.
-func (v *Volume) paceBase(p WritebackPacer, op string, off, n int64) error {
-	v.syncMu.Lock()
-	defer v.syncMu.Unlock()
-	v.mu.Lock()
-	failed := v.failed
-	v.mu.Unlock()
-	if failed != nil {
-		return fmt.Errorf("%s: %s: %w: %v", v.path, op, ErrUnhealthy, failed)
-	}
-	if err := p.PaceWriteback(v.extentOff+off, n); err != nil {
-		err = fmt.Errorf("%s: %s %d@%d: %w", v.path, op, n, off, err)
-		v.fail(err)
-		return err
 	}
 	return nil
 }
