@@ -99,10 +99,7 @@ func warmPageCache(b *testing.B, path string, n int64) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	p := make([]byte, min(n, 1<<20))
-	for i := range p {
-		p[i] = byte(i | 1)
-	}
+	p := nonZero(int(min(n, 1<<20)))
 	for off := int64(0); off < n; off += int64(len(p)) {
 		if _, err := f.Write(p[:min(int64(len(p)), n-off)]); err != nil {
 			b.Fatal(err)

@@ -161,10 +161,7 @@ func TestBasePaceErrorFailsSyncs(t *testing.T) {
 	if err := v.BeginRebuild(); err != nil {
 		t.Fatal(err)
 	}
-	p := make([]byte, 256<<10)
-	for i := range p {
-		p[i] = byte(i | 1)
-	}
+	p := nonZero(256 << 10)
 	if err := v.WriteBase(p, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -284,10 +281,7 @@ func TestBaseWritebackOnlyDuringRebuild(t *testing.T) {
 	if err := v.BeginRebuild(); err != nil {
 		t.Fatal(err)
 	}
-	p := make([]byte, 64<<10)
-	for i := range p {
-		p[i] = byte(i | 1)
-	}
+	p := nonZero(64 << 10)
 	if err := v.WriteBase(p, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -341,17 +335,7 @@ func TestWriteBehindDropsBase(t *testing.T) {
 	svc.writeBehind = 1 << 20
 	const size = 16 << 20
 	prim := primaryVol(t, 1, volOpts{size: size, wal: 4 << 20})
-	rng := rand.New(rand.NewSource(53))
-	p := make([]byte, 1<<20)
-	for off := int64(0); off < size; off += int64(len(p)) {
-		rng.Read(p)
-		if err := prim.WriteAt(p, off, false); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := prim.Checkpoint(); err != nil {
-		t.Fatal(err)
-	}
+	fillVolume(t, prim, 53)
 	rep, err := blockvol.Create(filepath.Join(diskDir(t), "r.vol"), size, blockvol.Options{WALSize: 1 << 20, FlushInterval: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -428,4 +412,13 @@ func residentPages(t *testing.T, path string, n int64) (cached, total int) {
 		}
 	}
 	return cached, len(vec)
+}
+
+// nonZero is n bytes of a pattern with no zero byte (no zero range).
+func nonZero(n int) []byte {
+	p := make([]byte, n)
+	for i := range p {
+		p[i] = byte(i | 1)
+	}
+	return p
 }
