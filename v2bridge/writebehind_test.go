@@ -116,14 +116,7 @@ func TestWriteBehindErrorFailsRebuild(t *testing.T) {
 	}
 	h := &hintFS{fs: faultfs.New(), failPace: true}
 	const path = "/r.vol"
-	rep, err := blockvol.Create(path, prim.Size(), hintVolOpts(h))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rep.Close()
-	if err := rep.Unfence(1, blockvol.RoleReplica, time.Time{}); err != nil {
-		t.Fatal(err)
-	}
+	rep := replicaAt(t, path, prim.Size(), hintVolOpts(h))
 	out := rebuildInto(t, svc, addr, engine.NewSlots(), prim, rep)
 	if !h.failed.Load() {
 		t.Fatalf("no write-back error injected (%d paces, %d drops)", h.paces.Load(), h.drops.Load())
@@ -336,14 +329,7 @@ func TestWriteBehindDropsBase(t *testing.T) {
 	const size = 16 << 20
 	prim := primaryVol(t, 1, volOpts{size: size, wal: 4 << 20})
 	fillVolume(t, prim, 53)
-	rep, err := blockvol.Create(filepath.Join(diskDir(t), "r.vol"), size, blockvol.Options{WALSize: 1 << 20, FlushInterval: 5 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rep.Close()
-	if err := rep.Unfence(1, blockvol.RoleReplica, time.Time{}); err != nil {
-		t.Fatal(err)
-	}
+	rep := replicaAt(t, filepath.Join(diskDir(t), "r.vol"), size, blockvol.Options{WALSize: 1 << 20, FlushInterval: 5 * time.Millisecond})
 	out := rebuildInto(t, svc, addr, engine.NewSlots(), prim, rep)
 	wantInSync(t, out, prim.Status().Durable)
 	// The extent is the file's last size bytes.
@@ -421,4 +407,19 @@ func nonZero(n int) []byte {
 		p[i] = byte(i | 1)
 	}
 	return p
+}
+
+// replicaAt creates a volume at path with opts, unfenced as a replica of
+// epoch 1 and closed when the test ends.
+func replicaAt(t *testing.T, path string, size int64, opts blockvol.Options) *blockvol.Volume {
+	t.Helper()
+	rep, err := blockvol.Create(path, size, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rep.Close() })
+	if err := rep.Unfence(1, blockvol.RoleReplica, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	return rep
 }
