@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"mime/multipart"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -22,15 +24,51 @@ import (
 	"github.com/weedblock/weedblock/weed/pb/blockpb"
 )
 
-// freePort returns a loopback TCP port that was free a moment ago.
+// freePort returns a loopback TCP port that was free a moment ago. It is
+// picked below Linux's ephemeral range (32768 and up), so an outgoing
+// connection of a busy machine cannot take it between this check and a
+// child's bind ("address already in use").
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return freePortSet(t, []int{0})
+}
+
+// freePortSet returns a base port p below the ephemeral range such that
+// p+o is free on loopback for every offset o: for servers that derive
+// more ports from one flag (a volume server's next HTTP ports, gRPC at
+// +10000).
+func freePortSet(t *testing.T, offsets []int) int {
+	t.Helper()
+	hi := 0
+	for _, o := range offsets {
+		hi = max(hi, o)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	for tries := 0; tries < 10000; tries++ {
+		p := 12000 + rand.IntN(32768-12000-hi)
+		if portsFree(p, offsets) {
+			return p
+		}
+	}
+	t.Fatalf("no free port set with offsets %v below 32768", offsets)
+	return 0
+}
+
+// portsFree reports whether p+o can be bound on loopback for every o.
+func portsFree(p int, offsets []int) bool {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	for _, o := range offsets {
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p+o)))
+		if err != nil {
+			return false
+		}
+		ls = append(ls, l)
+	}
+	return true
 }
 
 // fakeBlockMaster records what the launcher feeds the block master.

@@ -82,6 +82,9 @@ func parseDevFlags(args []string, stderr io.Writer) (devConfig, error) {
 		return c, fmt.Errorf("-size %q: not a positive size", *size)
 	}
 	c.size = n
+	if err := c.checkPorts(); err != nil {
+		return c, err
+	}
 	if c.binary == "" {
 		if c.binary, err = os.Executable(); err != nil {
 			return c, fmt.Errorf("locate the weed binary: %w", err)
@@ -93,6 +96,28 @@ func parseDevFlags(args []string, stderr io.Writer) (devConfig, error) {
 	}
 	c.dir = abs
 	return c, nil
+}
+
+// checkPorts refuses port flags whose derived ports (the next servers'
+// ports, gRPC at +10000) would fall outside 1..65535, so a bad flag is a
+// clear error instead of a child that dies while starting.
+func (c devConfig) checkPorts() error {
+	last := devVolumeServers - 1
+	for _, f := range []struct {
+		name      string
+		first, hi int
+	}{
+		{"master.port", c.masterPort, c.masterPort + 10000},
+		{"volume.port", c.volumePort, c.volumePort + last + 10000},
+		{"nbd.port", c.nbdPort, c.nbdPort + 10*last},
+		{"iscsi.port", c.iscsiPort, c.iscsiPort + last},
+		{"repl.port", c.replPort, c.replPort + 10*last},
+	} {
+		if f.first < 1 || f.hi > 65535 {
+			return fmt.Errorf("-%s=%d: the ports it implies run up to %d; want them within 1..65535", f.name, f.first, f.hi)
+		}
+	}
+	return nil
 }
 
 func (c devConfig) masterHTTP() string { return net.JoinHostPort(c.ip, strconv.Itoa(c.masterPort)) }

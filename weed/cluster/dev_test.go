@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -116,12 +117,15 @@ func TestDevCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
+	// One block of ports, all checked free: master B (gRPC B+10000),
+	// volume servers B+1..B+3 (gRPC +10000), NBD B+10/20/30, replication
+	// B+11/21/31, iSCSI B+40..B+42.
+	offsets := []int{0, 10000, 1, 2, 3, 10001, 10002, 10003, 10, 20, 30, 11, 21, 31, 40, 41, 42}
+	b := freePortSet(t, offsets)
 	args := []string{"-dir=" + filepath.Join(dir, "data"), "-weed=" + exe, "-size=64MiB",
-		fmt.Sprintf("-master.port=%d", freePort(t)), fmt.Sprintf("-volume.port=%d", freePort(t)),
-		fmt.Sprintf("-nbd.port=%d", freePort(t)), fmt.Sprintf("-iscsi.port=%d", freePort(t)),
-		fmt.Sprintf("-repl.port=%d", freePort(t))}
-	// -volume.port N uses N, N+1, N+2 and their gRPC ports +10000; a port
-	// from freePort is most likely free along with its neighbours.
+		fmt.Sprintf("-master.port=%d", b), fmt.Sprintf("-volume.port=%d", b+1),
+		fmt.Sprintf("-nbd.port=%d", b+10), fmt.Sprintf("-repl.port=%d", b+11),
+		fmt.Sprintf("-iscsi.port=%d", b+40)}
 
 	first := startDev(t, args)
 	out := first.out.String()
@@ -158,5 +162,31 @@ func TestDevCluster(t *testing.T) {
 	}
 	if len(got) < len(payload) || !bytes.Equal(got[:len(payload)], payload) {
 		t.Fatalf("data after restart differs from what was written")
+	}
+}
+
+// TestDevPortFlags checks that port flags whose derived ports leave
+// 1..65535 are refused up front, naming the flag.
+func TestDevPortFlags(t *testing.T) {
+	for _, tc := range []struct {
+		arg string
+		ok  bool
+	}{
+		{"-master.port=55535", true},
+		{"-master.port=55536", false},
+		{"-volume.port=55533", true},
+		{"-volume.port=55534", false},
+		{"-nbd.port=65515", true},
+		{"-nbd.port=65516", false},
+		{"-iscsi.port=0", false},
+		{"-repl.port=65516", false},
+	} {
+		_, err := parseDevFlags([]string{tc.arg, "-weed=/bin/true"}, io.Discard)
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: err = %v, want ok=%v", tc.arg, err, tc.ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), strings.SplitN(tc.arg, "=", 2)[0]) {
+			t.Errorf("%s: error %q does not name the flag", tc.arg, err)
+		}
 	}
 }
