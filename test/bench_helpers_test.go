@@ -176,6 +176,9 @@ func execSplit(timeout time.Duration, stdin string, name string, args ...string)
 // dominant direction.
 type figures struct {
 	iops, mbps float64
+	// flushes is fio's syncs per write (0 for a job without syncs):
+	// what the target was really asked to do, whatever the job said.
+	flushes float64
 }
 
 // fio runs one fio job with the given arguments (target and workload) and
@@ -199,7 +202,11 @@ func fio(args ...string) (figures, error) {
 			Write struct {
 				IOPS float64 `json:"iops"`
 				BW   float64 `json:"bw_bytes"`
+				IOs  float64 `json:"total_ios"`
 			} `json:"write"`
+			Sync struct {
+				IOs float64 `json:"total_ios"`
+			} `json:"sync"`
 		} `json:"jobs"`
 	}
 	dec := json.NewDecoder(strings.NewReader(out))
@@ -208,9 +215,13 @@ func fio(args ...string) (figures, error) {
 	}
 	j := res.Jobs[0]
 	if j.Read.IOPS > j.Write.IOPS {
-		return figures{j.Read.IOPS, j.Read.BW / 1e6}, nil
+		return figures{iops: j.Read.IOPS, mbps: j.Read.BW / 1e6}, nil
 	}
-	return figures{j.Write.IOPS, j.Write.BW / 1e6}, nil
+	f := figures{iops: j.Write.IOPS, mbps: j.Write.BW / 1e6}
+	if j.Write.IOs > 0 {
+		f.flushes = j.Sync.IOs / j.Write.IOs
+	}
+	return f, nil
 }
 
 var iscsiPerfAverage = regexp.MustCompile(`iops average (\d+) \((\d+) MB/s\)`)
@@ -230,7 +241,7 @@ func iscsiPerf(url string, blocks, qd, seconds int) (figures, error) {
 	last := m[len(m)-1]
 	iops, _ := strconv.ParseFloat(last[1], 64)
 	mbs, _ := strconv.ParseFloat(last[2], 64)
-	return figures{iops, mbs}, nil
+	return figures{iops: iops, mbps: mbs}, nil
 }
 
 // startNbdkit serves path with `nbdkit file` and returns its URI.
