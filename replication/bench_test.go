@@ -224,12 +224,19 @@ func cpuTime() time.Duration {
 // taken during them; goroutines carry a side=primary|replica label (use
 // -tagfocus). Do not combine it with go test's own -cpuprofile.
 //
-// Two shapes of the same row: inline, one goroutine doing the writes one
+// Shapes of the same row: inline, one goroutine doing the writes one
 // after the other (what the NBD server does now: its connection reader
-// runs write-back WRITEs itself), and workers, 16 goroutines taking them.
+// runs write-back WRITEs itself), and workers, 16 goroutines taking them,
+// both draining before each FLUSH; and the two loads of the product
+// table, 16 goroutines that never wait for each other: stream2, each
+// writing twice then flushing (fio's nbd engine at qd16 with fsync=32
+// sends a flush about every second write), and stream32, each flushing
+// after 32 writes (16 fio jobs at qd1 with fsync=32).
 func BenchmarkRFRow(b *testing.B) {
 	b.Run("inline", func(b *testing.B) { benchRFRow(b, 1) })
 	b.Run("workers", func(b *testing.B) { benchRFRow(b, 16) })
+	b.Run("stream2", func(b *testing.B) { benchRFRow(b, -2) })
+	b.Run("stream32", func(b *testing.B) { benchRFRow(b, -32) })
 }
 
 func benchRFRow(b *testing.B, writers int) {
@@ -273,7 +280,13 @@ func benchRFRow(b *testing.B, writers int) {
 			}
 			cpu0 := cpuTime()
 			os0 := osCounts()
-			n, el, lat := timedDrainedLoad(b, s.c.dev, time.Duration(secs)*time.Second, writers, 32)
+			var n int
+			var el, lat time.Duration
+			if writers < 0 {
+				n, el, lat = timedStreamLoad(b, s.c.dev, time.Duration(secs)*time.Second, 16, -writers)
+			} else {
+				n, el, lat = timedDrainedLoad(b, s.c.dev, time.Duration(secs)*time.Second, writers, 32)
+			}
 			cpu := cpuTime() - cpu0
 			osd := osCounts().sub(os0)
 			s.csw = append(s.csw, float64(osd.csw)/float64(n))
@@ -450,4 +463,62 @@ func osCounts() counts {
 		}
 	}
 	return c
+}
+
+// timedStreamLoad runs slots goroutines for d, each writing random blocks
+// and flushing after every writesPerFlush writes, none waiting for the
+// others. It returns the writes done, the time taken and the median
+// flush latency.
+func timedStreamLoad(b *testing.B, dev *Volume, d time.Duration, slots, writesPerFlush int) (int, time.Duration, time.Duration) {
+	bs := int64(dev.BlockSize())
+	nb := dev.Size() / bs
+	var total atomic.Int64
+	var failed atomic.Bool
+	errs := make(chan error, slots)
+	lats := make([][]float64, slots)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < slots; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			rng := rand.New(rand.NewSource(int64(w) + time.Now().UnixNano()))
+			p := make([]byte, bs)
+			rng.Read(p)
+			for time.Since(start) < d && !failed.Load() {
+				for i := 0; i < writesPerFlush; i++ {
+					if err := dev.WriteAt(p, rng.Int63n(nb)*bs, false); err != nil {
+						failed.Store(true)
+						errs <- err
+						return
+					}
+				}
+				t0 := time.Now()
+				if err := dev.Flush(); err != nil {
+					failed.Store(true)
+					errs <- err
+					return
+				}
+				lats[w] = append(lats[w], float64(time.Since(t0)))
+				total.Add(int64(writesPerFlush))
+			}
+		}(w)
+	}
+	wg.Wait()
+	el := time.Since(start)
+	select {
+	case err := <-errs:
+		b.Fatal(err)
+	default:
+	}
+	var all []float64
+	for _, l := range lats {
+		all = append(all, l...)
+	}
+	sort.Float64s(all)
+	if len(all) > 0 {
+		pc := func(q float64) float64 { return all[int(q*float64(len(all)-1))] / 1000 }
+		b.Logf("flush latency us: p50 %.0f p75 %.0f p90 %.0f p99 %.0f max %.0f", pc(.5), pc(.75), pc(.9), pc(.99), pc(1))
+	}
+	return int(total.Load()), el, time.Duration(median(all))
 }

@@ -75,6 +75,11 @@ type replica struct {
 	epoch uint64
 
 	wake chan struct{} // cap 1: new appends, barrier wanted, progress
+	// pending counts the bytes Notify announced since the cursor's last
+	// pass began; lingering is set while the cursor waits for more of
+	// them (shipLinger), so Notify wakes it only for a full batch.
+	pending   atomic.Int64
+	lingering atomic.Bool
 	// live is the current connection once its cursor streams (nil
 	// otherwise): a flush sends its barrier on it directly when every
 	// record it covers is already on the wire.
@@ -549,11 +554,15 @@ func (r *replica) session() (bool, error) {
 
 	tick := time.NewTicker(idleTick)
 	defer tick.Stop()
+	linger := time.NewTimer(shipLinger)
+	linger.Stop()
+	defer linger.Stop()
 	for {
 		if err := ctx.Err(); err != nil {
 			return ended(err)
 		}
 		passMu.Lock()
+		r.pending.Store(0)
 		err := helpErr
 		if err == nil {
 			err = pass()
@@ -570,6 +579,7 @@ func (r *replica) session() (bool, error) {
 		select {
 		case <-ctx.Done():
 		case <-r.wake:
+			r.linger(ctx, linger)
 		case <-tick.C:
 			passMu.Lock()
 			settle()
@@ -580,6 +590,40 @@ func (r *replica) session() (bool, error) {
 			}
 		}
 	}
+}
+
+// linger, after a wake-up, waits up to shipLinger for more appends
+// unless a batch has gathered or a flush wants a barrier (RequestBarrier
+// ships what it needs itself when it can, but when it cannot it counts on
+// the cursor). It returns at once on a wake-up meanwhile: Notify sends one
+// only for a full batch.
+func (r *replica) linger(ctx context.Context, t *time.Timer) {
+	if r.pending.Load() >= shipBatchBytes || r.barrierWant.Load() > r.lastShipped() {
+		return
+	}
+	r.lingering.Store(true)
+	defer r.lingering.Store(false)
+	// A write between the check and the flag saw no lingering and kicked.
+	select {
+	case <-r.wake:
+		return
+	default:
+	}
+	t.Reset(shipLinger)
+	select {
+	case <-ctx.Done():
+	case <-r.wake:
+	case <-t.C:
+	}
+	t.Stop() // since Go 1.23 no stale tick is left in t.C
+}
+
+// lastShipped is the highest LSN on the live connection (0 without one).
+func (r *replica) lastShipped() uint64 {
+	if lc := r.live.Load(); lc != nil {
+		return lc.shipped.Load()
+	}
+	return 0
 }
 
 // waitShippable waits a little while the primary may not ship, so the

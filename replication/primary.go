@@ -40,6 +40,15 @@ const (
 	// idleTick: how often an idle cursor looks for appends nobody
 	// announced and sends a barrier so replicas report durable progress.
 	idleTick = 50 * time.Millisecond
+	// A cursor woken by a write with less than shipBatchBytes appended
+	// since its last pass, and no flush waiting, lingers up to shipLinger
+	// before shipping: writes arriving meanwhile go in the same pass, one
+	// socket write and one replica wake-up for many records instead of
+	// one each. A flush never waits for it: it ships what it needs itself
+	// (RequestBarrier). The linger bounds how far an async replica lags
+	// behind a trickle of writes.
+	shipBatchBytes = 64 << 10
+	shipLinger     = 500 * time.Microsecond
 )
 
 // PrimaryOptions configure NewPrimary.
@@ -222,12 +231,16 @@ func (p *Primary) broadcastLocked() {
 	p.changed = make(chan struct{})
 }
 
-// Notify tells the cursors that records were appended. Writes through
-// Volume call it; a cursor also polls, so a missed call only adds delay.
-func (p *Primary) Notify() {
+// Notify tells the cursors that records of about n bytes were appended.
+// Writes through Volume call it; a cursor also polls, so a missed call
+// only adds delay. A cursor that is lingering (see shipLinger) is woken
+// only once shipBatchBytes have gathered.
+func (p *Primary) Notify(n int) {
 	if l := p.shipList.Load(); l != nil {
 		for _, r := range *l {
-			r.kick()
+			if r.pending.Add(int64(n)) >= shipBatchBytes || !r.lingering.Load() {
+				r.kick()
+			}
 		}
 	}
 }

@@ -36,7 +36,7 @@ func (v *Volume) WriteAt(p []byte, off int64, fua bool) error {
 	if err := v.vol.WriteAt(p, off, false); err != nil {
 		return err
 	}
-	v.p.Notify()
+	v.p.Notify(len(p))
 	if fua {
 		return v.Flush()
 	}
@@ -48,16 +48,20 @@ func (v *Volume) Trim(off, length int64) error {
 	if err := v.vol.Trim(off, length); err != nil {
 		return err
 	}
-	v.p.Notify()
+	v.p.Notify(noteBytes)
 	return nil
 }
+
+// noteBytes is what a trim or zeroing record counts for Notify: a
+// header, no data.
+const noteBytes = 64
 
 // WriteZeroes zeroes a range; with fua it waits for the commit.
 func (v *Volume) WriteZeroes(off, length int64, fua bool) error {
 	if err := v.vol.WriteZeroes(off, length, false); err != nil {
 		return err
 	}
-	v.p.Notify()
+	v.p.Notify(noteBytes)
 	if fua {
 		return v.Flush()
 	}
