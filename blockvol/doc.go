@@ -1,8 +1,9 @@
 // Package blockvol is the local block-volume engine: one file holding a
 // superblock (two copies), a circular write-ahead log and a flat extent.
 //
-// Writes are appended to the WAL (group-committed, 4 KiB aligned batches
-// written with one pwritev) and acknowledged; an in-memory index maps every
+// Writes are appended to the WAL (group-committed batches written with one
+// pwritev each, packed: a batch starts where the last one ended, inside
+// its last page) and acknowledged; an in-memory index maps every
 // dirty LBA to its newest WAL location so reads see the newest data at once.
 // Flush and FUA writes share one fdatasync, and any fdatasync of the file
 // (the flusher's too) makes the records written before it durable. A background flusher copies WAL

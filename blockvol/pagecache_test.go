@@ -145,9 +145,9 @@ func TestFlusherDropsFreedWAL(t *testing.T) {
 	v.mu.Lock()
 	startTail := v.tailAbs
 	v.mu.Unlock()
-	// 4 KiB writes (8 KiB of WAL each), 5 per round: the tail passes the
-	// end of the region several times.
-	for i := 0; i < 60; i++ {
+	// 4 KiB writes (4160 bytes of WAL each), 5 per round: the tail passes
+	// the end of the region several times.
+	for i := 0; i < 120; i++ {
 		if err := v.WriteAt(block(4096, byte(i)), int64(i%200)*4096, false); err != nil {
 			t.Fatal(err)
 		}

@@ -125,7 +125,9 @@ func (v *Volume) recover() error {
 	})
 	glog.V(1).Infof("blockvol %s: recovered lsn %d..%d (checkpoint %d), stopped: %v", v.path, v.tailLSN, head, v.checkpoint, s.err)
 	v.head, v.written, v.durable = head, head, head
-	v.writeAbs = alignUp(lastEnd, 4096)
+	// A clean log goes on right after its last record: a later recovery
+	// scans record by record from the tail, across this point.
+	v.writeAbs = lastEnd
 	v.writtenAbs = v.writeAbs
 
 	if sb.clean && sb.cleanHead != head {
@@ -171,6 +173,10 @@ func (v *Volume) recover() error {
 	clear(v.index)
 	v.zeros = v.zeros[:0]
 	v.checkpoint = head
+	// The new generation starts on a fresh page, away from whatever a
+	// torn last batch left in the page the old log ends in.
+	v.writeAbs = alignUp(v.writeAbs, 4096)
+	v.writtenAbs = v.writeAbs
 	v.tailLSN, v.tailAbs = head+1, v.writeAbs
 	v.gen++
 	if err := v.persistSuperblock(func(s *superblock) {

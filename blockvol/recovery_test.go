@@ -173,19 +173,21 @@ func TestWrapAround(t *testing.T) {
 		}
 		copy(model[lba*4096:], p)
 	}
-	// 13 one-block batches (8 KiB each), then checkpoint: tail at 104 KiB.
-	for i := 0; i < 13; i++ {
+	// 25 one-block records (4160 bytes each, packed), then checkpoint:
+	// tail at 104,000.
+	for i := 0; i < 25; i++ {
 		write(i, 1, byte(i))
 	}
 	if err := v.Checkpoint(); err != nil {
 		t.Fatal(err)
 	}
-	// Two more batches to 120 KiB, then a two-block record that cannot fit
-	// before the end: a wrap pad, and the record at the start of the WAL.
-	write(20, 1, 100)
-	write(21, 1, 101)
-	write(30, 2, 102)
-	write(40, 1, 103)
+	// Two more to 112,320, then a five-block record (20,544 bytes) that
+	// cannot fit before the end (131,072): a wrap pad, and the record at
+	// the start of the WAL.
+	write(40, 1, 100)
+	write(41, 1, 101)
+	write(50, 5, 102)
+	write(60, 1, 103)
 	v.mu.Lock()
 	wrapped := v.writeAbs > wal && v.checkpoint < v.head
 	v.mu.Unlock()
@@ -204,7 +206,7 @@ func TestWrapAround(t *testing.T) {
 	check(v, "before reopen")
 	head := v.Status().Head
 	v = reopen(t, v, path, noFlush)
-	if st := v.Status(); st.Head != head || st.Checkpoint != 13 {
+	if st := v.Status(); st.Head != head || st.Checkpoint != 25 {
 		t.Fatalf("after reopen: head %d (want %d) checkpoint %d", st.Head, head, st.Checkpoint)
 	}
 	check(v, "after reopen across the wrap")

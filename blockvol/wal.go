@@ -7,12 +7,18 @@ import (
 	"github.com/weedblock/weedblock/blockdev"
 )
 
-// A batch is a run of records written with one pwritev. It starts 4 KiB
-// aligned in the WAL region and, once closed, ends 4 KiB aligned (a pad
-// record fills the gap). A batch never crosses the end of the region: a
-// wrap batch holds only a pad that covers the rest of the region.
+// A batch is a run of records written with one pwritev. It starts where
+// the previous one ended (records are 64-byte aligned; a batch after a
+// recovery, rebuild or truncation starts 4 KiB aligned), so a single 4 KiB
+// write costs the WAL 4160 bytes rather than two pages: the next batch
+// rewrites the last, partly filled page with the same bytes in front of
+// its own. A disk writes sectors atomically, so that rewrite leaves the
+// records already durable there intact whatever part of it lands
+// (faultfs tears pending writes at sector granularity to check it). A
+// batch never crosses the end of the region: a wrap batch holds only a
+// pad that covers the rest of the region.
 type batch struct {
-	start   int64 // absolute WAL position, 4 KiB aligned
+	start   int64 // absolute WAL position, 64-byte aligned
 	end     int64 // absolute position after the last record (or pad)
 	iov     [][]byte
 	hdrs    []byte // header arena, never reallocated
@@ -63,14 +69,19 @@ func (v *Volume) addPadLocked(b *batch, padLen int64) {
 	b.end += padLen
 }
 
-// closeBatchLocked pads an open batch to the next 4 KiB boundary.
+// closeBatchLocked closes an open batch: later records go into a new one.
+// The batch's write runs on to the end of its last page with zeros, which
+// are not part of the log (the next batch starts at b.end, over them):
+// that page is then whole in the page cache, so the next batch's write
+// into it needs no read from disk first (a partial write into a page not
+// in the cache makes the kernel read the rest, synchronously).
 func (v *Volume) closeBatchLocked(b *batch) {
 	if b.closed {
 		return
 	}
 	b.closed = true
 	if gap := alignUp(b.end, 4096) - b.end; gap > 0 {
-		v.addPadLocked(b, gap)
+		b.iov = append(b.iov, v.zeroBuf[:gap])
 	}
 	if v.writeAbs < b.end {
 		v.writeAbs = b.end
@@ -91,7 +102,7 @@ func (v *Volume) placeLocked(recLen int64) (needEnd int64, newBatch, wrap bool) 
 	if b := v.openBatchLocked(); b != nil && b.nrec < maxBatchRecords && b.end%v.walSize+recLen <= v.walSize && b.end%v.walSize != 0 {
 		return alignUp(b.end+recLen, 4096), false, false
 	}
-	pos := alignUp(v.writeAbs, 4096)
+	pos := v.writeAbs
 	if pos%v.walSize+recLen > v.walSize {
 		pos += v.walSize - pos%v.walSize
 		wrap = true
@@ -113,7 +124,7 @@ func (v *Volume) appendLocked(h *recordHeader, data []byte, newBatch, wrap bool)
 		if b != nil {
 			v.closeBatchLocked(b)
 		}
-		pos := alignUp(v.writeAbs, 4096)
+		pos := v.writeAbs
 		if wrap {
 			wb := v.newBatchLocked(pos)
 			v.addPadLocked(wb, v.walSize-pos%v.walSize)
