@@ -2,6 +2,7 @@ package blockvol_test
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
 
 	"github.com/weedblock/weedblock/blockvol"
@@ -16,6 +17,29 @@ func packedOpts(fs *faultfs.FS) blockvol.Options {
 }
 
 func fill(b byte) []byte { return bytes.Repeat([]byte{b}, 4096) }
+
+// packedVolume creates a volume on fs whose block 0 holds 4 KiB of b0.
+func packedVolume(t *testing.T, fs *faultfs.FS, b0 byte) *blockvol.Volume {
+	t.Helper()
+	v, err := blockvol.Create(crashVolPath, 16*4096, packedOpts(fs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.WriteAt(fill(b0), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// reopenPacked opens the volume on fs again.
+func reopenPacked(t *testing.T, fs *faultfs.FS, what string) *blockvol.Volume {
+	t.Helper()
+	v, err := blockvol.Open(crashVolPath, packedOpts(fs))
+	if err != nil {
+		t.Fatalf("%s: reopen: %v", what, err)
+	}
+	return v
+}
 
 func readBlock(t *testing.T, v *blockvol.Volume, lba int64) []byte {
 	t.Helper()
@@ -34,13 +58,7 @@ func readBlock(t *testing.T, v *blockvol.Volume, lba int64) []byte {
 func TestCrashPackedPageKeepsDurableRecords(t *testing.T) {
 	for seed := uint64(0); seed < uint64(crashSeeds(t, 200)); seed++ {
 		fs := faultfs.New()
-		v, err := blockvol.Create(crashVolPath, 16*4096, packedOpts(fs))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := v.WriteAt(fill(0xa0), 0, false); err != nil {
-			t.Fatal(err)
-		}
+		v := packedVolume(t, fs, 0xa0)
 		if err := v.Flush(); err != nil {
 			t.Fatal(err)
 		}
@@ -52,10 +70,7 @@ func TestCrashPackedPageKeepsDurableRecords(t *testing.T) {
 		}
 		fs.Crash(faultfs.CrashRandom, seed)
 		v.Close()
-		v, err = blockvol.Open(crashVolPath, packedOpts(fs))
-		if err != nil {
-			t.Fatalf("seed %d: reopen: %v", seed, err)
-		}
+		v = reopenPacked(t, fs, fmt.Sprintf("seed %d", seed))
 		if got := readBlock(t, v, 0); !bytes.Equal(got, fill(0xa0)) {
 			t.Fatalf("seed %d: the flushed block reads %#x..., want 0xa0", seed, got[0])
 		}
@@ -83,20 +98,11 @@ func TestCrashPackedPageKeepsDurableRecords(t *testing.T) {
 // tail must reach it across that point).
 func TestCleanReopenContinuesPackedLog(t *testing.T) {
 	fs := faultfs.New()
-	v, err := blockvol.Create(crashVolPath, 16*4096, packedOpts(fs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := v.WriteAt(fill(0xb1), 0, false); err != nil {
-		t.Fatal(err)
-	}
+	v := packedVolume(t, fs, 0xb1)
 	if err := v.Close(); err != nil {
 		t.Fatal(err)
 	}
-	v, err = blockvol.Open(crashVolPath, packedOpts(fs))
-	if err != nil {
-		t.Fatal(err)
-	}
+	v = reopenPacked(t, fs, "after a clean close")
 	if err := v.WriteAt(fill(0xb2), 4096, false); err != nil {
 		t.Fatal(err)
 	}
@@ -105,10 +111,7 @@ func TestCleanReopenContinuesPackedLog(t *testing.T) {
 	}
 	fs.Crash(faultfs.CrashDropAll, 1)
 	v.Close()
-	v, err = blockvol.Open(crashVolPath, packedOpts(fs))
-	if err != nil {
-		t.Fatal(err)
-	}
+	v = reopenPacked(t, fs, "after the crash")
 	defer v.Close()
 	if got := readBlock(t, v, 0); !bytes.Equal(got, fill(0xb1)) {
 		t.Fatalf("block 0 reads %#x..., want 0xb1", got[0])
