@@ -49,6 +49,18 @@ func (c *cacheFS) Open(path string) (File, error) {
 	return &cacheFile{f, c}, nil
 }
 
+// cacheVolume creates a standalone volume with a manual flusher on a
+// fresh cacheFS (bs 0: the default block size).
+func cacheVolume(t *testing.T, size, walSize int64, bs int) (*cacheFS, *Volume) {
+	t.Helper()
+	cfs := &cacheFS{}
+	v, err := Create(filepath.Join(t.TempDir(), "v"), size, Options{FS: cfs, BlockSize: bs, WALSize: walSize, Standalone: true, ManualFlush: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfs, v
+}
+
 func (c *cacheFS) reset() {
 	c.mu.Lock()
 	c.writes, c.drops, c.paces = nil, nil, nil
@@ -90,11 +102,7 @@ func (f *cacheFile) PaceWriteback(off, n int64) error {
 // small write would dirty a whole large folio).
 func TestExtentWrittenInPieces(t *testing.T) {
 	for _, bs := range []int{512, 4096, 16384} {
-		cfs := &cacheFS{}
-		v, err := Create(filepath.Join(t.TempDir(), "v"), 4<<20, Options{FS: cfs, BlockSize: bs, WALSize: 4 << 20, Standalone: true, ManualFlush: true})
-		if err != nil {
-			t.Fatal(err)
-		}
+		cfs, v := cacheVolume(t, 4<<20, 4<<20, bs)
 		p := block(512<<10, 7)
 		if err := v.WriteAt(p, 64<<10, false); err != nil {
 			t.Fatal(err)
@@ -136,11 +144,7 @@ func TestExtentWrittenInPieces(t *testing.T) {
 // WAL bytes it freed (whole pages, inside the WAL region, also across the
 // wrap), and nothing else: in all, exactly the pages the tail moved past.
 func TestFlusherDropsFreedWAL(t *testing.T) {
-	cfs := &cacheFS{}
-	v, err := Create(filepath.Join(t.TempDir(), "v"), 1<<20, Options{FS: cfs, WALSize: 128 << 10, Standalone: true, ManualFlush: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfs, v := cacheVolume(t, 1<<20, 128<<10, 0)
 	defer v.Close()
 	v.mu.Lock()
 	startTail := v.tailAbs
@@ -195,11 +199,7 @@ func TestFlusherDropsFreedWAL(t *testing.T) {
 // before), over the extent only; an error from it is fatal like a failed
 // Sync (it may have consumed the file's write-back error report).
 func TestFlusherPacesWriteback(t *testing.T) {
-	cfs := &cacheFS{}
-	v, err := Create(filepath.Join(t.TempDir(), "v"), 8<<20, Options{FS: cfs, WALSize: 8 << 20, Standalone: true, ManualFlush: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfs, v := cacheVolume(t, 8<<20, 8<<20, 0)
 	defer v.Close()
 	write := func(n int, seed byte) {
 		t.Helper()
@@ -248,11 +248,7 @@ func TestFlusherPacesWriteback(t *testing.T) {
 // fails with it. (Without syncMu around the step, the FLUSH's own
 // fdatasync succeeds and the write is acknowledged as durable.)
 func TestPaceErrorFailsFlushes(t *testing.T) {
-	cfs := &cacheFS{}
-	v, err := Create(filepath.Join(t.TempDir(), "v"), 8<<20, Options{FS: cfs, WALSize: 8 << 20, Standalone: true, ManualFlush: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfs, v := cacheVolume(t, 8<<20, 8<<20, 0)
 	defer v.Close()
 	for i := 0; i < 200; i++ { // 800 KiB: one pacing step in the round
 		if err := v.WriteAt(block(4096, byte(i)), int64(i)*4096, false); err != nil {
