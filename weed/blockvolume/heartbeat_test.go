@@ -481,12 +481,14 @@ func TestReplicaAssignment(t *testing.T) {
 		},
 		Durability: blockpb.Durability_DURABILITY_SYNC,
 	}
+	m := startManager(t, "", withMasters(f.addr))
+	// Allocate before the master starts assigning: an assignment that
+	// arrives first creates the copy untrusted (waiting for a rebuild).
+	allocate(t, m, "rep", 1<<20, cfg)
 	f.setRespond(func(hb *blockpb.BlockHeartbeat) (*blockpb.BlockHeartbeatResponse, error) {
 		return &blockpb.BlockHeartbeatResponse{HeartbeatSeq: hb.GetSeq(), LeaseMs: 1000,
 			Assignments: []*blockpb.Assignment{{Spec: spec("rep", 1<<20), Config: cfg, Role: blockpb.Role_ROLE_REPLICA}}}, nil
 	})
-	m := startManager(t, "", withMasters(f.addr))
-	allocate(t, m, "rep", 1<<20, cfg)
 	eventually(t, 5*time.Second, "reported as replica of epoch 3", func() bool {
 		r := f.lastReport("rep")
 		return r.GetEpoch() == 3 && r.GetRole() == blockpb.Role_ROLE_REPLICA
