@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -131,6 +132,9 @@ type Primary struct {
 	// unchecked: members of NewPrimary's list still to be checked against
 	// the takeover head at their first successful hello.
 	unchecked map[string]bool
+	// shippedTo: members that passed a hello's checks in this Primary's
+	// lifetime (see ShippedTo).
+	shippedTo map[string]bool
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -163,7 +167,7 @@ func NewPrimary(vol *blockvol.Volume, o PrimaryOptions) (*Primary, error) {
 	if w := vol.Status().WALSize / 8; o.MaxInFlightBytes > w {
 		o.MaxInFlightBytes = w
 	}
-	p := &Primary{vol: vol, o: o, epoch: o.Epoch, changed: make(chan struct{})}
+	p := &Primary{vol: vol, o: o, epoch: o.Epoch, changed: make(chan struct{}), shippedTo: make(map[string]bool)}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	if o.Takeover != nil {
 		p.unchecked = make(map[string]bool)
@@ -209,14 +213,30 @@ func checkMembers(mode Mode, ms []Member) error {
 func (p *Primary) checkTakeover(id string, replicaHead uint64) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.unchecked[id] {
-		return nil
+	if p.unchecked[id] {
+		if h := p.o.Takeover.Head; replicaHead > h {
+			return fmt.Errorf("%w: replica head %d is beyond lsn %d where this primary took over: it holds records this primary never had", errNeedsRebuild, replicaHead, h)
+		}
+		delete(p.unchecked, id)
 	}
-	if h := p.o.Takeover.Head; replicaHead > h {
-		return fmt.Errorf("%w: replica head %d is beyond lsn %d where this primary took over: it holds records this primary never had", errNeedsRebuild, replicaHead, h)
-	}
-	delete(p.unchecked, id)
+	p.shippedTo[id] = true
 	return nil
+}
+
+// ShippedTo lists the members that passed a hello's checks (head, head
+// epoch, takeover) in this Primary's lifetime, whatever their state now:
+// from then on records beyond the takeover head on them may be this
+// primary's own. The owner carries the list into the Takeover.Shipped of
+// a later Primary and its recoveries.
+func (p *Primary) ShippedTo() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ids := make([]string, 0, len(p.shippedTo))
+	for id := range p.shippedTo {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
 }
 
 // publishLocked refreshes the lock-free list Notify walks.

@@ -151,6 +151,13 @@ func TestTakeoverDivergedMemberNeedsRebuild(t *testing.T) {
 	if s := c.replicaStats("r1"); s.State != StateNeedsRebuild || s.Err == "" {
 		t.Fatalf("r1 stats %+v", s)
 	}
+	// Only the member that passed the checks counts as shipped to, and
+	// stays so when it is cut off.
+	c.node("r2").proxy.SetDrop(true)
+	c.node("r2").proxy.Cut()
+	if got := c.p.ShippedTo(); len(got) != 1 || got[0] != "r2" {
+		t.Fatalf("shipped to %v, want [r2]", got)
+	}
 }
 
 // TestReplicaAheadOfPrimaryNeedsRebuild: without takeover information, a

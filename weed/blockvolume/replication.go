@@ -330,6 +330,9 @@ func (m *Manager) unregisterLocked(v *volume) {
 // stopPrimaryLocked detaches v's replication.Volume from the frontends and
 // stops its Primary.
 func (m *Manager) stopPrimaryLocked(v *volume) {
+	// What it shipped to stays known to the next Primary and to the
+	// recoveries (else a copy it streamed to would look diverged).
+	m.noteShippedLocked(v)
 	if p := v.setPrimary(nil, nil); p != nil {
 		if err := p.Close(); err != nil {
 			glog.Warningf("blockvolume: %s: stop replication: %v", v.name, err)
@@ -626,11 +629,8 @@ func (m *Manager) noteShippedLocked(v *volume) {
 	if !v.takeover || p == nil {
 		return
 	}
-	for _, rs := range p.Stats().Replicas {
-		switch rs.State {
-		case replication.StateCatchingUp, replication.StateInSync, replication.StateLagging:
-			v.shipped[rs.ServerID] = true
-		}
+	for _, id := range p.ShippedTo() {
+		v.shipped[id] = true
 	}
 }
 
