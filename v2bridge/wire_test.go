@@ -183,3 +183,63 @@ func wantRefusedThenEnd(t *testing.T, c net.Conn, why string) {
 		t.Fatal("the service answered after a bad frame")
 	}
 }
+
+// FuzzWire: any bytes decode to a request, a response and a frame or to
+// an error, never a panic; what decodes encodes to bytes that decode to
+// the same message.
+func FuzzWire(f *testing.F) {
+	f.Add((&request{Op: opApply, Volume: "v", Epoch: 3, Attempt: 2, B: 1,
+		Recs: []blockvol.Record{{LSN: 1, Epoch: 3, Kind: blockvol.KindWrite, Blocks: 1, Data: make([]byte, 64)},
+			{LSN: 2, Epoch: 3, Kind: blockvol.KindTrim, LBA: 9, Blocks: 4}}}).encode(nil))
+	f.Add((&request{Op: opVerify, Volume: "v", A: 7, C: 1 << 20, Sum: [32]byte{1, 2}, Data: []byte{0, 0, 0, 1}}).encode(nil))
+	f.Add((&response{Code: codeOK, Head: 9, Durable: 8, Checkpoint: 4, Epoch: 3, HasTerms: true,
+		Terms: []blockvol.Term{{Epoch: 1, First: 1}, {Epoch: 3, First: 5}}}).encode(nil))
+	f.Add((&response{Code: codeStaleEpoch, Msg: "stale", Untrusted: true, EpochUnknown: true}).encode(nil))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, p []byte) {
+		if req, err := decodeRequest(p); err == nil {
+			again, err := decodeRequest(req.encode(nil))
+			if err != nil {
+				t.Fatalf("re-encoded request does not decode: %v", err)
+			}
+			if !reflect.DeepEqual(normalRequest(again), normalRequest(req)) {
+				t.Fatalf("request round trip:\n%+v\n%+v", req, again)
+			}
+		}
+		if resp, err := decodeResponse(p); err == nil {
+			again, err := decodeResponse(resp.encode(nil))
+			if err != nil {
+				t.Fatalf("re-encoded response does not decode: %v", err)
+			}
+			if !reflect.DeepEqual(normalResponse(again), normalResponse(resp)) {
+				t.Fatalf("response round trip:\n%+v\n%+v", resp, again)
+			}
+		}
+		if fr, err := readFrame(bytes.NewReader(p), nil); err == nil && len(fr) > len(p) {
+			t.Fatalf("frame of %d bytes from %d", len(fr), len(p))
+		}
+	})
+}
+
+// normalRequest and normalResponse make empty and nil slices equal.
+func normalRequest(r request) request {
+	if len(r.Data) == 0 {
+		r.Data = nil
+	}
+	if len(r.Recs) == 0 {
+		r.Recs = nil
+	}
+	for i := range r.Recs {
+		if len(r.Recs[i].Data) == 0 {
+			r.Recs[i].Data = nil
+		}
+	}
+	return r
+}
+
+func normalResponse(r response) response {
+	if len(r.Terms) == 0 {
+		r.Terms = nil
+	}
+	return r
+}

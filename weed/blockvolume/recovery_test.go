@@ -544,3 +544,28 @@ func TestRecoveryTwoCopiesAtOnce(t *testing.T) {
 		rc.sameDataOf(m)
 	}
 }
+
+// TestStoppedPrimaryKeepsShippedCopies: the copies a Primary streamed to
+// stay known as shipped to when it stops (an epoch change, a lost lease)
+// before any heartbeat noted them, so that a recovery of one of them
+// after the takeover is not taken for divergence (a needless rebuild).
+func TestStoppedPrimaryKeepsShippedCopies(t *testing.T) {
+	rc := newRecCluster(t)
+	cfg1 := rc.config(1, rc.p, rc.c)
+	rc.allocate(rc.p, cfg1, false)
+	rc.allocate(rc.c, cfg1, false)
+	rc.setConfig(cfg1)
+	rc.write(20)
+	m := rc.p
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	v := m.lookup(recVol)
+	if !v.takeover || v.primary() == nil {
+		t.Fatalf("primary: takeover %v, replication running %v", v.takeover, v.primary() != nil)
+	}
+	v.shipped = map[string]bool{} // as if no heartbeat came since the hello
+	m.stopPrimaryLocked(v)
+	if !v.shipped[rc.c.ServerID()] {
+		t.Fatalf("after the stop, shipped to %v; want %s", v.shipped, rc.c.ServerID())
+	}
+}
