@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
-	"sort"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -231,12 +232,7 @@ func (p *Primary) checkTakeover(id string, replicaHead uint64) error {
 func (p *Primary) ShippedTo() []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	ids := make([]string, 0, len(p.shippedTo))
-	for id := range p.shippedTo {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	return ids
+	return slices.Sorted(maps.Keys(p.shippedTo))
 }
 
 // publishLocked refreshes the lock-free list Notify walks.

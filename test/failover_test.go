@@ -67,6 +67,20 @@ func (c *testCluster) waitMember(name, id string, timeout time.Duration) volumeV
 	return v
 }
 
+// createRF2 creates a 64 MiB RF=2 sync volume on a two-server cluster and
+// waits until it serves; it returns the name, the volume's first view and
+// the servers of its primary and of its replica.
+func (c *testCluster) createRF2(prefix string) (string, volumeView, *volumeServer, *volumeServer) {
+	c.t.Helper()
+	name := uniqueName(prefix)
+	c.create("-name=" + name + " -size=64MiB -rf=2 -durability=sync")
+	v := c.waitServing(name, time.Minute)
+	if len(v.Replicas) != 2 {
+		c.t.Fatalf("rf=2 volume has %d replicas: %+v", len(v.Replicas), v)
+	}
+	return name, v, c.volumeFor(v.Primary), c.otherVolume(v.Primary)
+}
+
 // TestFailoverKillPrimaryThenStopPrimary: an RF=2 sync volume takes fio
 // verify writes with flushes; kill -9 of the primary's server makes the
 // master promote the replica, and fio verify_only against the new primary
@@ -79,20 +93,8 @@ func TestFailoverKillPrimaryThenStopPrimary(t *testing.T) {
 	requireTools(t, "fio", "qemu-io")
 	requireOwnCluster(t)
 	c := startCluster(t, 2)
-	name := uniqueName("fo1")
-	c.create("-name=" + name + " -size=64MiB -rf=2 -durability=sync")
-	v := c.waitServing(name, time.Minute)
-	if len(v.Replicas) != 2 {
-		t.Fatalf("rf=2 volume has %d replicas: %+v", len(v.Replicas), v)
-	}
-	first := c.volumeFor(v.Primary)
-	var second *volumeServer
-	for _, vs := range c.volumes {
-		if vs != first {
-			second = vs
-		}
-	}
-	uri := func(vs *volumeServer) string { return "nbd://" + vs.nbd + "/" + name }
+	name, v, first, second := c.createRF2("fo1")
+	uri := func(vs *volumeServer) string { return vs.uri(name) }
 
 	mustRun(t, 5*time.Minute, "fio", fioJob(uri(first), "--do_verify=0")...)
 	// One last acknowledged, flushed write before the kill: the pause runs

@@ -23,20 +23,8 @@ func testEveryCopyKilled(t *testing.T, promoteFirst bool) {
 	requireTools(t, "fio", "qemu-io")
 	requireOwnCluster(t)
 	c := startCluster(t, 2)
-	name := uniqueName("ka")
-	c.create("-name=" + name + " -size=64MiB -rf=2 -durability=sync")
-	v := c.waitServing(name, time.Minute)
-	if len(v.Replicas) != 2 {
-		t.Fatalf("rf=2 volume has %d replicas: %+v", len(v.Replicas), v)
-	}
-	primary := c.volumeFor(v.Primary)
-	var replica *volumeServer
-	for _, vs := range c.volumes {
-		if vs != primary {
-			replica = vs
-		}
-	}
-	uri := func(vs *volumeServer) string { return "nbd://" + vs.nbd + "/" + name }
+	name, v, primary, replica := c.createRF2("ka")
+	uri := func(vs *volumeServer) string { return vs.uri(name) }
 
 	mustRun(t, 5*time.Minute, "fio", fioJob(uri(primary), "--do_verify=0")...)
 	if ok, out := nbdWrite(t, uri(primary), 32<<20, 0x5a); !ok {
