@@ -37,6 +37,7 @@ type cluster struct {
 	dev     *Volume
 	nodes   []*node
 	removed chan string
+	reasons chan string // RemoveMember's reasons, dropped when full
 }
 
 type clusterOpts struct {
@@ -119,7 +120,7 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 	if err := pv.Unfence(1, blockvol.RolePrimary, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{pvol: pv, removed: make(chan string, 16), direct: o.direct}
+	c := &cluster{pvol: pv, removed: make(chan string, 16), reasons: make(chan string, 16), direct: o.direct}
 	if tt, ok := t.(*testing.T); ok {
 		c.t = tt
 	}
@@ -128,7 +129,14 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 	}
 	po := PrimaryOptions{
 		Name: volName, Mode: o.mode, Epoch: 1, Members: c.members(),
-		RemoveMember:  func(id string) error { c.removed <- id; return nil },
+		RemoveMember: func(id, why string) error {
+			select {
+			case c.reasons <- why:
+			default:
+			}
+			c.removed <- id
+			return nil
+		},
 		CommitTimeout: 30 * time.Second,
 		MemberTimeout: 500 * time.Millisecond,
 	}

@@ -69,7 +69,8 @@ type PrimaryOptions struct {
 	// most once per member per epoch (again after an error), from the
 	// primary's monitor goroutine. FLUSH keeps waiting (bounded by
 	// CommitTimeout) until SetMembers brings the epoch without it.
-	RemoveMember func(serverID string) error
+	// reason says why, for the master's record and the operator.
+	RemoveMember func(serverID, reason string) error
 	// CommitTimeout bounds how long a FLUSH waits for the mode's commit;
 	// 0 means DefaultCommitTimeout.
 	CommitTimeout time.Duration
@@ -498,7 +499,7 @@ func (p *Primary) monitor() {
 		}
 		now := time.Now()
 		var ask []*replica
-		var why []string // each asked member's state, read under p.mu
+		var why []string // why each asked member goes, read under p.mu
 		p.mu.Lock()
 		epoch := p.epoch
 		for _, r := range p.members {
@@ -506,19 +507,24 @@ func (p *Primary) monitor() {
 				continue
 			}
 			stuck := !r.stuckSince.IsZero() && now.Sub(r.stuckSince) > p.o.MemberTimeout && p.o.Mode != ModeAsync
-			if stuck || r.state == StateNeedsRebuild {
+			switch {
+			case r.state == StateNeedsRebuild:
 				r.removeAsked = true
 				ask = append(ask, r)
-				why = append(why, r.state.String())
+				why = append(why, fmt.Sprintf("replica needs a rebuild: %v", r.lastErr))
+			case stuck:
+				r.removeAsked = true
+				ask = append(ask, r)
+				why = append(why, fmt.Sprintf("replica stopped answering the primary (%s for over %v, last error: %v)", r.state, p.o.MemberTimeout, r.lastErr))
 			}
 		}
 		p.mu.Unlock()
 		for i, r := range ask {
-			glog.Warningf("replication: %s epoch %d: member %s (%s) is %s; asking the master to remove it", p.o.Name, epoch, r.m.ServerID, r.m.Addr, why[i])
+			glog.Warningf("replication: %s epoch %d: member %s (%s): %s; asking the master to remove it", p.o.Name, epoch, r.m.ServerID, r.m.Addr, why[i])
 			if p.o.RemoveMember == nil {
 				continue
 			}
-			if err := p.o.RemoveMember(r.m.ServerID); err != nil {
+			if err := p.o.RemoveMember(r.m.ServerID, why[i]); err != nil {
 				glog.Errorf("replication: %s: remove member %s: %v", p.o.Name, r.m.ServerID, err)
 				p.mu.Lock()
 				r.removeAsked = false

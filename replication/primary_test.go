@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -203,6 +204,9 @@ func TestSyncFlushWaitsForMemberRemoval(t *testing.T) {
 		if id != "r2" {
 			t.Fatalf("RemoveMember(%s), want r2", id)
 		}
+		if why := <-c.reasons; !strings.Contains(why, "stopped answering") {
+			t.Fatalf("RemoveMember reason %q, want it to say the member stopped answering", why)
+		}
 	case err := <-done:
 		t.Fatalf("sync flush returned %v while a member was blackholed and still in the epoch", err)
 	case <-time.After(20 * time.Second):
@@ -364,6 +368,9 @@ func TestDeadReplicaDoesNotWedgeWAL(t *testing.T) {
 	case id := <-c.removed:
 		if id != "r1" {
 			t.Fatalf("RemoveMember(%s)", id)
+		}
+		if why := <-c.reasons; !strings.Contains(why, "needs a rebuild") {
+			t.Fatalf("RemoveMember reason %q, want it to say the member needs a rebuild", why)
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("RemoveMember not called for a replica needing a rebuild")

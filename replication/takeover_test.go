@@ -76,7 +76,7 @@ func takeoverCluster(t *testing.T, takeover func(pv *blockvol.Volume) *Takeover,
 	}
 	c.p, err = NewPrimary(pv, PrimaryOptions{
 		Name: volName, Mode: ModeQuorum, Epoch: 2, Members: c.members(),
-		RemoveMember:  func(id string) error { c.removed <- id; return nil },
+		RemoveMember:  func(id, _ string) error { c.removed <- id; return nil },
 		CommitTimeout: 30 * time.Second,
 		MemberTimeout: 500 * time.Millisecond,
 		Takeover:      takeover(pv),
@@ -182,7 +182,7 @@ func TestReplicaAheadOfPrimaryNeedsRebuild(t *testing.T) {
 	c := &cluster{t: t, pvol: pv, removed: make(chan string, 16), nodes: []*node{n}}
 	c.p, err = NewPrimary(pv, PrimaryOptions{
 		Name: volName, Mode: ModeAsync, Epoch: 1, Members: c.members(),
-		RemoveMember:  func(id string) error { c.removed <- id; return nil },
+		RemoveMember:  func(id, _ string) error { c.removed <- id; return nil },
 		MemberTimeout: 500 * time.Millisecond,
 	})
 	if err != nil {
@@ -227,7 +227,7 @@ func TestAheadMemberNeverCountsForCommit(t *testing.T) {
 	c := &cluster{t: t, pvol: pv, removed: make(chan string, 16), nodes: []*node{n}}
 	c.p, err = NewPrimary(pv, PrimaryOptions{
 		Name: volName, Mode: ModeSync, Epoch: 1, Members: c.members(),
-		RemoveMember:  func(id string) error { c.removed <- id; return nil },
+		RemoveMember:  func(id, _ string) error { c.removed <- id; return nil },
 		MemberTimeout: 500 * time.Millisecond,
 		CommitTimeout: 400 * time.Millisecond,
 	})

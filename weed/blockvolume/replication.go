@@ -210,12 +210,12 @@ func (m *Manager) syncReplLocked(v *volume) {
 			Mode:    mode,
 			Epoch:   epoch,
 			Members: members,
-			RemoveMember: func(serverID string) error {
+			RemoveMember: func(serverID, reason string) error {
 				e := epoch
 				if cur := self.Load(); cur != nil {
 					e = cur.Epoch()
 				}
-				return m.removeMember(name, e, serverID)
+				return m.removeMember(name, e, serverID, reason)
 			},
 			// A member that stayed in the epoch (RF=3's third copy, or an
 			// old primary demoted by a promote) may hold records the old
@@ -532,7 +532,7 @@ func (m *Manager) recoverTargetLocked(v *volume, id string, t *blockpb.CatchUpTa
 			Epoch:   epoch,
 			Members: []replication.Member{{ServerID: id, Addr: t.GetServer().GetReplAddress()}},
 			// Not a member: nothing to remove.
-			RemoveMember: func(string) error { return nil },
+			RemoveMember: func(string, string) error { return nil },
 			Takeover:     v.takeoverInfo(),
 		})
 		if err != nil {
@@ -658,11 +658,11 @@ func (m *Manager) reportCaughtUp(name string, epoch uint64, cu *catchUp) {
 
 // removeMember asks the master to drop serverID from name's next epoch
 // (the Primary's RemoveMember callback).
-func (m *Manager) removeMember(name string, epoch uint64, serverID string) error {
+func (m *Manager) removeMember(name string, epoch uint64, serverID, reason string) error {
 	err := m.masterCall(func(ctx context.Context, c blockpb.BlockMasterClient) error {
 		_, err := c.RemoveMember(ctx, &blockpb.RemoveMemberRequest{
 			Name: name, Epoch: epoch, ServerId: serverID, CallerServerId: m.serverID,
-			Reason: "replica stopped answering the primary",
+			Reason: reason,
 		})
 		return err
 	})

@@ -270,7 +270,17 @@ func TestPromoteSwapsRolesWithRealMaster(t *testing.T) {
 		}
 		return perr == nil
 	})
-	eventually(t, 10*time.Second, "old primary refuses writes", func() bool { return c.write(4096, patA) == nbdEPERM })
+	// Wait for the old primary to learn the new epoch without writing to
+	// it: a write it still took as the old epoch's primary would be a
+	// record the new primary never had (diverged), and that copy is
+	// rightly removed and rebuilt; not what this test is about.
+	eventually(t, 10*time.Second, "old primary learns the promote", func() bool {
+		st := prim.m.lookup("sw").vol.Status()
+		return st.Epoch > info.GetConfig().GetEpoch()
+	})
+	if e := c.write(4096, patA); e != nbdEPERM {
+		t.Fatalf("write on the demoted primary: errno %d, want EPERM", e)
+	}
 	nc := dialNBD(t, repl.m.Endpoints().GetNbdAddress(), "sw")
 	patB := bytes.Repeat([]byte{0x6b}, 4096)
 	eventually(t, 10*time.Second, "new primary writable", func() bool { return nc.write(4096, patB) == 0 })
@@ -315,6 +325,9 @@ func TestLostReplicaIsRemovedWithRealMaster(t *testing.T) {
 	in := lookupInfo(t, client, "lr")
 	if isMember(in.GetConfig(), repl.id) || in.GetConfig().GetEpoch() <= info.GetConfig().GetEpoch() {
 		t.Fatalf("dead replica still a member: %v", in.GetConfig())
+	}
+	if why := in.GetConfig().GetReason(); !strings.Contains(why, "stopped answering") {
+		t.Fatalf("the master's reason for the removal %q does not say the replica stopped answering", why)
 	}
 	c.nc.Close()
 
