@@ -131,6 +131,9 @@ func TestConcurrentFlushShareSync(t *testing.T) {
 	ffs := &failingFS{}
 	v, _ := newTestVolume(t, 1<<20, 1<<20, Options{FS: ffs, ManualFlush: true})
 	base := ffs.syncs.Load()
+	// A slow disk: writers overlap a sync in flight even on one CPU, where
+	// a fast fdatasync could finish before the next writer runs.
+	ffs.delay.Store(int64(time.Millisecond))
 	const n, rounds = 16, 20
 	var wg sync.WaitGroup
 	errs := make(chan error, n)

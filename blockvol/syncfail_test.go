@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/weedblock/weedblock/blockdev"
 )
@@ -15,6 +16,7 @@ type failingFS struct {
 	fail  atomic.Bool
 	syncs atomic.Int64
 	after atomic.Int64 // Syncs attempted after the first failure
+	delay atomic.Int64 // nanoseconds each Sync sleeps first (a slow disk)
 }
 
 type failingFile struct {
@@ -40,6 +42,9 @@ func (f *failingFS) Open(path string) (File, error) {
 
 func (f *failingFile) Sync() error {
 	f.fs.syncs.Add(1)
+	if d := f.fs.delay.Load(); d > 0 {
+		time.Sleep(time.Duration(d))
+	}
 	if f.fs.fail.Load() {
 		f.fs.after.Add(1)
 		return syscall.EIO
