@@ -107,13 +107,21 @@ func wantCode(t *testing.T, err error, code codes.Code, what string) {
 // eventually polls cond every 10 ms for up to d.
 func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
+	if !waitUntil(d, cond) {
+		t.Fatalf("timed out after %v waiting for %s", d, what)
+	}
+}
+
+// waitUntil polls cond every 10 ms for up to d and says whether it held.
+func waitUntil(d time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
+			return false
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	return true
 }
 
 // --- a minimal NBD client (fixed newstyle, NBD_OPT_EXPORT_NAME) ---

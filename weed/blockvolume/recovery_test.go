@@ -425,10 +425,15 @@ func TestRecoveryEpochChangeCancelsRebuild(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the recovery goroutine did not end after the epoch change")
 	}
-	eventually(t, 10*time.Second, "pins and slot released", func() bool {
-		_, busy := rc.p.slots.Live(engine.ReplicaID{Volume: recVol, Server: "vs2"})
-		return !busy && pv.vol.Status().Holds == holds
-	})
+	var busy bool
+	var nowHolds int
+	if !waitUntil(10*time.Second, func() bool {
+		_, busy = rc.p.slots.Live(engine.ReplicaID{Volume: recVol, Server: "vs2"})
+		nowHolds = pv.vol.Status().Holds
+		return !busy && nowHolds == holds
+	}) {
+		t.Fatalf("after the stopped recovery: slot busy %v, %d holds (want %d)", busy, nowHolds, holds)
+	}
 	if r := rc.recovery(); r.GetPhase() != phaseDone {
 		t.Fatalf("stopped recovery reported as %v", r)
 	}
