@@ -105,9 +105,10 @@ type PrimaryOptions struct {
 // Head holds records this primary never had (the previous primary shipped
 // or wrote them after this copy's last record): its cursor goes to
 // StateNeedsRebuild and ships it nothing. Members added later by
-// SetMembers, and those listed in Shipped, are trusted to hold only this
-// server's records (they joined through a path that checked them) and
-// are only checked against the primary's head.
+// SetMembers (also one of the first list that left before it was checked
+// and came back), and those listed in Shipped, are trusted to hold only
+// this server's records (they joined through a path that checked them)
+// and are only checked against the primary's head.
 type Takeover struct {
 	Head uint64
 	// Shipped names members this server already shipped to as primary
@@ -331,6 +332,19 @@ func (p *Primary) SetMembers(epoch uint64, members []Member) error {
 			if len(p.removed) > 16 {
 				p.removed = p.removed[len(p.removed)-16:]
 			}
+		}
+	}
+	// A member that was not in the last epoch joins through a path that
+	// checked its history (a recovery by this primary): it is no longer
+	// held to the takeover head, even if it was in NewPrimary's list and
+	// left before passing the check. One that stays stays unchecked.
+	had := make(map[string]bool, len(p.members))
+	for _, r := range p.members {
+		had[r.m.ServerID] = true
+	}
+	for _, m := range members {
+		if !had[m.ServerID] {
+			delete(p.unchecked, m.ServerID)
 		}
 	}
 	p.epoch = epoch

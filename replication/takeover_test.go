@@ -249,3 +249,84 @@ func TestAheadMemberNeverCountsForCommit(t *testing.T) {
 		t.Fatalf("committed %d with a member that holds none of the primary's records", c)
 	}
 }
+
+// TestTakeoverMemberReaddedAfterRecovery: a member of the takeover epoch
+// that left before its first hello (unreachable, then removed) and was
+// brought to the primary's history by another path (here a catch-up
+// Primary, as the volume server's recovery does) is re-added by
+// SetMembers holding the primary's own records beyond the takeover head:
+// it streams, it is not sent to a rebuild again (which would remove and
+// re-add it forever).
+func TestTakeoverMemberReaddedAfterRecovery(t *testing.T) {
+	dir := t.TempDir()
+	const size, walSize = 4 << 20, 8 << 20
+	pv, err := blockvol.Create(filepath.Join(dir, "primary.blk"), size, blockvol.Options{WALSize: walSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pv.Unfence(1, blockvol.RolePrimary, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	// The WAL stays for the copy that left (the volume server's rejoin
+	// hold does this).
+	rejoin, err := pv.Hold(1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rejoin.Release()
+	n := newReplicaNode(t, dir, "r1", size, walSize, 1)
+	c := &cluster{t: t, pvol: pv, removed: make(chan string, 16), nodes: []*node{n}}
+	n.proxy.SetDrop(true)
+	c.p, err = NewPrimary(pv, PrimaryOptions{
+		Name: volName, Mode: ModeAsync, Epoch: 1, Members: c.members(),
+		RemoveMember:  func(id, _ string) error { c.removed <- id; return nil },
+		MemberTimeout: 500 * time.Millisecond,
+		Takeover:      &Takeover{Head: 0},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.dev = NewVolume(pv, c.p)
+	t.Cleanup(func() { c.close(t) })
+	for i := 0; i < 5; i++ {
+		write(t, c.dev, int64(10+i), 0x5a)
+	}
+	// r1 leaves the epoch without ever having answered.
+	if err := c.p.SetMembers(1, nil); err != nil {
+		t.Fatal(err)
+	}
+	n.proxy.SetDrop(false)
+	n.proxy.Cut()
+	// A catch-up brings it to the primary's history (records 1..5, all
+	// beyond the takeover head 0).
+	follow, err := NewPrimary(pv, PrimaryOptions{
+		Name: volName, Mode: ModeAsync, Epoch: 1, Members: c.members(),
+		RemoveMember: func(string, string) error { return nil },
+		Takeover:     &Takeover{Head: 0},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.dev.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "r1 caught up by the catch-up", func() bool {
+		st := follow.Stats()
+		return len(st.Replicas) == 1 && st.Replicas[0].State == StateInSync && n.vol.Status().Head == pv.Status().Head
+	})
+	if err := follow.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Re-added: it streams the next writes.
+	if err := c.p.SetMembers(1, c.members()); err != nil {
+		t.Fatal(err)
+	}
+	write(t, c.dev, 20, 0x6b)
+	waitFor(t, 10*time.Second, "r1 streams after the re-add", func() bool {
+		return n.vol.Status().Head == pv.Status().Head || c.replicaStats("r1").State == StateNeedsRebuild
+	})
+	if s := c.replicaStats("r1"); s.State == StateNeedsRebuild {
+		t.Fatalf("re-added member sent to a rebuild: %+v", s)
+	}
+	sameDevice(t, pv, n.vol, "r1")
+}

@@ -302,6 +302,87 @@ func TestPromoteSwapsRolesWithRealMaster(t *testing.T) {
 	nc.nc.Close()
 }
 
+// TestPromoteUnderWritesEndsWhole: a client keeps writing to the old
+// primary while an operator promotes the replica. Writes the old primary
+// still took without the new primary seeing them are never flushed, so
+// they may go; whatever it took, the old primary ends as an in-sync member
+// of the new epoch holding exactly the new primary's data (a copy that
+// diverged is truncated or rebuilt, never served as it is).
+func TestPromoteUnderWritesEndsWhole(t *testing.T) {
+	const name, blocks = "pw", 64
+	client, info, prim, repl := startPair(t, name)
+	c := dialNBD(t, prim.m.Endpoints().GetNbdAddress(), name)
+	eventually(t, 10*time.Second, "primary writable", func() bool { return c.write(0, bytes.Repeat([]byte{1}, 4096)) == 0 })
+	if e := c.flush(); e != 0 {
+		t.Fatalf("flush: errno %d", e)
+	}
+	eventually(t, 10*time.Second, "promote accepted", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := client.PromoteVolume(ctx, &blockpb.PromoteVolumeRequest{Name: name, ToServerId: repl.id})
+		return err == nil
+	})
+	taken := 0
+	for i := 0; ; i++ {
+		e := c.write(uint64(1+i%(blocks-1))*4096, bytes.Repeat([]byte{byte(0x40 + i%64)}, 4096))
+		if e == nbdEPERM {
+			break
+		}
+		if e != 0 {
+			t.Fatalf("write %d on the old primary: errno %d", i, e)
+		}
+		taken++
+		if i > 100000 {
+			t.Fatal("the old primary never refused writes after the promote")
+		}
+	}
+	t.Logf("the old primary took %d writes after the promote was accepted", taken)
+	c.nc.Close()
+
+	nc := dialNBD(t, repl.m.Endpoints().GetNbdAddress(), name)
+	defer nc.nc.Close()
+	patB := bytes.Repeat([]byte{0xbb}, 4096)
+	eventually(t, 10*time.Second, "new primary writable", func() bool { return nc.write(4096, patB) == 0 })
+	if e := nc.flush(); e != 0 {
+		t.Fatalf("flush on the new primary: errno %d", e)
+	}
+	eventually(t, 30*time.Second, "the old primary back in sync as a member", func() bool {
+		in := lookupInfo(t, client, name)
+		if in == nil || in.GetConfig().GetPrimaryServerId() != repl.id || !isMember(in.GetConfig(), prim.id) ||
+			in.GetConfig().GetEpoch() <= info.GetConfig().GetEpoch() {
+			return false
+		}
+		// The new primary itself must be in that epoch: until then it
+		// ships to the old one only as a catch-up, which a FLUSH does not
+		// wait for.
+		v := repl.m.lookup(name)
+		if v == nil || v.vol.Status().Epoch != in.GetConfig().GetEpoch() {
+			return false
+		}
+		rs := v.replicaStates()
+		return len(rs) == 1 && rs[0].GetServerId() == prim.id && rs[0].GetState() == "in-sync"
+	})
+	// A flushed write reaches both (sync mode), then the copies are equal.
+	patC := bytes.Repeat([]byte{0xcc}, 4096)
+	if e := nc.write(2*4096, patC); e != 0 {
+		t.Fatalf("write on the new primary: errno %d", e)
+	}
+	if e := nc.flush(); e != 0 {
+		t.Fatalf("flush on the new primary: errno %d", e)
+	}
+	want := repl.readLocal(t, name, 0, blocks*4096)
+	if !bytes.Equal(want[4096:2*4096], patB) || !bytes.Equal(want[2*4096:3*4096], patC) {
+		t.Fatal("the new primary lost its own flushed writes")
+	}
+	if got := prim.readLocal(t, name, 0, blocks*4096); !bytes.Equal(got, want) {
+		for b := 0; b < blocks; b++ {
+			if !bytes.Equal(got[b*4096:(b+1)*4096], want[b*4096:(b+1)*4096]) {
+				t.Fatalf("block %d differs: old primary %#x, new primary %#x", b, got[b*4096], want[b*4096])
+			}
+		}
+	}
+}
+
 // TestLostReplicaIsRemovedWithRealMaster: when the replica's server dies,
 // a FLUSH on the primary waits for it, the primary asks the master to
 // remove it, and the FLUSH completes in the epoch without it.
