@@ -165,13 +165,8 @@ func TestTakeoverDivergedMemberNeedsRebuild(t *testing.T) {
 func TestReplicaAheadOfPrimaryNeedsRebuild(t *testing.T) {
 	dir := t.TempDir()
 	const size, walSize = 4 << 20, 8 << 20
-	pv, err := blockvol.Create(filepath.Join(dir, "primary.blk"), size, blockvol.Options{WALSize: walSize})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pv.Unfence(1, blockvol.RolePrimary, time.Time{}); err != nil {
-		t.Fatal(err)
-	}
+	pv := newPrimaryVolume(t, dir, size, walSize)
+	var err error
 	n := newReplicaNode(t, dir, "r1", size, walSize, 1)
 	ghost := bytes.Repeat([]byte{0xee}, 4096)
 	for i := uint64(1); i <= 3; i++ {
@@ -207,13 +202,8 @@ func TestReplicaAheadOfPrimaryNeedsRebuild(t *testing.T) {
 func TestAheadMemberNeverCountsForCommit(t *testing.T) {
 	dir := t.TempDir()
 	const size, walSize = 4 << 20, 8 << 20
-	pv, err := blockvol.Create(filepath.Join(dir, "primary.blk"), size, blockvol.Options{WALSize: walSize})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pv.Unfence(1, blockvol.RolePrimary, time.Time{}); err != nil {
-		t.Fatal(err)
-	}
+	pv := newPrimaryVolume(t, dir, size, walSize)
+	var err error
 	n := newReplicaNode(t, dir, "r1", size, walSize, 1)
 	ghost := bytes.Repeat([]byte{0xee}, 4096)
 	for i := uint64(1); i <= 5; i++ {
@@ -260,13 +250,8 @@ func TestAheadMemberNeverCountsForCommit(t *testing.T) {
 func TestTakeoverMemberReaddedAfterRecovery(t *testing.T) {
 	dir := t.TempDir()
 	const size, walSize = 4 << 20, 8 << 20
-	pv, err := blockvol.Create(filepath.Join(dir, "primary.blk"), size, blockvol.Options{WALSize: walSize})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pv.Unfence(1, blockvol.RolePrimary, time.Time{}); err != nil {
-		t.Fatal(err)
-	}
+	pv := newPrimaryVolume(t, dir, size, walSize)
+	var err error
 	// The WAL stays for the copy that left (the volume server's rejoin
 	// hold does this).
 	rejoin, err := pv.Hold(1, 0)
@@ -329,4 +314,17 @@ func TestTakeoverMemberReaddedAfterRecovery(t *testing.T) {
 		t.Fatalf("re-added member sent to a rebuild: %+v", s)
 	}
 	sameDevice(t, pv, n.vol, "r1")
+}
+
+// newPrimaryVolume creates dir's primary.blk, primary of epoch 1.
+func newPrimaryVolume(t *testing.T, dir string, size, walSize int64) *blockvol.Volume {
+	t.Helper()
+	pv, err := blockvol.Create(filepath.Join(dir, "primary.blk"), size, blockvol.Options{WALSize: walSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pv.Unfence(1, blockvol.RolePrimary, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	return pv
 }
