@@ -1,8 +1,10 @@
 package test
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -61,24 +63,7 @@ func TestPromoteForceOverUnshippedWrites(t *testing.T) {
 		t.Fatalf("the primary's head did not move with the unflushed write: %d -> %d", before.HeadLSN, after.HeadLSN)
 	}
 
-	repl.moveRepl(t)
-	repl.start()
-	c.waitVolume(repl)
-	waitFor(t, 60*time.Second, "the restarted replica reports its copy as a member", func() error {
-		cur, err := c.status(name)
-		if err != nil {
-			return err
-		}
-		if cur.Epoch != v.Epoch {
-			return fmt.Errorf("epoch moved from %d to %d: the cut replica must stay a member for this test", v.Epoch, cur.Epoch)
-		}
-		for _, r := range cur.Replicas {
-			if r.ServerID == repl.http && r.Alive && r.Reported && r.Epoch == v.Epoch {
-				return nil
-			}
-		}
-		return fmt.Errorf("not reported yet: %+v", cur.Replicas)
-	})
+	restartCutOff(t, c, name, repl, v.Epoch)
 	rep, err := localStatus(repl, name)
 	if err != nil {
 		t.Fatal(err)
@@ -143,4 +128,113 @@ func TestPromoteForceOverUnshippedWrites(t *testing.T) {
 	c.waitPrimary(name, prim.http, v3.Epoch, 60*time.Second)
 	sameData(t, "the old primary's copy after the failover back", mustReadAll(t, prim.uri(name), volSize), want)
 	base.verify(t, prim.uri(name), "on the old primary after the failover back")
+}
+
+// TestPromoteUnderLoadEndsWhole: an operator promotes the replica of an
+// RF=2 sync volume (no force) while fio keeps writing to the primary, and
+// the replica's data path has been cut (as in the forced test above) so
+// that the primary holds unflushed writes the replica never got. The old
+// primary stays a member of the new epoch, so it has diverged: it loses
+// those writes through the recovery path and is re-added. The volume ends
+// whole and stays so: the old primary is a replica of the current epoch,
+// the epoch stops moving (a re-added member sent to a rebuild again would
+// be removed and re-added every second or so), and both copies hold the
+// new primary's data byte for byte.
+func TestPromoteUnderLoadEndsWhole(t *testing.T) {
+	requireTools(t, "fio", "nbdcopy", "qemu-io")
+	requireOwnCluster(t)
+	c := startCluster(t, 2)
+	name := uniqueName("promote-load")
+	v, prim, repl := recoveryVolume(t, c, name)
+
+	// fio writes without flushing until the old primary refuses (EPERM
+	// ends the job) or its time runs out.
+	load := exec.Command("fio", "--name=load", "--ioengine=nbd", "--uri="+prim.uri(name),
+		"--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=32M", "--time_based", "--runtime=120",
+		"--output-format=terse")
+	var loadOut bytes.Buffer
+	load.Stdout, load.Stderr = &loadOut, &loadOut
+	if err := load.Start(); err != nil {
+		t.Fatal(err)
+	}
+	loadDone := make(chan error, 1)
+	go func() { loadDone <- load.Wait() }()
+	defer func() {
+		if load.ProcessState == nil {
+			load.Process.Kill()
+			<-loadDone
+		}
+	}()
+	time.Sleep(time.Second)
+	repl.stop(syscall.SIGKILL)
+	restartCutOff(t, c, name, repl, v.Epoch)
+	time.Sleep(time.Second)
+	if load.ProcessState != nil {
+		t.Fatalf("fio on the primary ended before the promote: %s", tail(loadOut.String(), 300))
+	}
+	waitFor(t, 30*time.Second, "the promote accepted", func() error {
+		r := c.shell("block.promote -name=" + name + " -to=" + repl.http)
+		if r.code != 0 || strings.Contains(r.stderr, "error: ") {
+			return fmt.Errorf("block.promote: %s", strings.TrimSpace(r.stderr))
+		}
+		return nil
+	})
+	v2 := c.waitPrimary(name, repl.http, v.Epoch, 60*time.Second)
+	select {
+	case err := <-loadDone:
+		t.Logf("fio on the old primary ended (%v): %s", err, tail(loadOut.String(), 300))
+	case <-time.After(60 * time.Second):
+		t.Fatal("fio on the old primary still runs a minute after the promote")
+	}
+	if ok, out := nbdWrite(t, prim.uri(name), 0, 0x11); ok || !strings.Contains(out, "Operation not permitted") {
+		t.Fatalf("write to the old primary after the promote: acknowledged=%v: %s", ok, out)
+	}
+
+	qemuIO(t, repl.uri(name), "write -P 0x5c 40M 1M", "flush")
+	v3 := c.waitMember(name, prim.http, 90*time.Second)
+	if v3.Primary != repl.http || v3.Epoch < v2.Epoch {
+		t.Fatalf("after the old primary rejoined: primary %s epoch %d", v3.Primary, v3.Epoch)
+	}
+	// It stays: no more epochs.
+	time.Sleep(5 * time.Second)
+	now, err := c.status(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if now.Epoch != v3.Epoch || now.Primary != repl.http {
+		t.Fatalf("the epoch moved from %d to %d (primary %s) after the old primary rejoined", v3.Epoch, now.Epoch, now.Primary)
+	}
+	// A flushed write reaches both copies; then they are equal.
+	qemuIO(t, repl.uri(name), "write -P 0x6d 48M 1M", "flush")
+	want := mustReadAll(t, repl.uri(name), volSize)
+	if !bytes.Equal(want[48<<20:49<<20], pattern(0x6d, 1<<20)) || !bytes.Equal(want[40<<20:41<<20], pattern(0x5c, 1<<20)) {
+		t.Fatal("the new primary lost its own flushed writes")
+	}
+	sameData(t, "the rejoined old primary's copy", mustReadAll(t, prim.uri(name), volSize), want)
+}
+
+// restartCutOff starts the stopped replica repl of name listening for
+// replication on another port, so the primary (which still has the old
+// address) can ship it nothing, and waits until it reports its copy as a
+// member of epoch, which must not have moved.
+func restartCutOff(t *testing.T, c *testCluster, name string, repl *volumeServer, epoch uint64) {
+	t.Helper()
+	repl.moveRepl(t)
+	repl.start()
+	c.waitVolume(repl)
+	waitFor(t, 60*time.Second, "the restarted replica reports its copy as a member", func() error {
+		cur, err := c.status(name)
+		if err != nil {
+			return err
+		}
+		if cur.Epoch != epoch {
+			return fmt.Errorf("epoch moved from %d to %d: the cut replica must stay a member for this test", epoch, cur.Epoch)
+		}
+		for _, r := range cur.Replicas {
+			if r.ServerID == repl.http && r.Alive && r.Reported && r.Epoch == epoch {
+				return nil
+			}
+		}
+		return fmt.Errorf("not reported yet: %+v", cur.Replicas)
+	})
 }
